@@ -1,0 +1,301 @@
+// LayerNorm and RMSNorm on CPU, forward and backward, with the optional fused residual add.
+//
+// One template serves both ops: RMSNorm is LayerNorm without the mean (kRms) and without bias.
+// Each row is summed once into a thread-local accumulation-type buffer (s = x + residual), then
+// normalized from that buffer with two-pass statistics (mean, then sum of squared deviations),
+// which stays in L1/L2 for rows up to ~64K columns and is more accurate than one-pass Welford.
+// Rows are split across threads with at::parallel_for; backward reduces grad_weight/grad_bias from
+// one partial row per task.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cpu/row_io.h"
+
+namespace fastformer::cpu {
+namespace {
+
+using at::Tensor;
+using at::vec::Vectorized;
+
+template <typename scalar_t, bool kRms>
+void norm_fwd_kernel(const Tensor& x, const std::optional<Tensor>& residual, const std::optional<Tensor>& weight,
+                     const std::optional<Tensor>& bias, double eps, Tensor& out, Tensor& residual_out, Tensor& mean,
+                     Tensor& rstd) {
+  using IO = RowIO<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using Vec = typename IO::Vec;
+  const int64_t rows = x.size(0), cols = x.size(1);
+  const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
+  const scalar_t* r_ptr = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* w_ptr = weight ? weight->const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* b_ptr = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+  const int64_t x_stride = x.stride(0), r_stride = residual ? residual->stride(0) : 0;
+  scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  scalar_t* res_out_ptr = residual ? residual_out.data_ptr<scalar_t>() : nullptr;
+  acc_t* mean_ptr = kRms ? nullptr : mean.data_ptr<acc_t>();
+  acc_t* rstd_ptr = rstd.data_ptr<acc_t>();
+
+  at::parallel_for(0, rows, rows_per_task(cols), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(cols);  // s = x (+ residual) of the current row, in acc_t
+    for (int64_t row = begin; row < end; ++row) {
+      const scalar_t* xr = x_ptr + row * x_stride;
+      const scalar_t* rr = r_ptr ? r_ptr + row * r_stride : nullptr;
+      scalar_t* sr = res_out_ptr ? res_out_ptr + row * cols : nullptr;
+      Vec sum_v(0);
+      for (int64_t c = 0; c < cols; c += IO::kChunk) {
+        const int64_t n = std::min(IO::kChunk, cols - c);
+        Vec lo, hi;
+        IO::load(xr + c, lo, hi, n);
+        if (rr) {
+          Vec rlo, rhi;
+          IO::load(rr + c, rlo, rhi, n);
+          lo = lo + rlo;
+          hi = hi + rhi;
+          IO::store(sr + c, lo, hi, n);
+        }
+        if constexpr (kRms) {
+          sum_v = at::vec::fmadd(lo, lo, sum_v);
+          sum_v = at::vec::fmadd(hi, hi, sum_v);
+        } else {
+          sum_v = sum_v + lo + hi;
+        }
+        lo.store(buf.data() + c, std::min(n, IO::kVec));
+        if (n > IO::kVec) hi.store(buf.data() + c + IO::kVec, n - IO::kVec);
+      }
+      const acc_t first_moment = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, sum_v) / cols;
+      acc_t mu = 0, var;
+      if constexpr (kRms) {
+        var = first_moment;  // mean of squares
+      } else {
+        mu = first_moment;
+        const Vec mu_v(mu);
+        Vec sq_v(0);
+        int64_t c = 0;
+        for (; c + IO::kVec <= cols; c += IO::kVec) {
+          const Vec d = Vec::loadu(buf.data() + c) - mu_v;
+          sq_v = at::vec::fmadd(d, d, sq_v);
+        }
+        acc_t sq = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, sq_v);
+        for (; c < cols; ++c) sq += (buf[c] - mu) * (buf[c] - mu);
+        var = sq / cols;
+      }
+      const acc_t rs = acc_t(1) / std::sqrt(var + acc_t(eps));
+      if (mean_ptr) mean_ptr[row] = mu;
+      rstd_ptr[row] = rs;
+      const Vec mu_v(mu), rs_v(rs);
+      scalar_t* yr = out_ptr + row * cols;
+      for (int64_t c = 0; c < cols; c += IO::kChunk) {
+        const int64_t n = std::min(IO::kChunk, cols - c);
+        Vec lo = (Vec::loadu(buf.data() + c, std::min(n, IO::kVec)) - mu_v) * rs_v;
+        Vec hi = n > IO::kVec ? (Vec::loadu(buf.data() + c + IO::kVec, n - IO::kVec) - mu_v) * rs_v : Vec(0);
+        if (w_ptr) {
+          Vec wlo, whi;
+          IO::load(w_ptr + c, wlo, whi, n);
+          lo = lo * wlo;
+          hi = hi * whi;
+        }
+        if (b_ptr) {
+          Vec blo, bhi;
+          IO::load(b_ptr + c, blo, bhi, n);
+          lo = lo + blo;
+          hi = hi + bhi;
+        }
+        IO::store(yr + c, lo, hi, n);
+      }
+    }
+  });
+}
+
+// grad_x = rstd * (g - xhat * mean(g * xhat) - mean(g)) with g = grad_out * weight (RMS: no mean(g)).
+template <typename scalar_t, bool kRms>
+void norm_bwd_kernel(const Tensor& grad_out, const std::optional<Tensor>& grad_residual_out, const Tensor& input,
+                     const std::optional<Tensor>& weight, const Tensor& mean, const Tensor& rstd, bool need_grad_bias,
+                     Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias) {
+  using IO = RowIO<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using Vec = typename IO::Vec;
+  const int64_t rows = input.size(0), cols = input.size(1);
+  const scalar_t* dy_ptr = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* dres_ptr = grad_residual_out ? grad_residual_out->const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* s_ptr = input.const_data_ptr<scalar_t>();
+  const scalar_t* w_ptr = weight ? weight->const_data_ptr<scalar_t>() : nullptr;
+  const acc_t* mean_ptr = kRms ? nullptr : mean.const_data_ptr<acc_t>();
+  const acc_t* rstd_ptr = rstd.const_data_ptr<acc_t>();
+  scalar_t* dx_ptr = grad_x.data_ptr<scalar_t>();
+  const bool need_dw = weight.has_value(), need_db = need_grad_bias;
+
+  // One partial grad_weight / grad_bias row per task, reduced in order afterwards (deterministic).
+  const int64_t grain = rows_per_task(cols);
+  const int64_t num_tasks = at::divup(rows, grain);
+  std::vector<acc_t> dw_partial(need_dw ? num_tasks * cols : 0, acc_t(0));
+  std::vector<acc_t> db_partial(need_db ? num_tasks * cols : 0, acc_t(0));
+
+  at::parallel_for(0, num_tasks, 1, [&](int64_t task_begin, int64_t task_end) {
+    std::vector<acc_t> xhat(cols), g(cols);
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      acc_t* dw_acc = need_dw ? dw_partial.data() + task * cols : nullptr;
+      acc_t* db_acc = need_db ? db_partial.data() + task * cols : nullptr;
+      for (int64_t row = task * grain; row < std::min(rows, (task + 1) * grain); ++row) {
+        const scalar_t* dyr = dy_ptr + row * cols;
+        const scalar_t* sr = s_ptr + row * cols;
+        const acc_t mu = kRms ? acc_t(0) : mean_ptr[row], rs = rstd_ptr[row];
+        const Vec mu_v(mu), rs_v(rs);
+        Vec dot_v(0), gsum_v(0);
+        for (int64_t c = 0; c < cols; c += IO::kChunk) {
+          const int64_t n = std::min(IO::kChunk, cols - c);
+          Vec slo, shi, dlo, dhi;
+          IO::load(sr + c, slo, shi, n);
+          IO::load(dyr + c, dlo, dhi, n);
+          const Vec xlo = (slo - mu_v) * rs_v, xhi = (shi - mu_v) * rs_v;
+          Vec glo = dlo, ghi = dhi;
+          if (w_ptr) {
+            Vec wlo, whi;
+            IO::load(w_ptr + c, wlo, whi, n);
+            glo = glo * wlo;
+            ghi = ghi * whi;
+          }
+          if (dw_acc) {
+            at::vec::fmadd(dlo, xlo, Vec::loadu(dw_acc + c, std::min(n, IO::kVec))).store(dw_acc + c, std::min(n, IO::kVec));
+            if (n > IO::kVec)
+              at::vec::fmadd(dhi, xhi, Vec::loadu(dw_acc + c + IO::kVec, n - IO::kVec)).store(dw_acc + c + IO::kVec, n - IO::kVec);
+          }
+          if (db_acc) {
+            (dlo + Vec::loadu(db_acc + c, std::min(n, IO::kVec))).store(db_acc + c, std::min(n, IO::kVec));
+            if (n > IO::kVec) (dhi + Vec::loadu(db_acc + c + IO::kVec, n - IO::kVec)).store(db_acc + c + IO::kVec, n - IO::kVec);
+          }
+          // Padding lanes past n hold zeros (load pads with 0), so they add nothing below.
+          dot_v = at::vec::fmadd(glo, xlo, at::vec::fmadd(ghi, xhi, dot_v));
+          gsum_v = gsum_v + glo + ghi;
+          xlo.store(xhat.data() + c, std::min(n, IO::kVec));
+          glo.store(g.data() + c, std::min(n, IO::kVec));
+          if (n > IO::kVec) {
+            xhi.store(xhat.data() + c + IO::kVec, n - IO::kVec);
+            ghi.store(g.data() + c + IO::kVec, n - IO::kVec);
+          }
+        }
+        const auto add = [](Vec a, Vec b) { return a + b; };
+        const acc_t c1 = at::vec::vec_reduce_all<acc_t>(add, dot_v) / cols;
+        const acc_t c2 = kRms ? acc_t(0) : at::vec::vec_reduce_all<acc_t>(add, gsum_v) / cols;
+        const Vec c1_v(c1), c2_v(c2);
+        scalar_t* dxr = dx_ptr + row * cols;
+        const scalar_t* dresr = dres_ptr ? dres_ptr + row * cols : nullptr;
+        for (int64_t c = 0; c < cols; c += IO::kChunk) {
+          const int64_t n = std::min(IO::kChunk, cols - c);
+          const int64_t nlo = std::min(n, IO::kVec);
+          Vec lo = rs_v * (Vec::loadu(g.data() + c, nlo) - Vec::loadu(xhat.data() + c, nlo) * c1_v - c2_v);
+          Vec hi = n > IO::kVec ? rs_v * (Vec::loadu(g.data() + c + IO::kVec, n - IO::kVec) -
+                                          Vec::loadu(xhat.data() + c + IO::kVec, n - IO::kVec) * c1_v - c2_v)
+                                : Vec(0);
+          if (dresr) {
+            Vec rlo, rhi;
+            IO::load(dresr + c, rlo, rhi, n);
+            lo = lo + rlo;
+            hi = hi + rhi;
+          }
+          IO::store(dxr + c, lo, hi, n);
+        }
+      }
+    }
+  });
+
+  const auto reduce_partials = [&](const std::vector<acc_t>& partial, Tensor& result) {
+    Tensor acc = at::zeros({cols}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    acc_t* a = acc.data_ptr<acc_t>();
+    for (int64_t t = 0; t < num_tasks; ++t)
+      for (int64_t c = 0; c < cols; ++c) a[c] += partial[t * cols + c];
+    result = acc.to(input.scalar_type());
+  };
+  if (need_dw) reduce_partials(dw_partial, grad_weight);
+  if (need_db) reduce_partials(db_partial, grad_bias);
+}
+
+void check_rows(const Tensor& t, const char* name, const Tensor& like) {
+  TORCH_CHECK(t.dim() == 2 && t.sizes() == like.sizes(), name, " must have shape ", like.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.stride(1) == 1, name, " must have a contiguous last dimension");
+}
+
+void check_param(const std::optional<Tensor>& p, const char* name, const Tensor& x) {
+  if (!p) return;
+  TORCH_CHECK(p->dim() == 1 && p->size(0) == x.size(1), name, " must have shape [", x.size(1), "], got ", p->sizes());
+  TORCH_CHECK(p->scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(), ", got ", p->scalar_type());
+  TORCH_CHECK(p->is_contiguous(), name, " must be contiguous");
+}
+
+#define FASTFORMER_NORM_DISPATCH(dtype, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "fastformer_norm", __VA_ARGS__)
+
+template <bool kRms>
+std::tuple<Tensor, Tensor, Tensor, Tensor> norm_fwd(const Tensor& x, const std::optional<Tensor>& residual,
+                                                    const std::optional<Tensor>& weight,
+                                                    const std::optional<Tensor>& bias, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be 2-D [rows, N] with a contiguous last dimension");
+  TORCH_CHECK(eps > 0, "eps must be > 0, got ", eps);
+  if (residual) check_rows(*residual, "residual", x);
+  check_param(weight, "weight", x);
+  check_param(bias, "bias", x);
+  const auto acc_dtype = at::toOpMathType(x.scalar_type());
+  Tensor out = at::empty(x.sizes(), x.options());
+  Tensor residual_out = residual ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  Tensor mean = at::empty({kRms ? 0 : x.size(0)}, x.options().dtype(acc_dtype));
+  Tensor rstd = at::empty({x.size(0)}, x.options().dtype(acc_dtype));
+  if (x.numel() > 0) {
+    FASTFORMER_NORM_DISPATCH(x.scalar_type(), [&] {
+      norm_fwd_kernel<scalar_t, kRms>(x, residual, weight, bias, eps, out, residual_out, mean, rstd);
+    });
+  }
+  return {out, residual_out, mean, rstd};
+}
+
+template <bool kRms>
+std::tuple<Tensor, Tensor, Tensor> norm_bwd(const Tensor& grad_out, const std::optional<Tensor>& grad_residual_out,
+                                            const Tensor& input, const std::optional<Tensor>& weight,
+                                            const Tensor& mean, const Tensor& rstd, bool has_bias) {
+  TORCH_CHECK(input.dim() == 2 && input.is_contiguous(), "normed_input must be a contiguous [rows, N] tensor");
+  check_rows(grad_out, "grad_out", input);
+  TORCH_CHECK(grad_out.is_contiguous(), "grad_out must be contiguous");
+  if (grad_residual_out) {
+    check_rows(*grad_residual_out, "grad_residual_out", input);
+    TORCH_CHECK(grad_residual_out->is_contiguous(), "grad_residual_out must be contiguous");
+  }
+  check_param(weight, "weight", input);
+  TORCH_CHECK(rstd.numel() == input.size(0), "rstd must have one value per row");
+  TORCH_CHECK(kRms || mean.numel() == input.size(0), "mean must have one value per row");
+  Tensor grad_x = at::empty(input.sizes(), input.options());
+  Tensor grad_weight = weight ? at::zeros({input.size(1)}, input.options()) : at::empty({0}, input.options());
+  Tensor grad_bias = has_bias ? at::zeros({input.size(1)}, input.options()) : at::empty({0}, input.options());
+  if (input.numel() > 0) {
+    FASTFORMER_NORM_DISPATCH(input.scalar_type(), [&] {
+      norm_bwd_kernel<scalar_t, kRms>(grad_out, grad_residual_out, input, weight, mean, rstd, has_bias, grad_x,
+                                      grad_weight, grad_bias);
+    });
+  }
+  return {grad_x, grad_weight, grad_bias};
+}
+
+std::tuple<Tensor, Tensor, Tensor> rms_norm_fwd(const Tensor& x, const std::optional<Tensor>& residual,
+                                                const std::optional<Tensor>& weight, double eps) {
+  auto [out, residual_out, mean, rstd] = norm_fwd<true>(x, residual, weight, std::nullopt, eps);
+  return {out, residual_out, rstd};
+}
+
+std::tuple<Tensor, Tensor> rms_norm_bwd(const Tensor& grad_out, const std::optional<Tensor>& grad_residual_out,
+                                        const Tensor& input, const std::optional<Tensor>& weight, const Tensor& rstd) {
+  auto [grad_x, grad_weight, grad_bias] =
+      norm_bwd<true>(grad_out, grad_residual_out, input, weight, at::empty({0}, rstd.options()), rstd, false);
+  return {grad_x, grad_weight};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastformer, CPU, m) {
+  m.impl("layer_norm_fwd", &norm_fwd<false>);
+  m.impl("layer_norm_bwd", &norm_bwd<false>);
+  m.impl("rms_norm_fwd", &rms_norm_fwd);
+  m.impl("rms_norm_bwd", &rms_norm_bwd);
+}
+
+}  // namespace fastformer::cpu

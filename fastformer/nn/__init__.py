@@ -1,0 +1,1 @@
+"""Drop-in modules that subclass their torch.nn counterparts and run fastformer ops."""
