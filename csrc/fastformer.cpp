@@ -9,8 +9,27 @@
 //   softmax: x [A, B, M, N] (last dim contiguous), mask expanded to [A, B, M, N] (stride 0 where
 //            broadcast), bool or additive (x.dtype or float32); causal keeps key j for row i iff
 //            j <= i + N - M (bottom-right aligned).
-// Optional outputs that do not apply (residual_out without residual, grad_weight without weight)
-// come back as empty tensors, so every schema has a fixed number of results.
+//   attention: q [B, H, Sq, D], k, v [B, Hkv, Sk, D] (H % Hkv == 0), last dim contiguous, any other
+//            strides (views of a fused QKV projection need no copy). out [B, H, Sq, D] contiguous,
+//            lse [B, H, Sq] fp32 = natural log of the softmax denominator of the scaled, biased,
+//            masked scores; a row with no kept key has out = 0 and lse = +inf (so exp(s - lse) = 0
+//            in backward). attn_bias is expanded to [B, H, Sq, Sk] (stride 0 where broadcast; dtype
+//            of q or float32). key_padding_mask bool [B, Sk], True = attend. causal: query i keeps
+//            key j iff j <= i + Sk - Sq (bottom-right aligned).
+//            T5 relative bias (never materialized): rel_table [num_buckets, H] (float), rel_lut int32
+//            [L]: with rel = j - (i + Sk - Sq), n = |rel| if bidirectional else max(-rel, 0),
+//            bucket = rel_lut[min(n, L - 1)] + (bidirectional && rel > 0 ? num_buckets / 2 : 0),
+//            bias = rel_table[bucket, h].
+//            Scores: s = scale * q.k + attn_bias + T5 bias, masked keys -inf. Dropout (p > 0): element
+//            (b, h, i, j) of the probabilities is kept iff philox_uniform(seed, ((b*H + h)*Sq + i)*Sk + j)
+//            >= p and kept values are scaled by 1/(1-p); philox_uniform is Triton's tl.rand
+//            (Philox4x32-10), so every backend drops the same elements (fastformer/ops/_philox.py is
+//            the PyTorch reference). The backward ops of all backends accept any backend's out/lse.
+//            attention_bwd's grad_bias is the gradient of the expanded [B, H, Sq, Sk] bias (autograd
+//            reduces it to the bias's own shape); grad_rel_table has the shape of rel_table.
+// Optional outputs that do not apply (residual_out without residual, grad_weight without weight,
+// grad_bias without bias_needs_grad, grad_rel_table without rel_table) come back as empty tensors,
+// so every schema has a fixed number of results.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -34,6 +53,13 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor rstd) -> (Tensor grad_x, Tensor grad_weight)");
   m.def("softmax_fwd(Tensor x, Tensor? mask, float scale, bool causal) -> Tensor");
   m.def("softmax_bwd(Tensor grad_out, Tensor out, float scale) -> Tensor");
+  m.def("attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? attn_bias, Tensor? key_padding_mask,"
+        " Tensor? rel_table, Tensor? rel_lut, bool rel_bidirectional, bool causal, float scale,"
+        " float dropout_p, int seed) -> (Tensor out, Tensor lse)");
+  m.def("attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? attn_bias,"
+        " Tensor? key_padding_mask, Tensor? rel_table, Tensor? rel_lut, bool rel_bidirectional, bool causal,"
+        " float scale, float dropout_p, int seed, bool bias_needs_grad)"
+        " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_bias, Tensor grad_rel_table)");
 }
 
 PYBIND11_MODULE(_C, m) {
