@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fastformer import ops
+from fastformer.nn._dropin import _DropIn
 
 
 def _flatten_normalized(module, x: torch.Tensor, residual):
@@ -27,15 +28,11 @@ def _unflatten(result, shape):
     return result.view(shape)
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(_DropIn, nn.LayerNorm):
     """torch.nn.LayerNorm on fastformer's kernels. `backend` as in ff.ops (None = auto).
 
     forward(x) -> LayerNorm(x); forward(x, residual=r) -> (LayerNorm(x + r), x + r) in one pass.
     """
-
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
 
     def forward(self, x, residual=None):
         x_flat, r_flat, param = _flatten_normalized(self, x, residual)
@@ -43,35 +40,15 @@ class LayerNorm(nn.LayerNorm):
                                 backend=self.backend)
         return _unflatten(result, x.shape)
 
-    @classmethod
-    def from_torch(cls, module: nn.LayerNorm, backend=None) -> "LayerNorm":
-        """A fastformer LayerNorm sharing `module`'s parameters (no copy)."""
-        new = cls.__new__(cls)
-        new.__dict__.update(module.__dict__)
-        new.backend = backend
-        return new
 
-
-class RMSNorm(nn.RMSNorm):
+class RMSNorm(_DropIn, nn.RMSNorm):
     """torch.nn.RMSNorm on fastformer's kernels; eps=None means torch.finfo(x.dtype).eps, as in torch.
 
     forward(x) -> RMSNorm(x); forward(x, residual=r) -> (RMSNorm(x + r), x + r) in one pass.
     """
-
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
 
     def forward(self, x, residual=None):
         x_flat, r_flat, param = _flatten_normalized(self, x, residual)
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
         result = ops.rms_norm(x_flat, param(self.weight), eps, residual=r_flat, backend=self.backend)
         return _unflatten(result, x.shape)
-
-    @classmethod
-    def from_torch(cls, module: nn.RMSNorm, backend=None) -> "RMSNorm":
-        """A fastformer RMSNorm sharing `module`'s parameters (no copy)."""
-        new = cls.__new__(cls)
-        new.__dict__.update(module.__dict__)
-        new.backend = backend
-        return new
