@@ -1,0 +1,8 @@
+"""Native transformer models: the shared block, encoder models and their task heads."""
+from fastformer.models.config import ModelConfig
+from fastformer.models.encoder import Encoder
+from fastformer.models.heads import (EncoderForMaskedLM, EncoderForQuestionAnswering, EncoderForSentenceEmbedding,
+                                     EncoderForSequenceClassification, EncoderForTokenClassification)
+
+__all__ = ["Encoder", "EncoderForMaskedLM", "EncoderForQuestionAnswering", "EncoderForSentenceEmbedding",
+           "EncoderForSequenceClassification", "EncoderForTokenClassification", "ModelConfig"]
