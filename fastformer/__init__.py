@@ -9,8 +9,9 @@ except ImportError as e:  # pragma: no cover - only when the extension was not b
         "`pip install --no-build-isolation -e .` against the installed torch"
     ) from e
 
-from fastformer import nn, ops
+from fastformer import models, nn, ops
 from fastformer._backends import available_backends
+from fastformer.hf import from_pretrained
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "nn", "ops"]
+__all__ = ["available_backends", "from_pretrained", "models", "nn", "ops"]
