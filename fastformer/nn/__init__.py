@@ -1,1 +1,2 @@
 """Drop-in modules that subclass their torch.nn counterparts and run fastformer ops."""
+from fastformer.nn.multihead_attention import MultiheadAttention
