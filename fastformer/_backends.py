@@ -13,7 +13,7 @@ BACKENDS = ("triton", "cuda", "cpu", "reference")
 
 # Auto choice on CUDA tensors. Triton until bench/gpu_check.sh has measured both GPU backends for an
 # op on an H100/H200; update from bench/results/ (the faster median wins).
-GPU_AUTO = {"layer_norm": "triton", "rms_norm": "triton", "softmax": "triton"}
+GPU_AUTO = {"layer_norm": "triton", "rms_norm": "triton", "softmax": "triton", "attention": "triton"}
 
 
 def triton_interpreting() -> bool:

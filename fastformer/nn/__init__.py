@@ -1,4 +1,5 @@
 """Drop-in modules that subclass their torch.nn counterparts and run fastformer ops."""
+from fastformer.nn.multihead_attention import MultiheadAttention
 from fastformer.nn.norm import LayerNorm, RMSNorm
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "MultiheadAttention", "RMSNorm"]
