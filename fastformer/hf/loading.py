@@ -60,11 +60,15 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
     ours = model.state_dict()
     # A bare Encoder's parameters carry no "encoder." prefix; map them as the task models' are.
     named = {("encoder." + k if task == "base" else k): v for k, v in ours.items()}
+    if task_options.get("pooling", "cls") != "cls":
+        # The checkpoint's pooler / classifier expect the first token alone; other poolings get a fresh head.
+        named = {k: v for k, v in named.items() if not k.startswith("head.")}
     state, missing, unexpected = map_weights(keymap, named, weights, prefix, ignore)
     body_missing = [m for m in missing if m.startswith("encoder.")]
     if body_missing:
         raise WeightMapError(f"{path} lacks weights the {model_type} body needs: {body_missing[:8]}"
                              f"{' ...' if len(body_missing) > 8 else ''} ({len(body_missing)} in all)")
+    missing += [k for k in ours if k.startswith("head.") and k not in named]
     if missing:
         warnings.warn(f"{task} head weights not in the checkpoint, newly initialized: {missing}", stacklevel=2)
     if unexpected:

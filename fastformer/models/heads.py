@@ -85,6 +85,9 @@ class EncoderForSequenceClassification(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling == "cls_last4" and config.num_layers < 3:
+            raise ValueError(f"pooling='cls_last4' needs at least 3 layers (4 hidden states with the embeddings), "
+                             f"the model has {config.num_layers}")
         self.config, self.pooling = config, pooling
         self.encoder = Encoder(config)
         in_features = config.hidden_size * (4 if pooling == "cls_last4" else 1)

@@ -29,7 +29,7 @@ def test_bad_json_and_unsupported_type(tmp_path):
 
 
 def test_corrupt_or_missing_weights(tmp_path):
-    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    config = transformers.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=20)
     config.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="has no weights"):

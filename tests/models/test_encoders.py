@@ -7,13 +7,13 @@ import fastformer as ff
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+TINY = dict(vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 FAMILIES = {
     "bert": (transformers.BertConfig, dict(TINY, type_vocab_size=2), "Bert"),
     "roberta": (transformers.RobertaConfig, dict(TINY, type_vocab_size=1, pad_token_id=1,
                                                  max_position_embeddings=66), "Roberta"),
-    "distilbert": (transformers.DistilBertConfig, dict(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+    "distilbert": (transformers.DistilBertConfig, dict(vocab_size=99, dim=64, n_layers=2, n_heads=2, hidden_dim=37,
                                                        max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
                                                        seq_classif_dropout=0.0, qa_dropout=0.0), "DistilBert"),
 }
@@ -104,7 +104,7 @@ def test_token_type_ids_and_qa_loss(tmp_path):
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "cls_last4"])
 def test_other_poolings_build_fresh_heads(tmp_path, pooling):
-    _, path = save_tiny(tmp_path, "bert", "Model")
+    _, path = save_tiny(tmp_path, "bert", "Model", num_hidden_layers=4)
     with pytest.warns(UserWarning, match="newly initialized"):
         model = ff.from_pretrained(path, task="sequence-classification", pooling=pooling)
     ids, mask = batch("bert", padded=True)
