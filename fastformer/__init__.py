@@ -1,4 +1,6 @@
 """fastformer: fused transformer kernels for PyTorch (Triton, CUDA C++ and C++ CPU backends)."""
+import torch  # noqa: F401 - loads libc10/libtorch, which fastformer._C links against (it has no rpath to them)
+
 try:
     from fastformer import _C  # registers the torch.ops.fastformer schemas and CPU/CUDA kernels
 except ImportError as e:  # pragma: no cover - only when the extension was not built
