@@ -44,14 +44,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads) norm_fwd_kernel(NormFwdArgs 
     T* residual_out = a.residual_out ? static_cast<T*>(a.residual_out) + row * a.cols : nullptr;
     T* out = static_cast<T*>(a.out) + row * a.cols;
 
-    const auto pack_of = [&](int64_t chunk, int i) { return (chunk * kPerThread + i) * group.threads + group.tid; };
-    const auto in_row = [&](int64_t pack) { return valid && pack < packs; };
+    const RowPacks<kPerThread> row_packs{group, packs, valid};
     float s[kPerThread][V];  // x + residual of this thread's packs of the current chunk; 0 past the row
     const auto load_chunk = [&](int64_t chunk, bool store_sum) {
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
-        const int64_t p = pack_of(chunk, i);
-        if (!in_row(p)) {
+        const int64_t p = row_packs.pack(chunk, i);
+        if (!row_packs.in_row(p)) {
 #pragma unroll
           for (int k = 0; k < V; ++k) s[i][k] = 0.f;
           continue;
@@ -83,12 +82,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads) norm_fwd_kernel(NormFwdArgs 
       float squares = 0.f;
       for (int64_t c = 0; c < chunks; ++c) {
         if (chunks > 1) load_chunk(c, false);
-#pragma unroll
-        for (int i = 0; i < kPerThread; ++i) {
-          if (!in_row(pack_of(c, i))) continue;
+        row_packs.for_each(c, [&](int i, int64_t) {
 #pragma unroll
           for (int k = 0; k < V; ++k) squares += (s[i][k] - mean) * (s[i][k] - mean);
-        }
+        });
       }
       var = group.sum(squares) * inv_cols;
     }
@@ -100,10 +97,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) norm_fwd_kernel(NormFwdArgs 
 
     for (int64_t c = 0; c < chunks; ++c) {
       if (chunks > 1) load_chunk(c, false);
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int64_t p = pack_of(c, i);
-        if (!in_row(p)) continue;
+      row_packs.for_each(c, [&](int i, int64_t p) {
         float y[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) y[k] = (s[i][k] - mean) * rstd;
@@ -120,7 +114,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) norm_fwd_kernel(NormFwdArgs 
           for (int k = 0; k < V; ++k) y[k] += b[k];
         }
         store_floats<T, V>(out + p * V, y);
-      }
+      });
     }
   }
 }
@@ -155,16 +149,15 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     const float mean = kRms || !valid ? 0.f : a.mean[row];
     const float rstd = valid ? a.rstd[row] : 0.f;
 
-    const auto pack_of = [&](int64_t chunk, int i) { return (chunk * kPerThread + i) * group.threads + group.tid; };
-    const auto in_row = [&](int64_t pack) { return valid && pack < packs; };
+    const RowPacks<kPerThread> row_packs{group, packs, valid};
     float xhat[kPerThread][V], g[kPerThread][V];  // g = grad_out * weight; both 0 past the row
     // Loads a chunk; with accumulate, also adds its grad_out * xhat and grad_out to the parameter
     // gradients (done on exactly one of the loads of each chunk).
     const auto load_chunk = [&](int64_t chunk, bool accumulate) {
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
-        const int64_t p = pack_of(chunk, i);
-        if (!in_row(p)) {
+        const int64_t p = row_packs.pack(chunk, i);
+        if (!row_packs.in_row(p)) {
 #pragma unroll
           for (int k = 0; k < V; ++k) xhat[i][k] = g[i][k] = 0.f;
           continue;
@@ -224,10 +217,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 
     for (int64_t c = 0; c < chunks; ++c) {
       if (chunks > 1) load_chunk(c, true);
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int64_t p = pack_of(c, i);
-        if (!in_row(p)) continue;
+      row_packs.for_each(c, [&](int i, int64_t p) {
         float dx[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) dx[k] = (g[i][k] - xhat[i][k] * c1 - c2) * rstd;
@@ -238,18 +228,15 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
           for (int k = 0; k < V; ++k) dx[k] += dres[k];
         }
         store_floats<T, V>(dx_row + p * V, dx);
-      }
+      });
     }
   }
 
   if (chunks == 1) {
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int64_t p = int64_t{i} * group.threads + group.tid;
-      if (p >= packs) continue;
+    RowPacks<kPerThread>{group, packs, true}.for_each(0, [&](int i, int64_t p) {
       if (dw_partial) store_floats<float, V>(dw_partial + p * V, dw[i]);
       if (db_partial) store_floats<float, V>(db_partial + p * V, db[i]);
-    }
+    });
   }
 }
 

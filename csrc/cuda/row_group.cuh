@@ -4,9 +4,8 @@
 // threadIdx.x indexes a thread inside its row group, threadIdx.y the row. Threads per row is a power
 // of two up to 32 (several rows share a warp: short rows, e.g. 97 or 128 columns, keep every lane
 // busy) or a multiple of 32 up to 1024. Each thread owns kPerThread packs of V elements per chunk of
-// threads_per_row * kPerThread packs, interleaved (pack = (chunk * kPerThread + i) * threads + tid)
-// so a warp's accesses are contiguous. A row that fits in one chunk stays in registers; longer rows
-// are processed chunk by chunk and re-read.
+// threads_per_row * kPerThread packs (RowPacks). A row that fits in one chunk stays in registers;
+// longer rows are processed chunk by chunk and re-read.
 //
 // Every thread of a block runs the same number of row iterations (rows past the end are computed
 // on padding and not stored), so the __syncthreads() in the reductions are reached by all threads.
@@ -55,6 +54,29 @@ struct RowGroup {
   }
   __device__ float max(float v) const {
     return reduce(v, [](float a, float b) { return fmaxf(a, b); });
+  }
+};
+
+// This thread's packs of one row: kPerThread per chunk, at pack = (chunk * kPerThread + i) *
+// threads + tid (a warp's accesses are contiguous). Rows past the end (valid = false) have none.
+template <int kPerThread>
+struct RowPacks {
+  const RowGroup& group;
+  int64_t packs;  // packs in the row
+  bool valid;
+
+  __device__ int64_t pack(int64_t chunk, int i) const { return (chunk * kPerThread + i) * group.threads + group.tid; }
+  __device__ bool in_row(int64_t pack) const { return valid && pack < packs; }
+
+  // fn(i, pack) for each slot i of `chunk` whose pack lies in the row (unrolled: i is a constant, so
+  // per-slot register arrays stay in registers).
+  template <typename Fn>
+  __device__ void for_each(int64_t chunk, Fn&& fn) const {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int64_t p = pack(chunk, i);
+      if (in_row(p)) fn(i, p);
+    }
   }
 };
 

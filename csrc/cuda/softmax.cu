@@ -48,14 +48,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads) softmax_fwd_kernel(SoftmaxFw
     const int64_t last_kept = a.causal ? m + cols - size_m : cols - 1;
     T* out = static_cast<T*>(a.out) + row * cols;
 
-    const auto pack_of = [&](int64_t chunk, int i) { return (chunk * kPerThread + i) * group.threads + group.tid; };
-    const auto in_row = [&](int64_t pack) { return valid && pack < packs; };
+    const RowPacks<kPerThread> row_packs{group, packs, valid};
     float z[kPerThread][V];  // log2(e) * (scale * x + mask); -inf where removed and past the row
     const auto load_chunk = [&](int64_t chunk) {
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
-        const int64_t p = pack_of(chunk, i);
-        if (!in_row(p)) {
+        const int64_t p = row_packs.pack(chunk, i);
+        if (!row_packs.in_row(p)) {
 #pragma unroll
           for (int k = 0; k < V; ++k) z[i][k] = kNegInf;
           continue;
@@ -75,15 +74,12 @@ __global__ void __launch_bounds__(kMaxBlockThreads) softmax_fwd_kernel(SoftmaxFw
       }
     };
     const auto store_chunk = [&](int64_t chunk, float max, float inv_sum) {
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int64_t p = pack_of(chunk, i);
-        if (!in_row(p)) continue;
+      row_packs.for_each(chunk, [&](int i, int64_t p) {
         float y[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) y[k] = exp2_shifted(z[i][k], max) * inv_sum;
         store_floats<T, V>(out + p * V, y);
-      }
+      });
     };
 
     float max_z = kNegInf, sum = 0.f;  // the row's (or, while chunking, this thread's) max score and sum of 2^(z - max_z)
@@ -146,14 +142,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     const bool valid = row < rows;
     const int64_t offset = row * cols;
 
-    const auto pack_of = [&](int64_t chunk, int i) { return (chunk * kPerThread + i) * group.threads + group.tid; };
-    const auto in_row = [&](int64_t pack) { return valid && pack < packs; };
+    const RowPacks<kPerThread> row_packs{group, packs, valid};
     float dy[kPerThread][V], y[kPerThread][V];  // 0 past the row
     const auto load_chunk = [&](int64_t chunk) {
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
-        const int64_t p = pack_of(chunk, i);
-        if (in_row(p)) {
+        const int64_t p = row_packs.pack(chunk, i);
+        if (row_packs.in_row(p)) {
           load_floats<T, V>(grad_out + offset + p * V, dy[i]);
           load_floats<T, V>(out + offset + p * V, y[i]);
         } else {
@@ -176,15 +171,12 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 
     for (int64_t c = 0; c < chunks; ++c) {
       if (chunks > 1) load_chunk(c);
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int64_t p = pack_of(c, i);
-        if (!in_row(p)) continue;
+      row_packs.for_each(c, [&](int i, int64_t p) {
         float dx[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) dx[k] = scale * y[i][k] * (dy[i][k] - dot);
         store_floats<T, V>(grad_x + offset + p * V, dx);
-      }
+      });
     }
   }
 }
