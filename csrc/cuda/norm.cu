@@ -57,10 +57,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) norm_fwd_kernel(NormFwdArgs 
         }
         load_floats<T, V>(x + p * V, s[i]);
         if (residual) {
-          float r[V];
-          load_floats<T, V>(residual + p * V, r);
-#pragma unroll
-          for (int k = 0; k < V; ++k) s[i][k] += r[k];
+          add_floats<T, V>(residual + p * V, s[i]);
           if (store_sum) store_floats<T, V>(residual_out + p * V, s[i]);
         }
       }
@@ -101,18 +98,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads) norm_fwd_kernel(NormFwdArgs 
         float y[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) y[k] = (s[i][k] - mean) * rstd;
-        if (weight) {
-          float w[V];
-          load_floats<T, V>(weight + p * V, w);
-#pragma unroll
-          for (int k = 0; k < V; ++k) y[k] *= w[k];
-        }
-        if (bias) {
-          float b[V];
-          load_floats<T, V>(bias + p * V, b);
-#pragma unroll
-          for (int k = 0; k < V; ++k) y[k] += b[k];
-        }
+        if (weight) mul_floats<T, V>(weight + p * V, y);
+        if (bias) add_floats<T, V>(bias + p * V, y);
         store_floats<T, V>(out + p * V, y);
       });
     }
@@ -167,14 +154,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
         load_floats<T, V>(s_row + p * V, xhat[i]);
 #pragma unroll
         for (int k = 0; k < V; ++k) xhat[i][k] = (xhat[i][k] - mean) * rstd;
-        if (weight) {
-          load_floats<T, V>(weight + p * V, g[i]);
 #pragma unroll
-          for (int k = 0; k < V; ++k) g[i][k] *= dy[k];
-        } else {
-#pragma unroll
-          for (int k = 0; k < V; ++k) g[i][k] = dy[k];
-        }
+        for (int k = 0; k < V; ++k) g[i][k] = dy[k];
+        if (weight) mul_floats<T, V>(weight + p * V, g[i]);
         if (!accumulate) continue;
         if (chunks == 1) {
 #pragma unroll
@@ -221,12 +203,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
         float dx[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) dx[k] = (g[i][k] - xhat[i][k] * c1 - c2) * rstd;
-        if (dres_row) {
-          float dres[V];
-          load_floats<T, V>(dres_row + p * V, dres);
-#pragma unroll
-          for (int k = 0; k < V; ++k) dx[k] += dres[k];
-        }
+        if (dres_row) add_floats<T, V>(dres_row + p * V, dx);
         store_floats<T, V>(dx_row + p * V, dx);
       });
     }

@@ -52,6 +52,23 @@ __device__ __forceinline__ void store_floats(T* p, const float (&in)[V]) {
   *reinterpret_cast<Pack<T, V>*>(p) = pack;
 }
 
+// acc[k] += p[k] and acc[k] *= p[k] over the pack at p.
+template <typename T, int V>
+__device__ __forceinline__ void add_floats(const T* p, float (&acc)[V]) {
+  float v[V];
+  load_floats<T, V>(p, v);
+#pragma unroll
+  for (int k = 0; k < V; ++k) acc[k] += v[k];
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void mul_floats(const T* p, float (&acc)[V]) {
+  float v[V];
+  load_floats<T, V>(p, v);
+#pragma unroll
+  for (int k = 0; k < V; ++k) acc[k] *= v[k];
+}
+
 // Whether rows can be moved in packs of V elements of `elem_bytes` each: every extent (column count,
 // row strides) divisible by V and every non-null pointer aligned to the pack size.
 inline bool packs_fit(int V, int elem_bytes, std::initializer_list<const void*> pointers,
