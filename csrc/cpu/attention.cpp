@@ -36,10 +36,12 @@ namespace {
 
 using at::Tensor;
 
-// Tile sizes: a 64 x 64 fp32 score block is 16 KB, so the block, Q^T and the K and V tiles (16 KB each at head dim
-// 64) stay in L2 while the block is reused by the softmax and the second GEMM.
-constexpr int64_t kQueryTile = 64;
-constexpr int64_t kKeyTile = 64;
+// Tile sizes: a 128-key x 32-query fp32 score block is 16 KB, so the block, Q^T (8 KB at head dim 64) and the K and V
+// tiles (32 KB each) stay in L2 while the block is reused by the softmax and the second GEMM. Measured here (1 thread,
+// B 8, H 12, D 64, S 128 and 512): 32 x 128 was as fast as 64 x 128 forward and 0-20% faster than 64 x 64, 32 x 64
+// or 128 x 64 forward and backward.
+constexpr int64_t kQueryTile = 32;
+constexpr int64_t kKeyTile = 128;
 // The fused backward needs this many (b, kv head) tasks per thread; below it the two-pass split balances better.
 constexpr int64_t kFusedTasksPerThread = 4;
 
