@@ -205,10 +205,11 @@ class AttentionKernel {
           diag(kQueryTile + kKeyTile) {}
   };
   struct BackwardWorkspace {
-    std::vector<acc_t> qt, dot, q_rows, do_rows, lse, delta, p, ds, k_rows, v_rows, diag, dk, dv, dq;
+    std::vector<acc_t> qt, dot, q_rows, do_rows, lse, delta, p, ds, dropout_factor, k_rows, v_rows, diag, dk, dv, dq;
     explicit BackwardWorkspace(int64_t D)
         : qt(D * kQueryTile), dot(D * kQueryTile), q_rows(kQueryTile * D), do_rows(kQueryTile * D), lse(kQueryTile),
-          delta(kQueryTile), p(kKeyTile * kQueryTile), ds(kKeyTile * kQueryTile), k_rows(kKeyTile * D),
+          delta(kQueryTile), p(kKeyTile * kQueryTile), ds(kKeyTile * kQueryTile),
+          dropout_factor(kKeyTile * kQueryTile), k_rows(kKeyTile * D),
           v_rows(kKeyTile * D), diag(kQueryTile + kKeyTile), dk(kKeyTile * D), dv(kKeyTile * D),
           dq(kQueryTile * D) {}
   };
@@ -379,8 +380,19 @@ class AttentionKernel {
     }
   }
 
-  bool dropout_keeps(int64_t b, int64_t h, int64_t i, int64_t j) const {
-    return philox_uniform(seed_, uint64_t(((b * H_ + h) * Sq_ + i) * Sk_ + j)) >= dropout_p_;
+  // Calls f(j * ld + i, keep) for every element of the block, lanes i >= m included (their probabilities are 0):
+  // keep iff philox_uniform(seed, ((b * H + h) * Sq + i0 + i) * Sk + j0 + j) >= dropout_p.
+  template <typename F>
+  void for_each_dropout(const QueryTile& qt_tile, const KeyTile& kt, const F& f) const {
+    constexpr int64_t kLanes = 8;
+    float uniform[kLanes];
+    const int64_t ld = qt_tile.ld;
+    for (int64_t j = 0; j < kt.n; ++j)
+      for (int64_t i = 0; i < ld; i += kLanes) {
+        const int64_t first = ((qt_tile.b * H_ + qt_tile.h) * Sq_ + qt_tile.i0 + i) * Sk_ + kt.j0 + j;
+        philox_uniform8(seed_, uint64_t(first), uint64_t(Sk_), uniform);
+        for (int64_t l = 0; l < std::min(kLanes, ld - i); ++l) f(j * ld + i + l, uniform[l] >= dropout_p_);
+      }
   }
 
   // ---- forward ------------------------------------------------------------------------------------------------
@@ -432,11 +444,10 @@ class AttentionKernel {
         }
       }
       if (dropout_p_ > 0) {  // zero dropped probabilities; the 1/(1-p) factor is applied with the 1/sum below
-        for (int64_t j = 0; j < kt.n; ++j)
-          for (int64_t i = 0; i < m; ++i) {
-            acc_t& p = ws.st[j * ld + i];
-            if (p != 0 && !dropout_keeps(b, h, i0 + i, kt.j0 + j)) p = 0;
-          }
+        acc_t* st = ws.st.data();
+        for_each_dropout(qt_tile, kt, [st](int64_t e, bool keep) {
+          if (!keep) st[e] = 0;
+        });
       }
       tile_gemm<acc_t>(m, D_, kt.n, ws.st.data(), {1, ld}, kt.v_rows, kt.v_ld, ws.out.data(), D_, true);
     }
@@ -507,21 +518,22 @@ class AttentionKernel {
       for (int64_t i = 0; i < ld; i += kV)
         (Vec::loadu(p + j * ld + i) - Vec::loadu(ws.lse.data() + i)).exp_u20().store(p + j * ld + i);
     tile_gemm<acc_t>(n, ld, D_, kt.v_rows, {kt.v_ld, 1}, ws.dot.data(), ld, ds, ld, /*accumulate=*/false);
-    if (dropout_p_ > 0) {
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t i = 0; i < ld; ++i) {
-          const int64_t e = j * ld + i;
-          const bool keep = i < qt_tile.m && dropout_keeps(qt_tile.b, qt_tile.h, qt_tile.i0 + i, kt.j0 + j);
-          const acc_t kept = keep ? keep_scale_ : acc_t(0);
-          ds[e] = p[e] * (ds[e] * kept - ws.delta[i]);
-          p[e] *= kept;
-        }
-      return;
+    const bool dropout = dropout_p_ > 0;
+    acc_t* factor = ws.dropout_factor.data();  // 1/(1-p) where kept, 0 where dropped
+    if (dropout) {
+      for_each_dropout(qt_tile, kt, [&](int64_t e, bool keep) { factor[e] = keep ? keep_scale_ : acc_t(0); });
     }
     for (int64_t j = 0; j < n; ++j)
       for (int64_t i = 0; i < ld; i += kV) {
-        const Vec pv = Vec::loadu(p + j * ld + i);
-        (pv * (Vec::loadu(ds + j * ld + i) - Vec::loadu(ws.delta.data() + i))).store(ds + j * ld + i);
+        const int64_t e = j * ld + i;
+        const Vec prob = Vec::loadu(p + e);
+        Vec dprob = Vec::loadu(ds + e);
+        if (dropout) {
+          const Vec f = Vec::loadu(factor + e);
+          dprob = dprob * f;
+          (prob * f).store(p + e);
+        }
+        (prob * (dprob - Vec::loadu(ws.delta.data() + i))).store(ds + e);
       }
   }
 
