@@ -42,8 +42,12 @@ using at::Tensor;
 // or 128 x 64 forward and backward.
 constexpr int64_t kQueryTile = 32;
 constexpr int64_t kKeyTile = 128;
-// The fused backward needs this many (b, kv head) tasks per thread; below it the two-pass split balances better.
+// The fused backward runs B * Hkv equal tasks; with at least 4 per thread the last round leaves threads idle at most
+// ~20% of the time, less than the ~40% of extra work (7 instead of 5 tile GEMMs) that the two-pass split costs.
 constexpr int64_t kFusedTasksPerThread = 4;
+// The fused backward keeps each task's dQ of its head group in acc_t ([group, Sq, D]); beyond 1M elements (4 MB in
+// fp32) per task it uses the two-pass split instead.
+constexpr int64_t kMaxFusedDqElements = int64_t(1) << 20;
 
 int64_t round_up(int64_t x, int64_t multiple) { return at::divup(x, multiple) * multiple; }
 
@@ -69,7 +73,7 @@ std::array<int64_t, N> strides_of(const Tensor& t) {
 }
 
 // The scalar arguments and optional score terms of one call, shared by the forward and the backward.
-struct ScoreOptions {
+struct AttentionOptions {
   const std::optional<Tensor>& attn_bias;
   const std::optional<Tensor>& key_padding_mask;
   const std::optional<Tensor>& rel_table;
@@ -88,7 +92,7 @@ class AttentionKernel {
   static constexpr int64_t kV = Vec::size();
 
   // rel_table_acc is rel_table converted to a contiguous acc_t tensor (it must outlive the kernel).
-  AttentionKernel(const Tensor& q, const Tensor& k, const Tensor& v, const ScoreOptions& opt,
+  AttentionKernel(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt,
                   const Tensor& rel_table_acc)
       : B_(q.size(0)), H_(q.size(1)), Hkv_(k.size(1)), Sq_(q.size(2)), Sk_(k.size(2)), D_(q.size(3)),
         q_(q.const_data_ptr<scalar_t>()), k_(k.const_data_ptr<scalar_t>()), v_(v.const_data_ptr<scalar_t>()),
@@ -139,53 +143,56 @@ class AttentionKernel {
     });
   }
 
-  // grad_bias / grad_rel_table are defined only when requested; grad_k and grad_v must come zero-filled (rows of
-  // keys that no query keeps are never written).
+  // grad_bias (written when it has elements, i.e. bias_needs_grad) and grad_rel_table_f64 (fp64, with rel_table) must
+  // come zero-filled, and so must grad_k and grad_v: rows of keys that no query keeps are never written.
   void backward(const Tensor& grad_out, const Tensor& out, const Tensor& lse, Tensor& grad_q, Tensor& grad_k,
-                Tensor& grad_v, Tensor& grad_bias, Tensor& grad_rel_table_acc) const {
-    BackwardOutputs outs;
+                Tensor& grad_v, Tensor& grad_bias, Tensor& grad_rel_table_f64) const {
+    BackwardArgs args;
     const Tensor delta = row_dot(grad_out, out);  // [B, H, Sq] acc_t: rowsum(dO * O)
-    outs.grad_out = grad_out.const_data_ptr<scalar_t>();
-    outs.grad_out_st = strides_of<3>(grad_out);
-    outs.lse = lse.const_data_ptr<float>();
-    outs.lse_st = strides_of<3>(lse);
-    outs.delta = delta.const_data_ptr<acc_t>();
-    outs.grad_q = grad_q.data_ptr<scalar_t>();
-    outs.grad_k = grad_k.data_ptr<scalar_t>();
-    outs.grad_v = grad_v.data_ptr<scalar_t>();
-    if (grad_bias.numel() > 0) outs.grad_bias = grad_bias.data_ptr();
+    args.grad_out = grad_out.const_data_ptr<scalar_t>();
+    args.grad_out_st = strides_of<3>(grad_out);
+    args.lse = lse.const_data_ptr<float>();
+    args.lse_st = strides_of<3>(lse);
+    args.delta = delta.const_data_ptr<acc_t>();
+    args.grad_q = grad_q.data_ptr<scalar_t>();
+    args.grad_k = grad_k.data_ptr<scalar_t>();
+    args.grad_v = grad_v.data_ptr<scalar_t>();
+    if (grad_bias.numel() > 0) args.grad_bias = grad_bias.data_ptr();
 
     const int64_t group = H_ / Hkv_, num_key_tiles = at::divup(Sk_, kKeyTile);
-    const bool fused = B_ * Hkv_ >= kFusedTasksPerThread * at::get_num_threads();
+    const bool fused = B_ * Hkv_ >= kFusedTasksPerThread * at::get_num_threads() &&
+                       group * Sq_ * D_ <= kMaxFusedDqElements;
     const int64_t key_tasks = fused ? B_ * Hkv_ : B_ * Hkv_ * num_key_tiles;
     // One [group, num_buckets] partial of grad_rel_table per key task, reduced in task order (deterministic).
-    std::vector<acc_t> rel_partials(rel_table_ ? key_tasks * group * num_buckets_ : 0, acc_t(0));
+    // Each grad_rel_table entry sums dS over up to B * Sq * Sk pairs, so partials are fp64 (in fp32, the saturated
+    // bucket of a 50 x 130 T5 case was off by 10x the error of PyTorch's fp32 autograd).
+    std::vector<double> rel_partials(rel_table_ ? key_tasks * group * num_buckets_ : 0, 0.0);
     const auto make_workspace = [&] { return BackwardWorkspace(D_); };
 
     run_tasks(key_tasks, make_workspace, [&](int64_t task, BackwardWorkspace& ws) {
-      acc_t* rel_partial = rel_table_ ? rel_partials.data() + task * group * num_buckets_ : nullptr;
+      double* rel_partial = rel_table_ ? rel_partials.data() + task * group * num_buckets_ : nullptr;
       if (!fused) {
         const int64_t bkv = task / num_key_tiles;
-        key_tile_grads(bkv / Hkv_, bkv % Hkv_, task % num_key_tiles, ws, outs, nullptr, rel_partial);
+        key_tile_grads(bkv / Hkv_, bkv % Hkv_, task % num_key_tiles, ws, args, nullptr, rel_partial);
         return;
       }
       const int64_t b = task / Hkv_, kvh = task % Hkv_;
       std::vector<acc_t> dq_acc(group * Sq_ * D_, acc_t(0));  // [group, Sq, D]
       for (int64_t tile = 0; tile < num_key_tiles; ++tile)
-        key_tile_grads(b, kvh, tile, ws, outs, dq_acc.data(), rel_partial);
+        key_tile_grads(b, kvh, tile, ws, args, dq_acc.data(), rel_partial);
       for (int64_t g = 0; g < group; ++g)
         for (int64_t i = 0; i < Sq_; ++i)
-          store_row(dq_acc.data() + (g * Sq_ + i) * D_, scale_, grad_q_row(outs, b, kvh * group + g, i));
+          store_row(dq_acc.data() + (g * Sq_ + i) * D_, scale_, grad_q_row(args, b, kvh * group + g, i));
     });
     if (!fused) {
       const int64_t num_query_tiles = at::divup(Sq_, kQueryTile);
       run_tasks(B_ * H_ * num_query_tiles, make_workspace, [&](int64_t task, BackwardWorkspace& ws) {
         const int64_t bh = task / num_query_tiles, tile = num_query_tiles - 1 - task % num_query_tiles;
-        query_tile_grads(bh / H_, bh % H_, tile * kQueryTile, ws, outs);
+        query_tile_grads(bh / H_, bh % H_, tile * kQueryTile, ws, args);
       });
     }
     if (rel_table_) {
-      acc_t* grad_table = grad_rel_table_acc.data_ptr<acc_t>();  // [num_buckets, H], zero-filled
+      double* grad_table = grad_rel_table_f64.data_ptr<double>();  // [num_buckets, H], zero-filled
       for (int64_t task = 0; task < key_tasks; ++task) {
         const int64_t kvh = (fused ? task : task / num_key_tiles) % Hkv_;
         for (int64_t g = 0; g < group; ++g)
@@ -213,8 +220,8 @@ class AttentionKernel {
           v_rows(kKeyTile * D), diag(kQueryTile + kKeyTile), dk(kKeyTile * D), dv(kKeyTile * D),
           dq(kQueryTile * D) {}
   };
-  // Pointers the backward tasks read and write.
-  struct BackwardOutputs {
+  // What the backward tasks read besides q, k, v, and the gradients they write.
+  struct BackwardArgs {
     const scalar_t* grad_out;
     std::array<int64_t, 3> grad_out_st;
     const float* lse;
@@ -243,10 +250,10 @@ class AttentionKernel {
   const scalar_t* v_row(int64_t b, int64_t kvh, int64_t j) const {
     return v_ + b * v_st_[0] + kvh * v_st_[1] + j * v_st_[2];
   }
-  const scalar_t* grad_out_row(const BackwardOutputs& o, int64_t b, int64_t h, int64_t i) const {
+  const scalar_t* grad_out_row(const BackwardArgs& o, int64_t b, int64_t h, int64_t i) const {
     return o.grad_out + b * o.grad_out_st[0] + h * o.grad_out_st[1] + i * o.grad_out_st[2];
   }
-  scalar_t* grad_q_row(const BackwardOutputs& o, int64_t b, int64_t h, int64_t i) const {
+  scalar_t* grad_q_row(const BackwardArgs& o, int64_t b, int64_t h, int64_t i) const {
     return o.grad_q + ((b * H_ + h) * Sq_ + i) * D_;
   }
   bool key_kept(int64_t b, int64_t j) const { return key_mask_[b * key_mask_st_[0] + j * key_mask_st_[1]]; }
@@ -489,7 +496,7 @@ class AttentionKernel {
 
   // Packs query tile [i0, i0 + m) of head h for the backward: Q^T (scaled), dO^T, lse and delta in lanes (padding
   // lanes get lse = +inf, so their probabilities are 0), and, with rows, Q and dO rows as acc_t.
-  QueryTile load_query_tile(const BackwardOutputs& o, int64_t b, int64_t h, int64_t i0, bool rows,
+  QueryTile load_query_tile(const BackwardArgs& o, int64_t b, int64_t h, int64_t i0, bool rows,
                             BackwardWorkspace& ws) const {
     const int64_t m = std::min(kQueryTile, Sq_ - i0), ld = round_up(m, kV);
     QueryTile t{b, h, i0, m, ld, nullptr, nullptr, 0, 0};
@@ -540,8 +547,8 @@ class AttentionKernel {
   // dK and dV rows of key tile `tile` of (b, kv head), over every query tile of every head of the group; with
   // dq_acc ([group, Sq, D]) also accumulates dS K for dQ. Writes grad_k, grad_v and grad_bias, and adds into
   // rel_partial ([group, num_buckets]).
-  void key_tile_grads(int64_t b, int64_t kvh, int64_t tile, BackwardWorkspace& ws, const BackwardOutputs& o,
-                      acc_t* dq_acc, acc_t* rel_partial) const {
+  void key_tile_grads(int64_t b, int64_t kvh, int64_t tile, BackwardWorkspace& ws, const BackwardArgs& o,
+                      acc_t* dq_acc, double* rel_partial) const {
     const auto [span_begin, span_end] = key_span(b, tile);
     if (span_end <= span_begin) return;
     const int64_t group = H_ / Hkv_;
@@ -580,7 +587,7 @@ class AttentionKernel {
   }
 
   // dQ rows of query tile [i0, i0 + kQueryTile) of (b, h): the second pass of the split backward.
-  void query_tile_grads(int64_t b, int64_t h, int64_t i0, BackwardWorkspace& ws, const BackwardOutputs& o) const {
+  void query_tile_grads(int64_t b, int64_t h, int64_t i0, BackwardWorkspace& ws, const BackwardArgs& o) const {
     const QueryTile qt_tile = load_query_tile(o, b, h, i0, /*rows=*/false, ws);
     const int64_t m = qt_tile.m, kvh = h / (H_ / Hkv_), key_end = causal_key_end(i0, m);
     std::fill(ws.dq.begin(), ws.dq.end(), acc_t(0));
@@ -606,7 +613,7 @@ class AttentionKernel {
   // Adds dS of the block into partial[bucket], the grad_rel_table column of the block's head. The bucket depends
   // only on the diagonal i - j, so dS is first summed along diagonals (padding lanes of dS are exactly 0).
   void add_rel_table_grad(const QueryTile& qt_tile, const KeyTile& kt, const acc_t* ds, acc_t* diag,
-                          acc_t* partial) const {
+                          double* partial) const {
     const int64_t n = kt.n, ld = qt_tile.ld, num_diagonals = ld + n - 1;
     std::fill(diag, diag + num_diagonals, acc_t(0));
     for (int64_t j = 0; j < n; ++j) {
@@ -651,7 +658,7 @@ void check_like_q(const Tensor& t, const char* name, const Tensor& q) {
               t.scalar_type());
 }
 
-void check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v, const ScoreOptions& opt) {
+void check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
   check_qkv(q, "q");
   check_qkv(k, "k");
   check_qkv(v, "v");
@@ -719,7 +726,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& q, const Tensor& k, const
                                          const std::optional<Tensor>& rel_table, const std::optional<Tensor>& rel_lut,
                                          bool rel_bidirectional, bool causal, double scale, double dropout_p,
                                          int64_t seed) {
-  const ScoreOptions opt{attn_bias, key_padding_mask, rel_table, rel_lut, rel_bidirectional,
+  const AttentionOptions opt{attn_bias, key_padding_mask, rel_table, rel_lut, rel_bidirectional,
                          causal,    scale,            dropout_p, seed};
   check_attention_args(q, k, v, opt);
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3);
@@ -736,7 +743,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
     const std::optional<Tensor>& attn_bias, const std::optional<Tensor>& key_padding_mask,
     const std::optional<Tensor>& rel_table, const std::optional<Tensor>& rel_lut, bool rel_bidirectional, bool causal,
     double scale, double dropout_p, int64_t seed, bool bias_needs_grad) {
-  const ScoreOptions opt{attn_bias, key_padding_mask, rel_table, rel_lut, rel_bidirectional,
+  const AttentionOptions opt{attn_bias, key_padding_mask, rel_table, rel_lut, rel_bidirectional,
                          causal,    scale,            dropout_p, seed};
   check_attention_args(q, k, v, opt);
   check_like_q(grad_out, "grad_out", q);
@@ -753,18 +760,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
   Tensor grad_v = at::zeros(v.sizes(), v.options());
   Tensor grad_bias = bias_needs_grad ? at::zeros({B, H, Sq, k.size(2)}, q.options().dtype(attn_bias->scalar_type()))
                                      : at::empty({0}, q.options());  // [B, H, Sq, Sk]
-  Tensor grad_table_acc = rel_table ? at::zeros(rel_table->sizes(), q.options().dtype(acc_dtype))
+  Tensor grad_table_f64 = rel_table ? at::zeros(rel_table->sizes(), q.options().dtype(at::kDouble))
                                     : at::empty({0}, q.options());  // [num_buckets, H]
   if (lse.numel() > 0) {
     const Tensor table = rel_table_as_acc(rel_table, acc_dtype);
     FASTFORMER_ATTENTION_DISPATCH(q.scalar_type(), [&] {
       AttentionKernel<scalar_t>(q, k, v, opt, table)
-          .backward(grad_out, out, lse, grad_q, grad_k, grad_v, grad_bias, grad_table_acc);
+          .backward(grad_out, out, lse, grad_q, grad_k, grad_v, grad_bias, grad_table_f64);
     });
   } else {
     grad_q.zero_();
   }
-  Tensor grad_rel_table = rel_table ? grad_table_acc.to(rel_table->scalar_type()) : grad_table_acc;
+  Tensor grad_rel_table = rel_table ? grad_table_f64.to(rel_table->scalar_type()) : grad_table_f64;
   return {grad_q, grad_k, grad_v, grad_bias, grad_rel_table};
 }
 
