@@ -256,6 +256,7 @@ class AttentionKernel {
   scalar_t* grad_q_row(const BackwardArgs& o, int64_t b, int64_t h, int64_t i) const {
     return o.grad_q + ((b * H_ + h) * Sq_ + i) * D_;
   }
+  int64_t kv_head(int64_t h) const { return h / (H_ / Hkv_); }
   bool key_kept(int64_t b, int64_t j) const { return key_mask_[b * key_mask_st_[0] + j * key_mask_st_[1]]; }
 
   // Keys of key tile `tile` inside the batch's kept range [first kept key, last kept key]; empty when none.
@@ -306,6 +307,19 @@ class AttentionKernel {
       for (int64_t d = 0; d < D_; ++d) dst[d * ld + i] = factor * acc_t(row[d]);
     }
     for (int64_t d = 0; d < D_; ++d) std::fill(dst + d * ld + m, dst + (d + 1) * ld, acc_t(0));
+  }
+
+  // Calls body(key tile) for every key tile that some query of [i0, i0 + m) of batch b keeps, clipped to the kept
+  // keys and loaded as acc_t rows of kv head kvh.
+  template <typename Body>
+  void for_each_key_tile(int64_t b, int64_t kvh, int64_t i0, int64_t m, acc_t* k_scratch, acc_t* v_scratch,
+                         const Body& body) const {
+    const int64_t key_end = causal_key_end(i0, m);
+    for (int64_t tile = 0; tile < at::divup(Sk_, kKeyTile); ++tile) {
+      auto [j0, j1] = key_span(b, tile);
+      j1 = std::min(j1, key_end);
+      if (j1 > j0) body(load_key_tile(b, kvh, j0, j1 - j0, k_scratch, v_scratch));
+    }
   }
 
   KeyTile load_key_tile(int64_t b, int64_t kvh, int64_t j0, int64_t n, acc_t* k_scratch, acc_t* v_scratch) const {
@@ -428,18 +442,13 @@ class AttentionKernel {
   }
 
   void forward_query_tile(int64_t b, int64_t h, int64_t i0, ForwardWorkspace& ws, scalar_t* out, float* lse) const {
-    const int64_t m = std::min(kQueryTile, Sq_ - i0), ld = round_up(m, kV), kvh = h / (H_ / Hkv_);
+    const int64_t m = std::min(kQueryTile, Sq_ - i0), ld = round_up(m, kV);
     const QueryTile qt_tile{b, h, i0, m, ld, nullptr, nullptr, 0, 0};
     pack_transposed(q_row(b, h, i0), q_st_[2], m, ld, scale_, ws.qt.data());
     std::fill(ws.row_max.begin(), ws.row_max.end(), -std::numeric_limits<acc_t>::infinity());
     std::fill(ws.row_sum.begin(), ws.row_sum.end(), acc_t(0));
     std::fill(ws.out.begin(), ws.out.end(), acc_t(0));
-    const int64_t key_end = causal_key_end(i0, m);
-    for (int64_t tile = 0; tile < at::divup(Sk_, kKeyTile); ++tile) {
-      auto [j0, j1] = key_span(b, tile);
-      j1 = std::min(j1, key_end);
-      if (j1 <= j0) continue;
-      const KeyTile kt = load_key_tile(b, kvh, j0, j1 - j0, ws.k_rows.data(), ws.v_rows.data());
+    for_each_key_tile(b, kv_head(h), i0, m, ws.k_rows.data(), ws.v_rows.data(), [&](const KeyTile& kt) {
       scores(qt_tile, ws.qt.data(), kt, ws.st.data(), ws.diag.data());
       online_softmax(ws.st.data(), ld, kt.n, ws.row_max.data(), ws.row_sum.data(), ws.alpha.data());
       for (int64_t i = 0; i < m; ++i) {
@@ -457,7 +466,7 @@ class AttentionKernel {
         });
       }
       tile_gemm<acc_t>(m, D_, kt.n, ws.st.data(), {1, ld}, kt.v_rows, kt.v_ld, ws.out.data(), D_, true);
-    }
+    });
     for (int64_t i = 0; i < m; ++i) {
       const int64_t row = (b * H_ + h) * Sq_ + i0 + i;
       const bool empty = ws.row_max[i] == -std::numeric_limits<acc_t>::infinity();
@@ -589,16 +598,12 @@ class AttentionKernel {
   // dQ rows of query tile [i0, i0 + kQueryTile) of (b, h): the second pass of the split backward.
   void query_tile_grads(int64_t b, int64_t h, int64_t i0, BackwardWorkspace& ws, const BackwardArgs& o) const {
     const QueryTile qt_tile = load_query_tile(o, b, h, i0, /*rows=*/false, ws);
-    const int64_t m = qt_tile.m, kvh = h / (H_ / Hkv_), key_end = causal_key_end(i0, m);
+    const int64_t m = qt_tile.m;
     std::fill(ws.dq.begin(), ws.dq.end(), acc_t(0));
-    for (int64_t tile = 0; tile < at::divup(Sk_, kKeyTile); ++tile) {
-      auto [j0, j1] = key_span(b, tile);
-      j1 = std::min(j1, key_end);
-      if (j1 <= j0) continue;
-      const KeyTile kt = load_key_tile(b, kvh, j0, j1 - j0, ws.k_rows.data(), ws.v_rows.data());
+    for_each_key_tile(b, kv_head(h), i0, m, ws.k_rows.data(), ws.v_rows.data(), [&](const KeyTile& kt) {
       block_grads(qt_tile, kt, ws);
       tile_gemm<acc_t>(m, D_, kt.n, ws.ds.data(), {1, qt_tile.ld}, kt.k_rows, kt.k_ld, ws.dq.data(), D_, true);
-    }
+    });
     for (int64_t i = 0; i < m; ++i) store_row(ws.dq.data() + i * D_, scale_, grad_q_row(o, b, h, i0 + i));
   }
 
