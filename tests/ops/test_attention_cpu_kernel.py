@@ -270,7 +270,10 @@ def check_backward(case, keep=None):
             assert got.numel() == 0, f"{name} should be empty"
             continue
         assert got.shape == want.shape, name
-        assert_error_within_budget(got, want, same, ATOL[case["q"].dtype], name)
+        atol = ATOL[case["q"].dtype]
+        if name == "grad_rel_table":  # each entry sums dS over thousands of pairs: the slack is relative to its size
+            atol *= max(1.0, want.abs().max().item())
+        assert_error_within_budget(got, want, same, atol, name)
 
 
 BACKWARD_CASES = {
