@@ -105,7 +105,8 @@ def assert_error_within_budget(actual, expected, same_dtype, atol, what):
 
 def make_case(*, batch=2, heads=4, kv_heads=None, seq_q=33, seq_k=None, head_dim=64, dtype=torch.float32,
               bias=None, padding=False, t5=None, causal=False, fused_qkv=False, bias_dtype=None):
-    """Random inputs as keyword arguments of the ops. bias: None, "broadcast" ([B, 1, Sq, Sk] expanded) or "full";
+    """Random inputs as keyword arguments of the ops. padding: False, True (a random length per sequence) or "random"
+    (any key masked); bias: None, "broadcast" ([B, 1, Sq, Sk] expanded) or "full";
     t5: None, "bidirectional" or "causal" (unidirectional); fused_qkv: q, k, v are strided views of [B, S, 3, H, D]."""
     kv_heads = kv_heads or heads
     seq_k = seq_k or seq_q
@@ -123,7 +124,9 @@ def make_case(*, batch=2, heads=4, kv_heads=None, seq_q=33, seq_k=None, head_dim
         shape = (batch, 1, seq_q, seq_k) if bias == "broadcast" else (batch, heads, seq_q, seq_k)
         case["bias_leaf"] = torch.randn(shape, dtype=bias_dtype or dtype)
         case["attn_bias"] = case["bias_leaf"].expand(batch, heads, seq_q, seq_k)
-    if padding:
+    if padding == "random":  # masked keys anywhere, not just at the end
+        case["key_padding_mask"] = torch.rand(batch, seq_k) > 0.4  # [B, Sk]
+    elif padding:
         lengths = torch.randint(1, seq_k + 1, (batch,))
         lengths[0] = seq_k
         case["key_padding_mask"] = torch.arange(seq_k)[None, :] < lengths[:, None]  # [B, Sk]
@@ -174,6 +177,7 @@ def check_forward(case, keep=None):
 FEATURES = {
     "plain": dict(),
     "padding": dict(padding=True),
+    "random_mask": dict(seq_q=20, seq_k=150, padding="random"),
     "causal_sq_lt_sk": dict(seq_q=17, seq_k=97, causal=True),
     "causal_sq_gt_sk": dict(seq_q=97, seq_k=17, causal=True),  # queries 0..79 keep no key
     "cross_padded": dict(seq_q=17, seq_k=150, padding=True),
@@ -279,6 +283,7 @@ def check_backward(case, keep=None):
 BACKWARD_CASES = {
     "padding": dict(padding=True, seq_q=70, seq_k=150),
     "decode_long": dict(seq_q=1, seq_k=1025, causal=True, padding=True),
+    "random_mask": dict(seq_q=20, seq_k=150, padding="random"),
     "causal_cross_gqa": dict(group=2, seq_q=40, seq_k=140, causal=True),
     "bias_t5_padding": dict(seq_q=50, seq_k=130, bias="broadcast", t5="bidirectional", padding=True),
     "t5_causal_full_bias": dict(seq_q=70, seq_k=70, t5="causal", causal=True, bias="full",
