@@ -303,10 +303,11 @@ def test_backward_matches_reference(feature, split):
         check_backward(make_case(**params))
 
 
-def test_backward_bfloat16():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_backward_reduced_precision(dtype):
     torch.manual_seed(7)
     with intra_op_threads(2):
-        check_backward(make_case(dtype=torch.bfloat16, heads=4, kv_heads=2, seq_q=40, seq_k=90, padding=True,
+        check_backward(make_case(dtype=dtype, heads=4, kv_heads=2, seq_q=40, seq_k=90, padding=True,
                                  bias="broadcast", bias_dtype=torch.float32, t5="bidirectional", causal=True))
 
 
