@@ -63,6 +63,8 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
     if task_options.get("pooling", "cls") != "cls":
         # The checkpoint's pooler / classifier expect the first token alone; other poolings get a fresh head.
         named = {k: v for k, v in named.items() if not k.startswith("head.")}
+    if task not in ("sequence-classification",):
+        ignore = (*ignore, r"pooler\.")  # only the BERT classification head uses the pooler
     state, missing, unexpected = map_weights(keymap, named, weights, prefix, ignore)
     body_missing = [m for m in missing if m.startswith("encoder.")]
     if body_missing:

@@ -32,8 +32,8 @@ class SelfAttention(nn.Module):
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
         self.scale = None if config.attention_scale else 1.0
         self.dropout = config.attention_dropout
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.num_heads * config.head_dim, bias=config.bias)
-        self.out = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=config.bias)
+        self.qkv = ffnn.Linear(config.hidden_size, 3 * config.num_heads * config.head_dim, bias=config.bias)
+        self.out = ffnn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=config.bias)
 
     def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False):
         batch, seq, _ = x.shape
@@ -48,9 +48,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.act = ACTIVATIONS[config.activation]
-        self.up = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias)
-        self.gate = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias) if config.gated_ffn else None
-        self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.bias)
+        self.up = ffnn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias)
+        self.gate = ffnn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias) if config.gated_ffn else None
+        self.down = ffnn.Linear(config.intermediate_size, config.hidden_size, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
