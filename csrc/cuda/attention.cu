@@ -5,15 +5,12 @@
 // are exp2(x - max); lse is converted back to natural log on output. A row whose keys are all masked
 // keeps max = -inf and sum = 0 and is written as out = 0, lse = +inf; every exp2 uses a finite
 // reference (0 while the max is still -inf), so no -inf - -inf ever makes a NaN.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 #include <iterator>
 #include <type_traits>
-#include <utility>
 
 #include "cuda/attention.h"
+#include "cuda/device_api.cuh"
 #include "cuda/philox.cuh"
 
 namespace fastformer::cuda {
@@ -146,16 +143,6 @@ struct PrefillShape {
   static_assert(kBlockN % 16 == 0, "key tile must be a multiple of the mma k (16)");
 };
 
-__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPendingGroups>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPendingGroups));
-}
-
 // Copies rows [row0, row0 + kRows) of a [rows_total, D] matrix (row stride `stride` elements) into
 // shared [kRows][kRowStride], zero-filling rows >= rows_total so they contribute nothing (not NaN).
 template <typename T, int D, int kRows>
@@ -198,28 +185,6 @@ __device__ __forceinline__ uint32_t pack_float2<__nv_bfloat16>(float lo, float h
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// acc[16x8] += A[16x16] * B[16x8] with fp32 accumulation. Fragments (PTX ISA, mma.m16n8k16), with
-// g = lane / 4 and t = lane % 4:
-//   a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..2t+1], a[2] = A[g][2t+8..2t+9], a[3] = A[g+8][2t+8..2t+9]
-//   b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
-//   acc[0..1] = C[g][2t..2t+1], acc[2..3] = C[g+8][2t..2t+1]
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
 // One CTA per (query tile of kBlockM rows, b*h): blockIdx.x = bh * num_q_tiles + tile, so CTAs that
 // share K/V run next to each other. Warp w owns query rows m0 + 16w .. m0 + 16w + 15; lane (g, t)
 // holds rows g and g + 8 of that slab (index r = 0, 1 below) in the accumulator layout above.
@@ -231,8 +196,7 @@ __global__ void __launch_bounds__(PrefillShape<D>::kThreads)
   constexpr int kKeyTiles8 = kBlockN / 8;  // 8-key column tiles of the score accumulator
   constexpr int kDimTiles8 = D / 8;        // 8-column tiles of the output accumulator
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* q_smem = reinterpret_cast<T*>(smem_raw);                 // [kBlockM][kRowStride]
+  T* q_smem = reinterpret_cast<T*>(dynamic_smem());                // [kBlockM][kRowStride]
   T* k_smem = q_smem + kBlockM * kRowStride;                  // [kStages][kBlockN][kRowStride]
   T* v_smem = k_smem + Shape::kStages * kBlockN * kRowStride;  // [kStages][kBlockN][kRowStride]
 
@@ -619,13 +583,9 @@ int64_t prefill_block_m(int64_t head_dim) {
 template <typename T, int D>
 cudaError_t launch_prefill(const AttentionFwdParams& p, const AttentionFwdPlan& plan, cudaStream_t stream) {
   using Shape = PrefillShape<D>;
-  const auto kernel = attention_prefill_kernel<T, D>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(Shape::kSmemBytes));
-  if (err != cudaSuccess) return err;
   const int64_t num_q_tiles = ceil_div(p.seqlen_q, Shape::kBlockM);
-  kernel<<<static_cast<unsigned>(plan.grid_ctas), Shape::kThreads, Shape::kSmemBytes, stream>>>(p, num_q_tiles);
-  return cudaGetLastError();
+  return launch_kernel(attention_prefill_kernel<T, D>, plan.grid_ctas, Shape::kThreads, Shape::kSmemBytes, stream, p,
+                       num_q_tiles);
 }
 
 template <typename T, int D>
@@ -635,14 +595,11 @@ cudaError_t launch_split_kv(const AttentionFwdParams& p, const AttentionFwdPlan&
   const SplitWorkspace ws{workspace, workspace + plan.num_splits * total_rows * D,
                           workspace + plan.num_splits * total_rows * (D + 1)};
   const int64_t num_row_blocks = ceil_div(p.seqlen_q, kSplitRows);
-  attention_split_kv_kernel<T, D><<<static_cast<unsigned>(plan.grid_ctas), kSplitThreads, 0, stream>>>(
-      p, ws, plan.num_splits, plan.chunk_keys, num_row_blocks);
-  cudaError_t err = cudaGetLastError();
+  const cudaError_t err = launch_kernel(attention_split_kv_kernel<T, D>, plan.grid_ctas, kSplitThreads, 0, stream, p,
+                                        ws, plan.num_splits, plan.chunk_keys, num_row_blocks);
   if (err != cudaSuccess) return err;
-  const int64_t combine_ctas = ceil_div(total_rows, kCombineWarps);
-  attention_combine_kernel<T><<<static_cast<unsigned>(combine_ctas), kCombineWarps * 32, 0, stream>>>(
-      ws, static_cast<T*>(p.out), p.lse, total_rows, plan.num_splits, D);
-  return cudaGetLastError();
+  return launch_kernel(attention_combine_kernel<T>, ceil_div(total_rows, kCombineWarps), kCombineWarps * 32, 0, stream,
+                       ws, static_cast<T*>(p.out), p.lse, total_rows, plan.num_splits, D);
 }
 
 }  // namespace

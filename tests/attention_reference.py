@@ -1,0 +1,153 @@
+"""Materialized attention for kernel tests of torch.ops.fastformer.attention_fwd, and their inputs.
+
+attention_reference follows the schema comment in csrc/fastformer.cpp literally: it builds the full
+[B, H, Sq, Sk] score matrix, so keep shapes small. Dropout keeps element (b, h, i, j) iff Triton's
+tl.rand(seed, ((b*H + h)*Sq + i)*Sk + j) >= p, taken from tl.rand itself (interpreted on CPU when
+TRITON_INTERPRET=1, compiled on a GPU), so the reference does not depend on any port of Philox.
+"""
+from dataclasses import dataclass
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # dropout cases skip without Triton
+    triton = None
+
+# lse is an fp32 log of fp32 sums of exactly rounded inputs: its error is ~1e-6; this leaves room.
+LSE_ATOL = 1e-3
+
+
+@dataclass
+class AttentionCase:
+    batch: int = 2
+    heads: int = 2
+    kv_heads: int = 2
+    seqlen_q: int = 17
+    seqlen_k: int = 70
+    head_dim: int = 64
+    bias: str | None = None  # None, "full" ([B, H, Sq, Sk]), "broadcast" ([1, H, 1, Sk] expanded), "fp32"
+    padding: bool = False    # key_padding_mask with some keys dropped, and one batch fully masked
+    causal: bool = False
+    t5: str | None = None    # None, "bidirectional", "causal"
+    dropout_p: float = 0.0
+    layout: str = "contiguous"  # "contiguous", "fused_qkv" (views of one [B, S, 3, H, D] tensor), "odd_offset"
+
+    def id(self) -> str:
+        parts = [f"b{self.batch}h{self.heads}kv{self.kv_heads}q{self.seqlen_q}k{self.seqlen_k}d{self.head_dim}"]
+        for name in ("bias", "t5", "layout"):
+            value = getattr(self, name)
+            if value and value != "contiguous":
+                parts.append(f"{name}={value}")
+        parts += [flag for flag in ("padding", "causal") if getattr(self, flag)]
+        if self.dropout_p:
+            parts.append(f"dropout{self.dropout_p}")
+        return "-".join(parts)
+
+
+def _qkv(case: AttentionCase, dtype, device, generator):
+    B, H, Hkv, Sq, Sk, D = case.batch, case.heads, case.kv_heads, case.seqlen_q, case.seqlen_k, case.head_dim
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype=dtype, device=device)
+
+    if case.layout == "fused_qkv":
+        # q, k, v as strided views of one projection output: no copy, row stride 3*H*D.
+        assert Sq == Sk and H == Hkv, "fused_qkv needs self-attention shapes"
+        qkv = randn(B, Sq, 3, H, D)  # [B, S, 3, H, D]
+        q, k, v = (qkv[:, :, n].transpose(1, 2) for n in range(3))  # each [B, H, S, D]
+        return q, k, v
+    if case.layout == "odd_offset":
+        # Storage offset of one element: no 16-byte alignment, so the kernels load element by element.
+        def shifted(*shape):
+            flat = randn(int(torch.tensor(shape).prod()) + 1)
+            return flat[1:].view(*shape)
+        return shifted(B, H, Sq, D), shifted(B, Hkv, Sk, D), shifted(B, Hkv, Sk, D)
+    return randn(B, H, Sq, D), randn(B, Hkv, Sk, D), randn(B, Hkv, Sk, D)
+
+
+def make_inputs(case: AttentionCase, dtype, device, seed: int = 0) -> dict:
+    """Keyword arguments of torch.ops.fastformer.attention_fwd for `case`, fresh random data."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, Sq, Sk, D = case.batch, case.heads, case.seqlen_q, case.seqlen_k, case.head_dim
+    q, k, v = _qkv(case, dtype, device, g)
+    bias = None
+    if case.bias == "full":
+        bias = torch.randn(B, H, Sq, Sk, generator=g).to(dtype=dtype, device=device)
+    elif case.bias == "broadcast":
+        bias = torch.randn(1, H, 1, Sk, generator=g).to(dtype=dtype, device=device).expand(B, H, Sq, Sk)
+    elif case.bias == "fp32":
+        bias = torch.randn(B, 1, Sq, Sk, generator=g).to(device=device).expand(B, H, Sq, Sk)
+    mask = None
+    if case.padding:
+        mask = torch.rand(B, Sk, generator=g) > 0.3  # [B, Sk], True = attend
+        mask[0, :] = False  # batch 0: every row fully masked
+        mask = mask.to(device)
+    rel_table = rel_lut = None
+    if case.t5:
+        num_buckets = 8
+        rel_table = torch.randn(num_buckets, H, generator=g).to(device=device)  # [num_buckets, H]
+        # Buckets grow with distance (exact for small, log-ish beyond), as T5's LUT does.
+        half = num_buckets // 2 if case.t5 == "bidirectional" else num_buckets
+        rel_lut = torch.tensor([min(n if n < half // 2 else half // 2 + (n - half // 2) // 3, half - 1)
+                                for n in range(12)], dtype=torch.int32, device=device)
+    return dict(q=q, k=k, v=v, attn_bias=bias, key_padding_mask=mask, rel_table=rel_table, rel_lut=rel_lut,
+                rel_bidirectional=case.t5 == "bidirectional", causal=case.causal, scale=D ** -0.5,
+                dropout_p=case.dropout_p, seed=1234 + seed)
+
+
+if triton is not None:
+    @triton.jit
+    def _uniform_kernel(out_ptr, seed, count, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+        tl.store(out_ptr + offsets, tl.rand(seed, offsets), mask=offsets < count)
+
+
+def triton_uniform(seed: int, count: int, device) -> torch.Tensor:
+    """tl.rand(seed, arange(count)) as float32 [count]."""
+    if triton is None:
+        import pytest
+        pytest.skip("dropout reference needs Triton's tl.rand (triton not importable)")
+    out = torch.empty(count, dtype=torch.float32, device=device)
+    block = 1024
+    _uniform_kernel[(triton.cdiv(count, block),)](out, seed, count, BLOCK=block)
+    return out
+
+
+def attention_reference(q, k, v, attn_bias=None, key_padding_mask=None, rel_table=None, rel_lut=None,
+                        rel_bidirectional=False, causal=False, scale=1.0, dropout_p=0.0, seed=0,
+                        compute_dtype=torch.float64):
+    """(out [B, H, Sq, D] in compute_dtype, lse [B, H, Sq] float64 with +inf for fully masked rows)."""
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    device = q.device
+    qc, kc, vc = (t.to(compute_dtype) for t in (q, k, v))
+    kc = kc.repeat_interleave(H // Hkv, dim=1)  # [B, H, Sk, D]
+    vc = vc.repeat_interleave(H // Hkv, dim=1)
+    scores = scale * (qc @ kc.transpose(-1, -2))  # [B, H, Sq, Sk]
+    if attn_bias is not None:
+        scores = scores + attn_bias.to(compute_dtype)
+    i = torch.arange(Sq, device=device)[:, None]
+    j = torch.arange(Sk, device=device)[None, :]
+    rel = j - (i + Sk - Sq)  # [Sq, Sk]
+    if rel_table is not None:
+        distance = rel.abs() if rel_bidirectional else (-rel).clamp(min=0)
+        bucket = rel_lut.long()[distance.clamp(max=rel_lut.numel() - 1)]
+        if rel_bidirectional:
+            bucket = bucket + (rel > 0).long() * (rel_table.shape[0] // 2)
+        scores = scores + rel_table.to(compute_dtype)[bucket].permute(2, 0, 1)[None]  # [1, H, Sq, Sk]
+    keep = torch.ones(B, 1, Sq, Sk, dtype=torch.bool, device=device)
+    if key_padding_mask is not None:
+        keep = keep & key_padding_mask[:, None, None, :]
+    if causal:
+        keep = keep & (rel <= 0)
+    scores = scores.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(scores.double(), dim=-1)  # [B, H, Sq]
+    lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse)
+    probs = torch.exp(scores.double() - lse[..., None]).to(compute_dtype)  # fully masked rows: exp(-inf) = 0
+    if dropout_p > 0:
+        uniform = triton_uniform(seed, B * H * Sq * Sk, device).view(B, H, Sq, Sk)
+        kept = uniform >= torch.tensor(dropout_p, dtype=torch.float32)
+        probs = torch.where(kept, probs / (1 - dropout_p), torch.zeros_like(probs))
+    return probs @ vc, lse
