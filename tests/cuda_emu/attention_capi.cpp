@@ -16,9 +16,10 @@ using fastformer::cuda::DType;
 // ints: dtype, B, H, Hkv, Sq, Sk, D, q_stride[3], k_stride[3], v_stride[3], qkv_16b_aligned,
 //       bias_dtype, bias_stride[4], key_padding_mask_stride[2], rel_table_dtype, rel_table_stride[2],
 //       num_buckets, rel_lut_stride, rel_lut_len, rel_bidirectional, causal, seed   (33 values).
-// floats: scale, dropout_p. plan_out: split_kv, num_splits, chunk_keys. Returns the cudaError_t.
+// floats: scale, dropout_p. schedule_policy: emu::SchedulePolicy. plan_out: split_kv, num_splits,
+// chunk_keys. Returns the cudaError_t.
 extern "C" int emu_attention_fwd(const void* const* ptrs, const int64_t* ints, const double* floats, int sm_count,
-                                 int late_copies, int64_t* plan_out) {
+                                 int late_copies, int schedule_policy, int64_t* plan_out) {
   AttentionFwdParams p{};
   int i = 0;
   const auto next = [&] { return ints[i++]; };
@@ -59,7 +60,7 @@ extern "C" int emu_attention_fwd(const void* const* ptrs, const int64_t* ints, c
   p.scale = static_cast<float>(floats[0]);
   p.dropout_p = static_cast<float>(floats[1]);
 
-  emu::set_late_copies(late_copies != 0);
+  emu::configure(late_copies != 0, static_cast<emu::SchedulePolicy>(schedule_policy));
   const AttentionFwdPlan plan = fastformer::cuda::plan_attention_fwd(p, sm_count);
   plan_out[0] = plan.split_kv;
   plan_out[1] = plan.num_splits;

@@ -1,6 +1,11 @@
 // Fiber scheduler behind tests/cuda_emu/cuda/device_api.cuh: one ucontext fiber per CUDA thread of the
-// running CTA, switched round-robin at every barrier, so warp and CTA barriers behave as on a GPU
-// (a thread waits until every thread of its warp / CTA has arrived). Single OS thread, deterministic.
+// running CTA, single OS thread, deterministic. A fiber runs until it waits at a barrier (warp or CTA)
+// that is still closed; the scheduler then resumes another runnable fiber, chosen by the policy:
+//   kRoundRobin: the next runnable fiber after the current one (warps advance about in step);
+//   kLowFirst / kHighFirst: the lowest / highest-numbered runnable fiber, so one warp runs as far
+//   ahead of the others as the barriers allow, which exposes a missing __syncthreads between a
+//   warp's reads of shared memory and another warp's overwrite of it.
+// No runnable fiber while some are unfinished is a deadlock (e.g. __syncthreads in divergent code).
 #include <ucontext.h>
 
 #include <cstdio>
@@ -14,7 +19,6 @@ namespace emu {
 namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
-constexpr long kMaxSpins = 10'000'000;  // yields without the barrier opening: a deadlock
 
 struct PendingCopy {
   void* dst;
@@ -22,18 +26,23 @@ struct PendingCopy {
   int src_bytes;
 };
 
+struct Barrier {
+  int arrived = 0;
+  long generation = 0;
+};
+
 struct Fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack;
   uint3 thread_idx;
   bool done = false;
+  const Barrier* waiting_on = nullptr;  // runnable again once its generation moves past waiting_generation
+  long waiting_generation = 0;
+  long warp_ops = 0;  // warp operations so far: selects the exchange table
   std::vector<std::vector<PendingCopy>> committed_groups;
   std::vector<PendingCopy> open_group;
-};
 
-struct Barrier {
-  int arrived = 0;
-  long generation = 0;
+  bool runnable() const { return !done && (waiting_on == nullptr || waiting_on->generation != waiting_generation); }
 };
 
 struct State {
@@ -47,6 +56,7 @@ struct State {
   std::vector<uint32_t> warp_slot_table;
   std::vector<unsigned char> smem;
   bool late_copies = true;
+  SchedulePolicy policy = SchedulePolicy::kRoundRobin;
 };
 
 State& state() {
@@ -56,25 +66,18 @@ State& state() {
 
 Fiber& current_fiber() { return state().fibers[state().current]; }
 
-void yield() {
-  State& s = state();
-  swapcontext(&s.fibers[s.current].context, &s.scheduler);
-}
-
-void wait_at(Barrier& barrier, int participants, const char* what) {
-  const long generation = barrier.generation;
+void wait_at(Barrier& barrier, int participants) {
   if (++barrier.arrived == participants) {
     barrier.arrived = 0;
     ++barrier.generation;
     return;
   }
-  for (long spins = 0; barrier.generation == generation; ++spins) {
-    if (spins > kMaxSpins) {
-      std::fprintf(stderr, "emu: deadlock at %s (thread %u of block %u)\n", what, thread_idx().x, block_idx().x);
-      std::abort();
-    }
-    yield();
-  }
+  State& s = state();
+  Fiber& f = s.fibers[s.current];
+  f.waiting_on = &barrier;
+  f.waiting_generation = barrier.generation;
+  swapcontext(&f.context, &s.scheduler);  // resumed only once the barrier has opened
+  f.waiting_on = nullptr;
 }
 
 void copy_now(const PendingCopy& c) {
@@ -92,16 +95,51 @@ void fiber_main() {
   f.done = true;
 }  // returns to the scheduler through uc_link
 
+// Index of the fiber to resume after `previous`, or fibers.size() if none is runnable.
+size_t pick_next(const State& s, size_t previous) {
+  const size_t n = s.fibers.size();
+  for (size_t step = 0; step < n; ++step) {
+    size_t t = 0;
+    switch (s.policy) {
+      case SchedulePolicy::kRoundRobin: t = (previous + 1 + step) % n; break;
+      case SchedulePolicy::kLowFirst: t = step; break;
+      case SchedulePolicy::kHighFirst: t = n - 1 - step; break;
+    }
+    if (s.fibers[t].runnable()) return t;
+  }
+  return n;
+}
+
+void run_cta(State& s) {
+  size_t remaining = s.fibers.size();
+  for (size_t next = pick_next(s, s.fibers.size() - 1); remaining > 0; next = pick_next(s, s.current)) {
+    if (next == s.fibers.size()) {
+      std::fprintf(stderr, "emu: deadlock in block %u: %zu threads wait at barriers that cannot open\n",
+                   s.block_idx.x, remaining);
+      std::abort();
+    }
+    s.current = next;
+    swapcontext(&s.scheduler, &s.fibers[next].context);
+    if (s.fibers[next].done) --remaining;
+  }
+}
+
 }  // namespace
 
 const uint3& thread_idx() { return current_fiber().thread_idx; }
 const uint3& block_idx() { return state().block_idx; }
 
-void syncthreads() { wait_at(state().cta_barrier, static_cast<int>(state().fibers.size()), "__syncthreads"); }
+void syncthreads() { wait_at(state().cta_barrier, static_cast<int>(state().fibers.size())); }
 
-void warp_barrier() { wait_at(state().warp_barriers[thread_idx().x / 32], 32, "a warp operation"); }
-
-uint32_t* warp_slots() { return &state().warp_slot_table[(thread_idx().x / 32) * 32 * kSlotWords]; }
+const uint32_t* warp_exchange(const uint32_t* words, int count) {
+  State& s = state();
+  Fiber& f = current_fiber();
+  const unsigned warp = f.thread_idx.x / 32, lane = f.thread_idx.x % 32;
+  uint32_t* table = &s.warp_slot_table[(warp * 2 + static_cast<unsigned>(f.warp_ops++ % 2)) * 32 * kSlotWords];
+  std::memcpy(&table[lane * kSlotWords], words, static_cast<size_t>(count) * 4);
+  wait_at(s.warp_barriers[warp], 32);
+  return table;
+}
 
 unsigned char* dynamic_smem() { return state().smem.data(); }
 
@@ -132,6 +170,11 @@ void cp_async_wait(int pending_groups) {
   }
 }
 
+void configure(bool late_copies, SchedulePolicy policy) {
+  state().late_copies = late_copies;
+  state().policy = policy;
+}
+
 void run_grid(int64_t grid_ctas, int threads, size_t smem_bytes, const std::function<void()>& body) {
   if (threads % 32 != 0) {
     std::fprintf(stderr, "emu: block of %d threads is not whole warps\n", threads);
@@ -140,7 +183,7 @@ void run_grid(int64_t grid_ctas, int threads, size_t smem_bytes, const std::func
   State& s = state();
   s.body = &body;
   s.smem.assign(smem_bytes + 16, 0);
-  s.warp_slot_table.assign(static_cast<size_t>(threads) * kSlotWords, 0);
+  s.warp_slot_table.assign(static_cast<size_t>(threads) * 2 * kSlotWords, 0);
   for (int64_t block = 0; block < grid_ctas; ++block) {
     s.block_idx = uint3{static_cast<unsigned>(block), 0, 0};
     std::fill(s.smem.begin(), s.smem.end(), 0xFF);
@@ -158,17 +201,8 @@ void run_grid(int64_t grid_ctas, int threads, size_t smem_bytes, const std::func
       f.context.uc_link = &s.scheduler;
       makecontext(&f.context, fiber_main, 0);
     }
-    for (size_t running = s.fibers.size(); running > 0;) {
-      for (size_t t = 0; t < s.fibers.size(); ++t) {
-        if (s.fibers[t].done) continue;
-        s.current = t;
-        swapcontext(&s.scheduler, &s.fibers[t].context);
-        if (s.fibers[t].done) --running;
-      }
-    }
+    run_cta(s);
   }
 }
-
-void set_late_copies(bool late) { state().late_copies = late; }
 
 }  // namespace emu

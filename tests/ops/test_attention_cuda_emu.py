@@ -62,7 +62,10 @@ def _ptr(t):
     return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
 
 
-def run_emulated(lib, inputs, *, sm_count=132, late_copies=True):
+SCHEDULES = {"round_robin": 0, "low_first": 1, "high_first": 2}  # emu::SchedulePolicy
+
+
+def run_emulated(lib, inputs, *, sm_count=132, late_copies=True, schedule="round_robin"):
     """torch.ops.fastformer.attention_fwd's (out, lse) computed by the CUDA kernels under the emulator,
     and the plan (split_kv, num_splits, chunk_keys) the launcher chose."""
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
@@ -86,7 +89,7 @@ def run_emulated(lib, inputs, *, sm_count=132, late_copies=True):
     plan = (ctypes.c_int64 * 3)()
     err = lib.emu_attention_fwd(ptrs, (ctypes.c_int64 * len(ints))(*ints),
                                 (ctypes.c_double * 2)(inputs["scale"], inputs["dropout_p"]), sm_count,
-                                int(late_copies), plan)
+                                int(late_copies), SCHEDULES[schedule], plan)
     assert err == 0, f"launcher returned cudaError {err}"
     return out, lse, tuple(plan)
 
@@ -107,38 +110,51 @@ def check_against_reference(out, lse, inputs):
 
 C = AttentionCase
 HEAD_DIMS = [32, 64, 80, 96, 128, 256]
+HALF = [torch.float16, torch.bfloat16]
+
+
+def _cases(head_dim_cases, feature_cases, combined_case, dtypes):
+    """Head-dim and combined cases in every dtype; single-feature cases in the first dtype only."""
+    return ([pytest.param(c, dt, id=f"{c.id()}-{dt}") for c in head_dim_cases + [combined_case] for dt in dtypes]
+            + [pytest.param(c, dtypes[0], id=f"{c.id()}-{dtypes[0]}") for c in feature_cases])
+
+
 # Tensor-core kernel: fp16/bf16 with Sq > 4. Sk = 70 is no multiple of the 32/64-key tiles; Sq = 130
-# spans two or three query tiles (128 / 64 rows) with a ragged last one.
-PREFILL_CASES = (
-    [C(seqlen_q=130, seqlen_k=70, head_dim=d) for d in HEAD_DIMS]
-    + [C(seqlen_q=17, seqlen_k=70, bias="full"), C(seqlen_q=17, seqlen_k=70, bias="broadcast"),
-       C(seqlen_q=17, seqlen_k=70, bias="fp32"), C(seqlen_q=17, seqlen_k=70, padding=True),
-       C(seqlen_q=17, seqlen_k=70, causal=True), C(seqlen_q=70, seqlen_k=17, causal=True),
-       C(seqlen_q=130, seqlen_k=130, causal=True, head_dim=128), C(seqlen_q=17, seqlen_k=70, t5="bidirectional"),
-       C(seqlen_q=70, seqlen_k=70, t5="causal", causal=True), C(seqlen_q=17, seqlen_k=70, dropout_p=0.3),
-       C(heads=4, kv_heads=2, seqlen_q=17, seqlen_k=70), C(heads=4, kv_heads=1, seqlen_q=17, seqlen_k=70),
-       C(seqlen_q=33, seqlen_k=33, layout="fused_qkv", head_dim=80), C(seqlen_q=17, seqlen_k=70, layout="odd_offset"),
-       C(seqlen_q=1025, seqlen_k=80, batch=1, heads=1, kv_heads=1, causal=True),
-       C(heads=4, kv_heads=2, seqlen_q=40, seqlen_k=70, bias="broadcast", padding=True, causal=True,
-         t5="bidirectional", dropout_p=0.2, head_dim=96)])
-# Split-KV kernel: Sq <= 4 in every dtype, and fp32 at any Sq. Sk = 300 gives 2 splits of 160 keys
-# (the emulator runs a warp shuffle per key and row, so long Sk is slow here).
-SPLIT_CASES = (
-    [C(seqlen_q=1, seqlen_k=70, head_dim=d) for d in HEAD_DIMS]
-    + [C(seqlen_q=4, seqlen_k=300, causal=True), C(seqlen_q=1, seqlen_k=70, bias="full"),
-       C(seqlen_q=3, seqlen_k=70, bias="fp32"), C(seqlen_q=1, seqlen_k=300, padding=True),
-       C(seqlen_q=3, seqlen_k=300, t5="bidirectional"), C(seqlen_q=2, seqlen_k=300, t5="causal", causal=True),
-       C(seqlen_q=3, seqlen_k=300, dropout_p=0.3), C(heads=4, kv_heads=1, seqlen_q=1, seqlen_k=300),
-       C(seqlen_q=3, seqlen_k=70, layout="odd_offset", head_dim=80),
-       C(batch=1, heads=4, kv_heads=2, seqlen_q=4, seqlen_k=300, bias="broadcast", padding=True, causal=True,
-         t5="bidirectional", dropout_p=0.2, head_dim=128)])
+# spans two or three query tiles (128 / 64 rows) with a ragged last one; causal 65 x 65 needs key 64,
+# the first of a second key tile, for the last row only.
+PREFILL_CASES = _cases(
+    [C(seqlen_q=130, seqlen_k=70, head_dim=d) for d in HEAD_DIMS],
+    [C(seqlen_q=17, seqlen_k=70, bias="full"), C(seqlen_q=17, seqlen_k=70, bias="broadcast"),
+     C(seqlen_q=17, seqlen_k=70, bias="fp32"), C(seqlen_q=17, seqlen_k=70, padding=True),
+     C(seqlen_q=17, seqlen_k=70, causal=True), C(seqlen_q=70, seqlen_k=17, causal=True),
+     C(seqlen_q=65, seqlen_k=65, causal=True), C(seqlen_q=130, seqlen_k=130, causal=True, head_dim=128),
+     C(seqlen_q=17, seqlen_k=70, t5="bidirectional"), C(seqlen_q=70, seqlen_k=70, t5="causal", causal=True),
+     C(seqlen_q=17, seqlen_k=70, dropout_p=0.3), C(heads=4, kv_heads=2, seqlen_q=17, seqlen_k=70),
+     C(heads=4, kv_heads=1, seqlen_q=17, seqlen_k=70), C(seqlen_q=33, seqlen_k=33, layout="fused_qkv", head_dim=80),
+     C(seqlen_q=17, seqlen_k=70, layout="odd_offset"),
+     C(seqlen_q=1025, seqlen_k=80, batch=1, heads=1, kv_heads=1, causal=True)],
+    C(heads=4, kv_heads=2, seqlen_q=40, seqlen_k=70, bias="broadcast", padding=True, causal=True,
+      t5="bidirectional", dropout_p=0.2, head_dim=96),
+    HALF)
+# Split-KV kernel: Sq <= 4 in every dtype. Sk = 300 gives 2 chunks of 160 keys (the emulator runs a
+# warp shuffle per key and row, so long Sk is slow here).
+SPLIT_CASES = _cases(
+    [C(seqlen_q=1, seqlen_k=70, head_dim=d) for d in HEAD_DIMS],
+    [C(seqlen_q=4, seqlen_k=300, causal=True), C(seqlen_q=1, seqlen_k=70, bias="full"),
+     C(seqlen_q=3, seqlen_k=70, bias="fp32"), C(seqlen_q=1, seqlen_k=300, padding=True),
+     C(seqlen_q=3, seqlen_k=300, t5="bidirectional"), C(seqlen_q=2, seqlen_k=300, t5="causal", causal=True),
+     C(seqlen_q=3, seqlen_k=300, dropout_p=0.3), C(heads=4, kv_heads=1, seqlen_q=1, seqlen_k=300),
+     C(seqlen_q=3, seqlen_k=70, layout="odd_offset", head_dim=80)],
+    C(heads=2, kv_heads=1, seqlen_q=4, seqlen_k=300, bias="broadcast", padding=True, causal=True,
+      t5="bidirectional", dropout_p=0.2, head_dim=128),
+    HALF + [torch.float32])
+# fp32 takes the split-KV kernel at any Sq (several 4-row query blocks per CTA grid).
 FP32_CASES = [C(seqlen_q=17, seqlen_k=70, head_dim=d) for d in (32, 80, 256)] + [
     C(seqlen_q=70, seqlen_k=17, causal=True, padding=True, bias="full"),
     C(seqlen_q=5, seqlen_k=300, t5="bidirectional", dropout_p=0.3)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", PREFILL_CASES, ids=AttentionCase.id)
+@pytest.mark.parametrize("case, dtype", PREFILL_CASES)
 def test_prefill_kernel(emulator, case, dtype):
     inputs = make_inputs(case, dtype, "cpu")
     out, lse, (split_kv, _, _) = run_emulated(emulator, inputs)
@@ -146,8 +162,7 @@ def test_prefill_kernel(emulator, case, dtype):
     check_against_reference(out, lse, inputs)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("case", SPLIT_CASES, ids=AttentionCase.id)
+@pytest.mark.parametrize("case, dtype", SPLIT_CASES)
 def test_split_kv_kernel(emulator, case, dtype):
     inputs = make_inputs(case, dtype, "cpu")
     out, lse, (split_kv, num_splits, chunk_keys) = run_emulated(emulator, inputs)
@@ -172,10 +187,13 @@ def test_split_count_follows_sm_count(emulator):
         check_against_reference(out, lse, inputs)
 
 
-@pytest.mark.parametrize("case", [C(seqlen_q=130, seqlen_k=200, head_dim=64), C(seqlen_q=40, seqlen_k=200, head_dim=256)],
-                         ids=AttentionCase.id)
-def test_prefill_with_cp_async_landing_at_issue(emulator, case):
-    """The other extreme of the asynchronous copies (the default lands them at the wait)."""
+@pytest.mark.parametrize("schedule", ["low_first", "high_first"])
+@pytest.mark.parametrize("case", [C(seqlen_q=130, seqlen_k=200, head_dim=64), C(seqlen_q=40, seqlen_k=200, head_dim=256),
+                                  C(seqlen_q=3, seqlen_k=300, head_dim=64)], ids=AttentionCase.id)
+def test_kernels_with_copies_at_issue_and_warps_apart(emulator, case, schedule):
+    """cp.async landing at issue (the default lands them at the wait) while one warp runs ahead of the
+    others: a prefetch overwriting a K/V stage another warp still reads, or a merge reading shared
+    memory before every warp wrote it, changes the result."""
     inputs = make_inputs(case, torch.float16, "cpu")
-    out, lse, _ = run_emulated(emulator, inputs, late_copies=False)
+    out, lse, _ = run_emulated(emulator, inputs, late_copies=False, schedule=schedule)
     check_against_reference(out, lse, inputs)

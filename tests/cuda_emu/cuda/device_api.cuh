@@ -5,7 +5,8 @@
 // fiber (emu_runtime.cpp); CTAs run one after another. Warp operations (__shfl_xor_sync, mma.sync)
 // exchange values through per-warp slots between two warp barriers, mma.sync recomputes each lane's
 // accumulator from the PTX fragment layout, and cp.async copies either at issue ("early") or at the
-// matching cp.async.wait_group ("late"), the two extremes of when the hardware may land them.
+// matching cp.async.wait_group ("late"), the two extremes of when the hardware may land them. The
+// scheduling policy decides how far warps drift apart between barriers.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -24,10 +25,12 @@ namespace emu {
 const uint3& thread_idx();
 const uint3& block_idx();
 void syncthreads();
-// Barrier of the 32 lanes of the calling thread's warp; slots() is that warp's [32][kSlotWords] table.
-void warp_barrier();
+// A warp operation's data exchange: publishes this lane's `count` words, waits until all 32 lanes of
+// the warp have, and returns the warp's table [32 lanes][kSlotWords]. Consecutive operations use
+// two tables in turn, so one barrier suffices: a lane can only overwrite a table after every lane
+// has reached the next operation, i.e. has finished reading it.
 constexpr int kSlotWords = 8;
-uint32_t* warp_slots();
+const uint32_t* warp_exchange(const uint32_t* words, int count);
 unsigned char* dynamic_smem();
 // Runs body() as `threads` fibers for each of grid_ctas CTAs, with smem_bytes of dynamic shared
 // memory filled with 0xFF (NaN as fp16/bf16/fp32) so reading unwritten shared memory shows.
@@ -36,19 +39,21 @@ void run_grid(int64_t grid_ctas, int threads, size_t smem_bytes, const std::func
 void cp_async(void* dst, const void* src, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending_groups);
-void set_late_copies(bool late);  // default true
+// How the next run_grid behaves (emu_runtime.cpp): cp.async landing at the wait (late) or at issue,
+// and which runnable thread the scheduler resumes next.
+enum class SchedulePolicy : int { kRoundRobin = 0, kLowFirst = 1, kHighFirst = 2 };
+void configure(bool late_copies, SchedulePolicy policy);
 
 inline unsigned lane() { return thread_idx().x % 32; }
 
 template <typename V>
 V shfl_xor(V value, int lane_mask) {
   static_assert(sizeof(V) == 4, "32-bit shuffles only");
-  uint32_t* slots = warp_slots();
-  std::memcpy(&slots[lane() * kSlotWords], &value, 4);
-  warp_barrier();
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  const uint32_t* table = warp_exchange(&bits, 1);
   V result;
-  std::memcpy(&result, &slots[(lane() ^ static_cast<unsigned>(lane_mask)) * kSlotWords], 4);
-  warp_barrier();
+  std::memcpy(&result, &table[(lane() ^ static_cast<unsigned>(lane_mask)) * kSlotWords], 4);
   return result;
 }
 
@@ -82,12 +87,8 @@ namespace fastformer::cuda {
 
 template <typename T>
 void mma_16816(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  uint32_t* slots = emu::warp_slots();
-  uint32_t* mine = &slots[emu::lane() * emu::kSlotWords];
-  std::memcpy(mine, a, sizeof(a));
-  mine[4] = b0;
-  mine[5] = b1;
-  emu::warp_barrier();
+  const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
+  const uint32_t* slots = emu::warp_exchange(mine, 6);
   // Element (row, col) of A and (k, n) of B, read back from the lane and register that hold it.
   const auto a_at = [&](int row, int col) {
     const int holder = (row % 8) * 4 + (col % 8) / 2, reg = row / 8 + 2 * (col / 8);
@@ -100,15 +101,10 @@ void mma_16816(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
     return emu::half_to_float<T>(static_cast<uint16_t>(k % 2 ? word >> 16 : word & 0xFFFF));
   };
   const int g = static_cast<int>(emu::lane()) / 4, t = static_cast<int>(emu::lane()) % 4;
-  float result[4];
   for (int i = 0; i < 4; ++i) {
     const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-    float sum = acc[i];
-    for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
-    result[i] = sum;
+    for (int k = 0; k < 16; ++k) acc[i] += a_at(row, k) * b_at(k, col);
   }
-  emu::warp_barrier();
-  std::memcpy(acc, result, sizeof(result));
 }
 
 inline void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
