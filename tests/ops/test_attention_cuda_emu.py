@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.attention_reference import LSE_ATOL, AttentionCase, attention_reference, make_inputs
-from tests.tolerance import assert_as_accurate
+from tests.attention_kernel_cases import (FP32_CASES, PREFILL_CASES, SPLIT_CASES, AttentionCase,
+                                         check_against_reference, make_inputs)
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [ROOT / "csrc/cuda/attention.cu", ROOT / "tests/cuda_emu/emu_runtime.cpp",
@@ -94,66 +94,6 @@ def run_emulated(lib, inputs, *, sm_count=132, late_copies=True, schedule="round
     return out, lse, tuple(plan)
 
 
-def check_against_reference(out, lse, inputs):
-    """out within 2x the same-dtype PyTorch error of the fp64 reference; lse close, +inf exactly where
-    a row keeps no key."""
-    dtype = inputs["q"].dtype
-    ref_out, ref_lse = attention_reference(**inputs)
-    same_dtype_out, _ = attention_reference(**inputs, compute_dtype=dtype)
-    assert_as_accurate(out.cpu(), same_dtype_out.cpu(), ref_out.cpu(), dtype, name="out")
-    lse, ref_lse = lse.cpu().double(), ref_lse.cpu()
-    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "lse is +inf on other rows than the reference"
-    assert (lse[lse.isinf()] > 0).all(), "lse of a fully masked row must be +inf"
-    finite = ~torch.isinf(ref_lse)
-    assert torch.allclose(lse[finite], ref_lse[finite], atol=LSE_ATOL, rtol=LSE_ATOL), "lse differs"
-
-
-C = AttentionCase
-HEAD_DIMS = [32, 64, 80, 96, 128, 256]
-HALF = [torch.float16, torch.bfloat16]
-
-
-def _cases(head_dim_cases, feature_cases, combined_case, dtypes):
-    """Head-dim and combined cases in every dtype; single-feature cases in the first dtype only."""
-    return ([pytest.param(c, dt, id=f"{c.id()}-{dt}") for c in head_dim_cases + [combined_case] for dt in dtypes]
-            + [pytest.param(c, dtypes[0], id=f"{c.id()}-{dtypes[0]}") for c in feature_cases])
-
-
-# Tensor-core kernel: fp16/bf16 with Sq > 4. Sk = 70 is no multiple of the 32/64-key tiles; Sq = 130
-# spans two or three query tiles (128 / 64 rows) with a ragged last one; causal 65 x 65 needs key 64,
-# the first of a second key tile, for the last row only.
-PREFILL_CASES = _cases(
-    [C(seqlen_q=130, seqlen_k=70, head_dim=d) for d in HEAD_DIMS],
-    [C(seqlen_q=17, seqlen_k=70, bias="full"), C(seqlen_q=17, seqlen_k=70, bias="broadcast"),
-     C(seqlen_q=17, seqlen_k=70, bias="fp32"), C(seqlen_q=17, seqlen_k=70, padding=True),
-     C(seqlen_q=17, seqlen_k=70, causal=True), C(seqlen_q=70, seqlen_k=17, causal=True),
-     C(seqlen_q=65, seqlen_k=65, causal=True), C(seqlen_q=130, seqlen_k=130, causal=True, head_dim=128),
-     C(seqlen_q=17, seqlen_k=70, t5="bidirectional"), C(seqlen_q=70, seqlen_k=70, t5="causal", causal=True),
-     C(seqlen_q=17, seqlen_k=70, dropout_p=0.3), C(heads=4, kv_heads=2, seqlen_q=17, seqlen_k=70),
-     C(heads=4, kv_heads=1, seqlen_q=17, seqlen_k=70), C(seqlen_q=33, seqlen_k=33, layout="fused_qkv", head_dim=80),
-     C(seqlen_q=17, seqlen_k=70, layout="odd_offset"),
-     C(seqlen_q=1025, seqlen_k=80, batch=1, heads=1, kv_heads=1, causal=True)],
-    C(heads=4, kv_heads=2, seqlen_q=40, seqlen_k=70, bias="broadcast", padding=True, causal=True,
-      t5="bidirectional", dropout_p=0.2, head_dim=96),
-    HALF)
-# Split-KV kernel: Sq <= 4 in every dtype. Sk = 300 gives 2 chunks of 160 keys (the emulator runs a
-# warp shuffle per key and row, so long Sk is slow here).
-SPLIT_CASES = _cases(
-    [C(seqlen_q=1, seqlen_k=70, head_dim=d) for d in HEAD_DIMS],
-    [C(seqlen_q=4, seqlen_k=300, causal=True), C(seqlen_q=1, seqlen_k=70, bias="full"),
-     C(seqlen_q=3, seqlen_k=70, bias="fp32"), C(seqlen_q=1, seqlen_k=300, padding=True),
-     C(seqlen_q=3, seqlen_k=300, t5="bidirectional"), C(seqlen_q=2, seqlen_k=300, t5="causal", causal=True),
-     C(seqlen_q=3, seqlen_k=300, dropout_p=0.3), C(heads=4, kv_heads=1, seqlen_q=1, seqlen_k=300),
-     C(seqlen_q=3, seqlen_k=70, layout="odd_offset", head_dim=80)],
-    C(heads=2, kv_heads=1, seqlen_q=4, seqlen_k=300, bias="broadcast", padding=True, causal=True,
-      t5="bidirectional", dropout_p=0.2, head_dim=128),
-    HALF + [torch.float32])
-# fp32 takes the split-KV kernel at any Sq (several 4-row query blocks per CTA grid).
-FP32_CASES = [C(seqlen_q=17, seqlen_k=70, head_dim=d) for d in (32, 80, 256)] + [
-    C(seqlen_q=70, seqlen_k=17, causal=True, padding=True, bias="full"),
-    C(seqlen_q=5, seqlen_k=300, t5="bidirectional", dropout_p=0.3)]
-
-
 @pytest.mark.parametrize("case, dtype", PREFILL_CASES)
 def test_prefill_kernel(emulator, case, dtype):
     inputs = make_inputs(case, dtype, "cpu")
@@ -180,7 +120,7 @@ def test_fp32_takes_split_kv_kernel(emulator, case):
 
 def test_split_count_follows_sm_count(emulator):
     """Few SMs: one chunk; many: chunks of at least 128 keys (Sk = 1000 -> 7)."""
-    inputs = make_inputs(C(batch=1, heads=2, seqlen_q=1, seqlen_k=1000), torch.float16, "cpu")
+    inputs = make_inputs(AttentionCase(batch=1, heads=2, seqlen_q=1, seqlen_k=1000), torch.float16, "cpu")
     for sm_count, expected_splits in [(1, 1), (132, 7)]:
         out, lse, (_, num_splits, _) = run_emulated(emulator, inputs, sm_count=sm_count)
         assert num_splits == expected_splits
@@ -188,8 +128,9 @@ def test_split_count_follows_sm_count(emulator):
 
 
 @pytest.mark.parametrize("schedule", ["low_first", "high_first"])
-@pytest.mark.parametrize("case", [C(seqlen_q=130, seqlen_k=200, head_dim=64), C(seqlen_q=40, seqlen_k=200, head_dim=256),
-                                  C(seqlen_q=3, seqlen_k=300, head_dim=64)], ids=AttentionCase.id)
+@pytest.mark.parametrize("case", [AttentionCase(seqlen_q=130, seqlen_k=200, head_dim=64),
+                                  AttentionCase(seqlen_q=40, seqlen_k=200, head_dim=256),
+                                  AttentionCase(seqlen_q=3, seqlen_k=300, head_dim=64)], ids=AttentionCase.id)
 def test_kernels_with_copies_at_issue_and_warps_apart(emulator, case, schedule):
     """cp.async landing at issue (the default lands them at the wait) while one warp runs ahead of the
     others: a prefetch overwriting a K/V stage another warp still reads, or a merge reading shared

@@ -1,4 +1,5 @@
-"""Materialized attention for kernel tests of torch.ops.fastformer.attention_fwd, and their inputs.
+"""Cases, inputs and a materialized reference for the kernel tests of torch.ops.fastformer.attention_fwd
+(tests/ops/test_attention_cuda.py on a GPU, tests/ops/test_attention_cuda_emu.py under the emulator).
 
 attention_reference follows the schema comment in csrc/fastformer.cpp literally: it builds the full
 [B, H, Sq, Sk] score matrix, so keep shapes small. Dropout keeps element (b, h, i, j) iff Triton's
@@ -7,7 +8,10 @@ TRITON_INTERPRET=1, compiled on a GPU), so the reference does not depend on any 
 """
 from dataclasses import dataclass
 
+import pytest
 import torch
+
+from tests.tolerance import assert_as_accurate
 
 try:
     import triton
@@ -107,7 +111,6 @@ if triton is not None:
 def triton_uniform(seed: int, count: int, device) -> torch.Tensor:
     """tl.rand(seed, arange(count)) as float32 [count]."""
     if triton is None:
-        import pytest
         pytest.skip("dropout reference needs Triton's tl.rand (triton not importable)")
     out = torch.empty(count, dtype=torch.float32, device=device)
     block = 1024
@@ -151,3 +154,63 @@ def attention_reference(q, k, v, attn_bias=None, key_padding_mask=None, rel_tabl
         kept = uniform >= torch.tensor(dropout_p, dtype=torch.float32)
         probs = torch.where(kept, probs / (1 - dropout_p), torch.zeros_like(probs))
     return probs @ vc, lse
+
+
+def check_against_reference(out, lse, inputs):
+    """out within 2x the same-dtype PyTorch error of the fp64 reference; lse close, +inf exactly where
+    a row keeps no key."""
+    dtype = inputs["q"].dtype
+    ref_out, ref_lse = attention_reference(**inputs)
+    same_dtype_out, _ = attention_reference(**inputs, compute_dtype=dtype)
+    assert_as_accurate(out.cpu(), same_dtype_out.cpu(), ref_out.cpu(), dtype, name="out")
+    lse, ref_lse = lse.cpu().double(), ref_lse.cpu()
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "lse is +inf on other rows than the reference"
+    assert (lse[lse.isinf()] > 0).all(), "lse of a fully masked row must be +inf"
+    finite = ~torch.isinf(ref_lse)
+    assert torch.allclose(lse[finite], ref_lse[finite], atol=LSE_ATOL, rtol=LSE_ATOL), "lse differs"
+
+
+C = AttentionCase
+HEAD_DIMS = [32, 64, 80, 96, 128, 256]
+HALF = [torch.float16, torch.bfloat16]
+
+
+def _cases(head_dim_cases, feature_cases, combined_case, dtypes):
+    """Head-dim and combined cases in every dtype; single-feature cases in the first dtype only."""
+    return ([pytest.param(c, dt, id=f"{c.id()}-{dt}") for c in head_dim_cases + [combined_case] for dt in dtypes]
+            + [pytest.param(c, dtypes[0], id=f"{c.id()}-{dtypes[0]}") for c in feature_cases])
+
+
+# Tensor-core kernel: fp16/bf16 with Sq > 4. Sk = 70 is no multiple of the 32/64-key tiles; Sq = 130
+# spans two or three query tiles (128 / 64 rows) with a ragged last one; causal 65 x 65 needs key 64,
+# the first of a second key tile, for the last row only.
+PREFILL_CASES = _cases(
+    [C(seqlen_q=130, seqlen_k=70, head_dim=d) for d in HEAD_DIMS],
+    [C(seqlen_q=17, seqlen_k=70, bias="full"), C(seqlen_q=17, seqlen_k=70, bias="broadcast"),
+     C(seqlen_q=17, seqlen_k=70, bias="fp32"), C(seqlen_q=17, seqlen_k=70, padding=True),
+     C(seqlen_q=17, seqlen_k=70, causal=True), C(seqlen_q=70, seqlen_k=17, causal=True),
+     C(seqlen_q=65, seqlen_k=65, causal=True), C(seqlen_q=130, seqlen_k=130, causal=True, head_dim=128),
+     C(seqlen_q=17, seqlen_k=70, t5="bidirectional"), C(seqlen_q=70, seqlen_k=70, t5="causal", causal=True),
+     C(seqlen_q=17, seqlen_k=70, dropout_p=0.3), C(heads=4, kv_heads=2, seqlen_q=17, seqlen_k=70),
+     C(heads=4, kv_heads=1, seqlen_q=17, seqlen_k=70), C(seqlen_q=33, seqlen_k=33, layout="fused_qkv", head_dim=80),
+     C(seqlen_q=17, seqlen_k=70, layout="odd_offset"),
+     C(seqlen_q=1025, seqlen_k=80, batch=1, heads=1, kv_heads=1, causal=True)],
+    C(heads=4, kv_heads=2, seqlen_q=40, seqlen_k=70, bias="broadcast", padding=True, causal=True,
+      t5="bidirectional", dropout_p=0.2, head_dim=96),
+    HALF)
+# Split-KV kernel: Sq <= 4 in every dtype. Sk = 300 gives 2 chunks of 160 keys (the emulator runs a
+# warp shuffle per key and row, so long Sk is slow here).
+SPLIT_CASES = _cases(
+    [C(seqlen_q=1, seqlen_k=70, head_dim=d) for d in HEAD_DIMS],
+    [C(seqlen_q=4, seqlen_k=300, causal=True), C(seqlen_q=1, seqlen_k=70, bias="full"),
+     C(seqlen_q=3, seqlen_k=70, bias="fp32"), C(seqlen_q=1, seqlen_k=300, padding=True),
+     C(seqlen_q=3, seqlen_k=300, t5="bidirectional"), C(seqlen_q=2, seqlen_k=300, t5="causal", causal=True),
+     C(seqlen_q=3, seqlen_k=300, dropout_p=0.3), C(heads=4, kv_heads=1, seqlen_q=1, seqlen_k=300),
+     C(seqlen_q=3, seqlen_k=70, layout="odd_offset", head_dim=80)],
+    C(heads=2, kv_heads=1, seqlen_q=4, seqlen_k=300, bias="broadcast", padding=True, causal=True,
+      t5="bidirectional", dropout_p=0.2, head_dim=128),
+    HALF + [torch.float32])
+# fp32 takes the split-KV kernel at any Sq (several 4-row query blocks per CTA grid).
+FP32_CASES = [C(seqlen_q=17, seqlen_k=70, head_dim=d) for d in (32, 80, 256)] + [
+    C(seqlen_q=70, seqlen_k=17, causal=True, padding=True, bias="full"),
+    C(seqlen_q=5, seqlen_k=300, t5="bidirectional", dropout_p=0.3)]
