@@ -90,7 +90,7 @@ __device__ __forceinline__ float finite_or_zero(float running_max) {
   return running_max == kNegInf ? 0.0f : running_max;
 }
 
-// Writes lse (natural log) for a row with running max `row_max` (log2 units) and denominator `sum`.
+// lse (natural log) of a row with running max `row_max` (log2 units) and denominator `sum`.
 __device__ __forceinline__ float lse_of(float row_max, float sum) {
   return sum > 0.0f ? (row_max + log2f(sum)) * kLn2 : kPosInf;
 }
@@ -185,9 +185,10 @@ __device__ __forceinline__ uint32_t pack_float2<__nv_bfloat16>(float lo, float h
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// One CTA per (query tile of kBlockM rows, b*h): blockIdx.x = bh * num_q_tiles + tile, so CTAs that
-// share K/V run next to each other. Warp w owns query rows m0 + 16w .. m0 + 16w + 15; lane (g, t)
-// holds rows g and g + 8 of that slab (index r = 0, 1 below) in the accumulator layout above.
+// One CTA per (query tile of kBlockM rows, b*h): blockIdx.x = bh * num_q_tiles + (num_q_tiles - 1 - tile),
+// so CTAs that share K/V run next to each other. Warp w owns query rows m0 + 16w .. m0 + 16w + 15; lane (g, t)
+// holds rows g and g + 8 of that slab (index r = 0, 1 below) in the mma accumulator layout
+// (mma_16816 in device_api.cuh).
 template <typename T, int D>
 __global__ void __launch_bounds__(PrefillShape<D>::kThreads)
     attention_prefill_kernel(const __grid_constant__ AttentionFwdParams p, int64_t num_q_tiles) {
@@ -200,7 +201,9 @@ __global__ void __launch_bounds__(PrefillShape<D>::kThreads)
   T* k_smem = q_smem + kBlockM * kRowStride;                  // [kStages][kBlockN][kRowStride]
   T* v_smem = k_smem + Shape::kStages * kBlockN * kRowStride;  // [kStages][kBlockN][kRowStride]
 
-  const int64_t tile = blockIdx.x % num_q_tiles, bh = blockIdx.x / num_q_tiles;
+  // Last query tiles first: under causal they see the most keys, and starting them early shortens the
+  // tail of the grid.
+  const int64_t tile = num_q_tiles - 1 - blockIdx.x % num_q_tiles, bh = blockIdx.x / num_q_tiles;
   const int64_t b = bh / p.heads, h = bh % p.heads, h_kv = h / (p.heads / p.kv_heads);
   const int64_t Sq = p.seqlen_q, Sk = p.seqlen_k;
   const int64_t m0 = tile * kBlockM;
@@ -219,6 +222,8 @@ __global__ void __launch_bounds__(PrefillShape<D>::kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t rows[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
+  const bool has_per_key_terms = p.key_padding_mask != nullptr || p.bias != nullptr || p.rel_lut != nullptr;
+  const float scale_log2 = p.scale * kLog2e;
 
   float out_acc[kDimTiles8][4];
 #pragma unroll
@@ -274,13 +279,25 @@ __global__ void __launch_bounds__(PrefillShape<D>::kThreads)
       }
     }
 
-    // Scale, bias, masks. Element e of tile nt is row rows[e / 2], key key0 + 8 nt + 2t + e % 2.
+    // Scale, bias, masks. Most tiles need only the scale: every key in range and, under causal, visible
+    // from the warp's first row (so from all 16). Rows >= Sq there have zero q and finite scores;
+    // nothing of them is written. Element e of tile nt is row rows[e / 2], key key0 + 8 nt + 2t + e % 2.
+    const bool plain_tile = !has_per_key_terms && key0 + kBlockN <= Sk &&
+                            (!p.causal || key0 + kBlockN - 1 <= m0 + warp * 16 + Sk - Sq);
+    if (plain_tile) {
 #pragma unroll
-    for (int nt = 0; nt < kKeyTiles8; ++nt) {
+      for (int nt = 0; nt < kKeyTiles8; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t i = rows[e / 2], j = key0 + nt * 8 + 2 * t + e % 2;
-        scores[nt][e] = (i < Sq && j < Sk) ? score_log2(p, scores[nt][e], b, h, i, j) : kNegInf;
+        for (int e = 0; e < 4; ++e) scores[nt][e] *= scale_log2;
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kKeyTiles8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t i = rows[e / 2], j = key0 + nt * 8 + 2 * t + e % 2;
+          scores[nt][e] = (i < Sq && j < Sk) ? score_log2(p, scores[nt][e], b, h, i, j) : kNegInf;
+        }
       }
     }
 
@@ -446,16 +463,18 @@ __global__ void __launch_bounds__(kSplitThreads)
         v_reg[u][c] = in_range ? to_float(v[j * p.v_stride[2] + d]) : 0.0f;
       }
     }
+    // j and num_rows are the same on every lane, so these branches are warp-uniform.
 #pragma unroll
     for (int u = 0; u < kSplitUnroll; ++u) {
       const int64_t j = key_base + u;
+      if (j >= key_end) break;
 #pragma unroll
       for (int r = 0; r < kSplitRows; ++r) {
+        if (r >= num_rows) break;
         float dot = 0.0f;
 #pragma unroll
         for (int c = 0; c < kPerLane; ++c) dot += q_reg[r][c] * k_reg[u][c];
-        dot = warp_sum(dot);  // bitwise identical on every lane, so the branches below are warp-uniform
-        if (r >= num_rows || j >= key_end) continue;
+        dot = warp_sum(dot);  // bitwise identical on every lane: the butterfly adds the same pairs
         const float x = score_log2(p, dot, b, h, row0 + r, j);
         const float new_max = fmaxf(row_max[r], x);
         const float reference = finite_or_zero(new_max);
