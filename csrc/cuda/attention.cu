@@ -135,8 +135,8 @@ struct PrefillShape {
   static constexpr int kBlockM = kWarps * 16;
   static constexpr int kBlockN = PrefillConfig<D>::kBlockN;
   static constexpr int kStages = 2;
-  // +8 elements (16 bytes) per shared row: rows stay 16-byte aligned for cp.async, and the 32-bit
-  // fragment loads of the 8 row groups x 4 column pairs of a warp fall in 32 distinct banks.
+  // +8 elements (16 bytes) per shared row: rows stay 16-byte aligned for cp.async and ldmatrix, and
+  // the 8 rows x 16 bytes of one ldmatrix matrix fall in 32 distinct banks.
   static constexpr int kRowStride = D + 8;
   static constexpr size_t kSmemBytes = size_t(kBlockM + 2 * kStages * kBlockN) * kRowStride * 2;
   static_assert(D % 16 == 0, "head dim must be a multiple of the mma k (16)");
@@ -163,13 +163,6 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride
       for (int e = 0; e < 8; ++e) dst[e] = in_range ? gmem[row * stride + col + e] : from_float<T>(0.0f);
     }
   }
-}
-
-__device__ __forceinline__ uint32_t load_u32(const void* smem) { return *static_cast<const uint32_t*>(smem); }
-
-// Two 16-bit values, the first in the low half (the mma fragment order of consecutive k or n).
-__device__ __forceinline__ uint32_t pack_u16(uint16_t lo, uint16_t hi) {
-  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
 }
 
 template <typename T>
@@ -260,22 +253,24 @@ __global__ void __launch_bounds__(PrefillShape<D>::kThreads)
     const T* v_tile = v_smem + stage * kBlockN * kRowStride;
     const int64_t key0 = kv_tile * kBlockN;
 
-    // S = Q K^T for this warp's 16 rows x kBlockN keys. As the mma B operand (k = head dim,
-    // n = key), B[2t..2t+1][g] = K[key g][dims 2t..2t+1]: one 32-bit load from the row-major K tile.
+    // S = Q K^T for this warp's 16 rows x kBlockN keys. ldmatrix_x4 addresses (lane l gives row l % 8
+    // of matrix l / 8): Q's 16x16 A tile is matrices (rows 0-7 | 8-15) x (dims 0-7 | 8-15), rows
+    // fastest; two key tiles' B fragments are K[keys nt*8.. | (nt+1)*8..][dims 0-7 | 8-15], dims fastest.
     float scores[kKeyTiles8][4];
 #pragma unroll
     for (int nt = 0; nt < kKeyTiles8; ++nt) scores[nt][0] = scores[nt][1] = scores[nt][2] = scores[nt][3] = 0.0f;
-    const T* q_warp = q_smem + warp * 16 * kRowStride;
+    const T* q_lane_row = q_smem + (warp * 16 + (lane / 8 % 2) * 8 + lane % 8) * kRowStride + (lane / 16) * 8;
+    const T* k_lane_row = k_tile + ((lane / 16) * 8 + lane % 8) * kRowStride + (lane / 8 % 2) * 8;
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
-      const int col = kc * 16 + 2 * t;
-      const uint32_t a[4] = {load_u32(q_warp + g * kRowStride + col), load_u32(q_warp + (g + 8) * kRowStride + col),
-                             load_u32(q_warp + g * kRowStride + col + 8),
-                             load_u32(q_warp + (g + 8) * kRowStride + col + 8)};
+      uint32_t a[4];
+      ldmatrix_x4<false>(a, q_lane_row + kc * 16);
 #pragma unroll
-      for (int nt = 0; nt < kKeyTiles8; ++nt) {
-        const T* k_row = k_tile + (nt * 8 + g) * kRowStride + col;
-        mma_16816<T>(scores[nt], a, load_u32(k_row), load_u32(k_row + 8));
+      for (int nt = 0; nt < kKeyTiles8; nt += 2) {
+        uint32_t b[4];
+        ldmatrix_x4<false>(b, k_lane_row + nt * 8 * kRowStride + kc * 16);
+        mma_16816<T>(scores[nt], a, b[0], b[1]);
+        mma_16816<T>(scores[nt + 1], a, b[2], b[3]);
       }
     }
 
@@ -343,21 +338,21 @@ __global__ void __launch_bounds__(PrefillShape<D>::kThreads)
     }
 
     // O += P V. The score accumulator of key tiles 2kc and 2kc+1 is exactly the mma A fragment of
-    // P[16 rows][16 keys kc]. As the B operand (k = key, n = head dim), B[2t..2t+1][g] =
-    // V[keys 2t, 2t+1][dim g]: two 16-bit loads from the row-major V tile.
+    // P[16 rows][16 keys kc]. B fragments of two 8-dim tiles come transposed from the row-major V
+    // tile: matrices V[keys 0-7 | 8-15][dims dt*8.. | (dt+1)*8..], keys fastest.
+    const T* v_lane_row = v_tile + ((lane / 8 % 2) * 8 + lane % 8) * kRowStride + (lane / 16) * 8;
 #pragma unroll
     for (int kc = 0; kc < kBlockN / 16; ++kc) {
       const uint32_t a[4] = {pack_float2<T>(scores[2 * kc][0], scores[2 * kc][1]),
                              pack_float2<T>(scores[2 * kc][2], scores[2 * kc][3]),
                              pack_float2<T>(scores[2 * kc + 1][0], scores[2 * kc + 1][1]),
                              pack_float2<T>(scores[2 * kc + 1][2], scores[2 * kc + 1][3])};
-      const uint16_t* v_rows = reinterpret_cast<const uint16_t*>(v_tile + (kc * 16 + 2 * t) * kRowStride);
 #pragma unroll
-      for (int dt = 0; dt < kDimTiles8; ++dt) {
-        const int col = dt * 8 + g;
-        const uint32_t b0 = pack_u16(v_rows[col], v_rows[kRowStride + col]);
-        const uint32_t b1 = pack_u16(v_rows[8 * kRowStride + col], v_rows[9 * kRowStride + col]);
-        mma_16816<T>(out_acc[dt], a, b0, b1);
+      for (int dt = 0; dt < kDimTiles8; dt += 2) {
+        uint32_t b[4];
+        ldmatrix_x4<true>(b, v_lane_row + kc * 16 * kRowStride + dt * 8);
+        mma_16816<T>(out_acc[dt], a, b[0], b[1]);
+        mma_16816<T>(out_acc[dt + 1], a, b[2], b[3]);
       }
     }
     __syncthreads();  // all warps are done with this stage before the next prefetch overwrites it

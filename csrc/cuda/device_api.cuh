@@ -1,4 +1,4 @@
-// The hardware boundary of the attention kernels: inline PTX (tensor-core mma.sync, cp.async),
+// The hardware boundary of the attention kernels: inline PTX (tensor-core mma.sync, ldmatrix, cp.async),
 // the dynamic shared-memory base, and the kernel launch. Everything else in attention.cu is plain
 // CUDA C++ (threadIdx, __syncthreads, __shfl_xor_sync), so tests/cuda_emu/cuda/device_api.cuh can
 // replace this one header and run the same kernels on a CPU, where no GPU exists to test them.
@@ -35,6 +35,26 @@ __device__ __forceinline__ void mma_16816(float (&acc)[4], const uint32_t (&a)[4
         "{%0, %1, %2, %3};\n"
         : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Loads four 8x8 matrices of 16-bit elements from shared memory (sm_75+). Lane l gives the address of
+// row l % 8 of matrix l / 8 (16-byte aligned). Lane l receives in reg[m], low half first:
+//   kTranspose = false: matrix m's row l / 4, columns 2(l % 4) and 2(l % 4) + 1;
+//   kTranspose = true:  matrix m's rows 2(l % 4) and 2(l % 4) + 1 of column l / 4.
+// Those are exactly the mma.m16n8k16 A fragment (four matrices = one 16x16 tile) and, for a matrix
+// stored [n][k] (untransposed) or [k][n] (transposed), two B fragments.
+template <bool kTranspose>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&reg)[4], const void* smem_row) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  if constexpr (kTranspose) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(reg[0]), "=r"(reg[1]), "=r"(reg[2]), "=r"(reg[3])
+                 : "r"(addr));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(reg[0]), "=r"(reg[1]), "=r"(reg[2]), "=r"(reg[3])
+                 : "r"(addr));
   }
 }
 

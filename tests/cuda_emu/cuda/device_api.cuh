@@ -3,8 +3,8 @@
 // tests/cuda_emu/build.py compiles csrc/cuda/attention.cu with g++ and `-I tests/cuda_emu` ahead of
 // `-I csrc`, so `#include "cuda/device_api.cuh"` finds this file. Each CUDA thread of a CTA is a
 // fiber (emu_runtime.cpp); CTAs run one after another. Warp operations (__shfl_xor_sync, mma.sync)
-// exchange values through per-warp slots between two warp barriers, mma.sync recomputes each lane's
-// accumulator from the PTX fragment layout, and cp.async copies either at issue ("early") or at the
+// exchange values through per-warp slots at a warp barrier, mma.sync recomputes each lane's
+// accumulator from the PTX fragment layout, ldmatrix reads the rows whose addresses the lanes gave, and cp.async copies either at issue ("early") or at the
 // matching cp.async.wait_group ("late"), the two extremes of when the hardware may land them. The
 // scheduling policy decides how far warps drift apart between barriers.
 #pragma once
@@ -104,6 +104,26 @@ void mma_16816(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
   for (int i = 0; i < 4; ++i) {
     const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
     for (int k = 0; k < 16; ++k) acc[i] += a_at(row, k) * b_at(k, col);
+  }
+}
+
+template <bool kTranspose>
+void ldmatrix_x4(uint32_t (&reg)[4], const void* smem_row) {
+  uint32_t address_words[2];
+  std::memcpy(address_words, &smem_row, sizeof(smem_row));
+  const uint32_t* slots = emu::warp_exchange(address_words, 2);
+  const auto element = [&](int matrix, int row, int col) {
+    const uint16_t* row_start;
+    std::memcpy(&row_start, &slots[(matrix * 8 + row) * emu::kSlotWords], sizeof(row_start));
+    return static_cast<uint32_t>(row_start[col]);
+  };
+  const int lane = static_cast<int>(emu::lane());
+  for (int m = 0; m < 4; ++m) {
+    if constexpr (kTranspose) {
+      reg[m] = element(m, 2 * (lane % 4), lane / 4) | (element(m, 2 * (lane % 4) + 1, lane / 4) << 16);
+    } else {
+      reg[m] = element(m, lane / 4, 2 * (lane % 4)) | (element(m, lane / 4, 2 * (lane % 4) + 1) << 16);
+    }
   }
 }
 
