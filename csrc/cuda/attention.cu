@@ -112,21 +112,23 @@ __device__ __forceinline__ float warp_max(float x) {
 
 // CTA shape per head dim: kWarps warps of 16 query rows each, kBlockN keys per K/V tile, two K/V
 // stages. Shared memory = (kBlockM + 4 * kBlockN) * (D + 8) * 2 bytes; the largest (D = 256) is
-// 101376 bytes, the opt-in limit of sm_86/sm_89 (sm_80: 163 KB, sm_90: 227 KB).
+// 101376 bytes, the opt-in limit of sm_86/sm_89 (sm_80: 163 KB, sm_90: 227 KB). kMinCtasPerSm = 2
+// caps registers at 128 per thread (measured with -Xptxas -v: 123 for D = 64, no spills) so two
+// CTAs share an SM; larger head dims need 155-242 registers and run one 8- or 4-warp CTA per SM.
 template <int D>
 struct PrefillConfig;
 template <>
-struct PrefillConfig<32> { static constexpr int kWarps = 8, kBlockN = 64; };
+struct PrefillConfig<32> { static constexpr int kWarps = 8, kBlockN = 64, kMinCtasPerSm = 2; };
 template <>
-struct PrefillConfig<64> { static constexpr int kWarps = 8, kBlockN = 64; };
+struct PrefillConfig<64> { static constexpr int kWarps = 8, kBlockN = 64, kMinCtasPerSm = 2; };
 template <>
-struct PrefillConfig<80> { static constexpr int kWarps = 8, kBlockN = 64; };
+struct PrefillConfig<80> { static constexpr int kWarps = 8, kBlockN = 64, kMinCtasPerSm = 1; };
 template <>
-struct PrefillConfig<96> { static constexpr int kWarps = 8, kBlockN = 64; };
+struct PrefillConfig<96> { static constexpr int kWarps = 8, kBlockN = 64, kMinCtasPerSm = 1; };
 template <>
-struct PrefillConfig<128> { static constexpr int kWarps = 8, kBlockN = 32; };
+struct PrefillConfig<128> { static constexpr int kWarps = 8, kBlockN = 32, kMinCtasPerSm = 1; };
 template <>
-struct PrefillConfig<256> { static constexpr int kWarps = 4, kBlockN = 32; };
+struct PrefillConfig<256> { static constexpr int kWarps = 4, kBlockN = 32, kMinCtasPerSm = 1; };
 
 template <int D>
 struct PrefillShape {
@@ -183,7 +185,7 @@ __device__ __forceinline__ uint32_t pack_float2<__nv_bfloat16>(float lo, float h
 // holds rows g and g + 8 of that slab (index r = 0, 1 below) in the mma accumulator layout
 // (mma_16816 in device_api.cuh).
 template <typename T, int D>
-__global__ void __launch_bounds__(PrefillShape<D>::kThreads)
+__global__ void __launch_bounds__(PrefillShape<D>::kThreads, PrefillConfig<D>::kMinCtasPerSm)
     attention_prefill_kernel(const __grid_constant__ AttentionFwdParams p, int64_t num_q_tiles) {
   using Shape = PrefillShape<D>;
   constexpr int kBlockM = Shape::kBlockM, kBlockN = Shape::kBlockN, kRowStride = Shape::kRowStride;
