@@ -214,3 +214,32 @@ SPLIT_CASES = _cases(
 FP32_CASES = [C(seqlen_q=17, seqlen_k=70, head_dim=d) for d in (32, 80, 256)] + [
     C(seqlen_q=70, seqlen_k=17, causal=True, padding=True, bias="full"),
     C(seqlen_q=5, seqlen_k=300, t5="bidirectional", dropout_p=0.3)]
+
+# (message regex, corruption of make_inputs(C(seqlen_q=17, seqlen_k=70), fp16, device)): each makes the
+# op raise a RuntimeError whose message names the argument.
+BAD_INPUTS = [
+    (r"head dim must be", lambda i: i.update(q=i["q"][..., :48], k=i["k"][..., :48], v=i["v"][..., :48])),
+    ("k and v must have q's dtype", lambda i: i.update(k=i["k"].float())),
+    ("must be a multiple of k's heads", lambda i: i.update(q=torch.cat([i["q"], i["q"][:, :1]], dim=1))),
+    ("contiguous last dim", lambda i: i.update(q=i["q"].transpose(2, 3).contiguous().transpose(2, 3))),
+    ("attn_bias must be expanded", lambda i: i.update(attn_bias=torch.zeros(2, 2, 17, device=i["q"].device))),
+    ("attn_bias must have q's dtype", lambda i: i.update(
+        attn_bias=torch.zeros(2, 2, 17, 70, device=i["q"].device, dtype=torch.float64))),
+    ("key_padding_mask must be bool", lambda i: i.update(key_padding_mask=torch.ones(2, 70, device=i["q"].device))),
+    (r"key_padding_mask must be \[B, Sk\]", lambda i: i.update(
+        key_padding_mask=torch.ones(2, 71, device=i["q"].device, dtype=torch.bool))),
+    ("rel_table and rel_lut must be given together", lambda i: i.update(rel_table=torch.zeros(8, 2, device=i["q"].device))),
+    (r"dropout_p must be in \[0, 1\]", lambda i: i.update(dropout_p=1.5)),
+]
+
+
+def check_no_keys_and_no_queries(run, device):
+    """run(inputs) -> (out, lse): Sk = 0 gives out = 0 and lse = +inf; Sq = 0 gives empty outputs."""
+    inputs = make_inputs(C(seqlen_q=5, seqlen_k=8), torch.float16, device)
+    inputs["k"], inputs["v"] = inputs["k"][:, :, :0], inputs["v"][:, :, :0]
+    out, lse = run(inputs)
+    assert out.shape == (2, 2, 5, 64) and (out == 0).all() and torch.isposinf(lse).all()
+    inputs = make_inputs(C(seqlen_q=5, seqlen_k=8), torch.float16, device)
+    inputs["q"] = inputs["q"][:, :, :0]
+    out, lse = run(inputs)
+    assert out.shape == (2, 2, 0, 64) and lse.shape == (2, 2, 0)

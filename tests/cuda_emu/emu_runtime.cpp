@@ -206,3 +206,10 @@ void run_grid(int64_t grid_ctas, int threads, size_t smem_bytes, const std::func
 }
 
 }  // namespace emu
+
+// The emulator links no CUDA runtime; the bindings' error path (check_launch) only needs this one call.
+extern "C" const char* cudaGetErrorString(cudaError_t error) {
+  static thread_local char message[48];
+  std::snprintf(message, sizeof(message), "cudaError %d (emulated)", static_cast<int>(error));
+  return message;
+}
