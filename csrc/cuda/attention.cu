@@ -110,32 +110,28 @@ __device__ __forceinline__ float warp_max(float x) {
 // ---------------------------------------------------------------------------------------------
 // Tensor-core kernel (fp16 / bf16)
 
-// CTA shape per head dim: kWarps warps of 16 query rows each, kBlockN keys per K/V tile, two K/V
-// stages. Shared memory = (kBlockM + 4 * kBlockN) * (D + 8) * 2 bytes; the largest (D = 256) is
-// 101376 bytes, the opt-in limit of sm_86/sm_89 (sm_80: 163 KB, sm_90: 227 KB). kMinCtasPerSm = 2
-// caps registers at 128 per thread (measured with -Xptxas -v: 123 for D = 64, no spills) so two
-// CTAs share an SM; larger head dims need 155-242 registers and run one 8- or 4-warp CTA per SM.
-template <int D>
-struct PrefillConfig;
-template <>
-struct PrefillConfig<32> { static constexpr int kWarps = 8, kBlockN = 64, kMinCtasPerSm = 2; };
-template <>
-struct PrefillConfig<64> { static constexpr int kWarps = 8, kBlockN = 64, kMinCtasPerSm = 2; };
-template <>
-struct PrefillConfig<80> { static constexpr int kWarps = 8, kBlockN = 64, kMinCtasPerSm = 1; };
-template <>
-struct PrefillConfig<96> { static constexpr int kWarps = 8, kBlockN = 64, kMinCtasPerSm = 1; };
-template <>
-struct PrefillConfig<128> { static constexpr int kWarps = 8, kBlockN = 32, kMinCtasPerSm = 1; };
-template <>
-struct PrefillConfig<256> { static constexpr int kWarps = 4, kBlockN = 32, kMinCtasPerSm = 1; };
+// CTA shape per head dim: `warps` warps of 16 query rows each, `block_n` keys per K/V tile, two K/V
+// stages. Shared memory = (16 warps + 4 block_n) * (D + 8) * 2 bytes; the largest (D = 256) is
+// 101376 bytes, the opt-in limit of sm_86/sm_89 (sm_80: 163 KB, sm_90: 227 KB). Two CTAs per SM for
+// head dims <= 64 caps registers at 128 per thread (-Xptxas -v, sm_80: 123-127, no spills); larger
+// head dims need 155-242 registers and run one CTA per SM.
+struct PrefillConfig {
+  int warps, block_n, min_ctas_per_sm;
+};
+constexpr PrefillConfig prefill_config(int head_dim) {
+  if (head_dim <= 64) return {8, 64, 2};
+  if (head_dim <= 96) return {8, 64, 1};
+  if (head_dim <= 128) return {8, 32, 1};
+  return {4, 32, 1};
+}
 
 template <int D>
 struct PrefillShape {
-  static constexpr int kWarps = PrefillConfig<D>::kWarps;
+  static constexpr int kWarps = prefill_config(D).warps;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kBlockM = kWarps * 16;
-  static constexpr int kBlockN = PrefillConfig<D>::kBlockN;
+  static constexpr int kBlockN = prefill_config(D).block_n;
+  static constexpr int kMinCtasPerSm = prefill_config(D).min_ctas_per_sm;
   static constexpr int kStages = 2;
   // +8 elements (16 bytes) per shared row: rows stay 16-byte aligned for cp.async and ldmatrix, and
   // the 8 rows x 16 bytes of one ldmatrix matrix fall in 32 distinct banks.
@@ -167,6 +163,18 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride
   }
 }
 
+// acc0 += A * B0 and acc1 += A * B1 for two adjacent 8-column tiles whose B fragments are the four
+// matrices of one ldmatrix_x4 (b_lane_row: this lane's row address) in the order b0(B0), b1(B0),
+// b0(B1), b1(B1).
+template <typename T, bool kTranspose>
+__device__ __forceinline__ void mma_two_n_tiles(float (&acc0)[4], float (&acc1)[4], const uint32_t (&a)[4],
+                                                const T* b_lane_row) {
+  uint32_t b[4];
+  ldmatrix_x4<kTranspose>(b, b_lane_row);
+  mma_16816<T>(acc0, a, b[0], b[1]);
+  mma_16816<T>(acc1, a, b[2], b[3]);
+}
+
 template <typename T>
 __device__ __forceinline__ uint32_t pack_float2(float lo, float hi);
 template <>
@@ -185,7 +193,7 @@ __device__ __forceinline__ uint32_t pack_float2<__nv_bfloat16>(float lo, float h
 // holds rows g and g + 8 of that slab (index r = 0, 1 below) in the mma accumulator layout
 // (mma_16816 in device_api.cuh).
 template <typename T, int D>
-__global__ void __launch_bounds__(PrefillShape<D>::kThreads, PrefillConfig<D>::kMinCtasPerSm)
+__global__ void __launch_bounds__(PrefillShape<D>::kThreads, PrefillShape<D>::kMinCtasPerSm)
     attention_prefill_kernel(const __grid_constant__ AttentionFwdParams p, int64_t num_q_tiles) {
   using Shape = PrefillShape<D>;
   constexpr int kBlockM = Shape::kBlockM, kBlockN = Shape::kBlockN, kRowStride = Shape::kRowStride;
@@ -269,10 +277,7 @@ __global__ void __launch_bounds__(PrefillShape<D>::kThreads, PrefillConfig<D>::k
       ldmatrix_x4<false>(a, q_lane_row + kc * 16);
 #pragma unroll
       for (int nt = 0; nt < kKeyTiles8; nt += 2) {
-        uint32_t b[4];
-        ldmatrix_x4<false>(b, k_lane_row + nt * 8 * kRowStride + kc * 16);
-        mma_16816<T>(scores[nt], a, b[0], b[1]);
-        mma_16816<T>(scores[nt + 1], a, b[2], b[3]);
+        mma_two_n_tiles<T, false>(scores[nt], scores[nt + 1], a, k_lane_row + nt * 8 * kRowStride + kc * 16);
       }
     }
 
@@ -351,10 +356,7 @@ __global__ void __launch_bounds__(PrefillShape<D>::kThreads, PrefillConfig<D>::k
                              pack_float2<T>(scores[2 * kc + 1][2], scores[2 * kc + 1][3])};
 #pragma unroll
       for (int dt = 0; dt < kDimTiles8; dt += 2) {
-        uint32_t b[4];
-        ldmatrix_x4<true>(b, v_lane_row + kc * 16 * kRowStride + dt * 8);
-        mma_16816<T>(out_acc[dt], a, b[0], b[1]);
-        mma_16816<T>(out_acc[dt + 1], a, b[2], b[3]);
+        mma_two_n_tiles<T, true>(out_acc[dt], out_acc[dt + 1], a, v_lane_row + kc * 16 * kRowStride + dt * 8);
       }
     }
     __syncthreads();  // all warps are done with this stage before the next prefetch overwrites it
