@@ -5,6 +5,9 @@
 // are exp2(x - max); lse is converted back to natural log on output. A row whose keys are all masked
 // keeps max = -inf and sum = 0 and is written as out = 0, lse = +inf; every exp2 uses a finite
 // reference (0 while the max is still -inf), so no -inf - -inf ever makes a NaN.
+//
+// Inline PTX, dynamic shared memory and launches go through device_api.cuh only, so the same code
+// runs on a CPU under tests/cuda_emu/ (tests/ops/test_attention_cuda_emu.py) where there is no GPU.
 #include <algorithm>
 #include <iterator>
 #include <type_traits>
