@@ -129,7 +129,7 @@ def _validate(x, dim, scale, mask, causal) -> int:
             raise TypeError(f"mask must be bool (True = keep) or additive float32 or {x.dtype} (the dtype of x), "
                             f"got {mask.dtype}")
         broadcastable = mask.dim() <= x.dim() and all(
-            m in (1, s) for m, s in zip(reversed(mask.shape), reversed(x.shape)))
+            [m in (1, s) for m, s in zip(reversed(mask.shape), reversed(x.shape))])
         if not broadcastable:
             raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to x's shape {tuple(x.shape)}")
     return dim
@@ -146,7 +146,7 @@ def _leading_groups(shape, strides, causal: bool) -> list[list[int]]:
             continue
         if len(groups) > separate_from:
             inner = groups[-1][0]
-            if all(st[d] == shape[inner] * st[inner] for st in strides):
+            if all([st[d] == shape[inner] * st[inner] for st in strides]):
                 groups[-1].insert(0, d)
                 continue
         groups.append([d])
@@ -158,7 +158,7 @@ def _as_4d(x: Tensor, mask: Optional[Tensor], causal: bool) -> tuple[Tensor, Opt
     leading dims form at most three mergeable groups."""
     tensors = [x] if mask is None else [x, mask]
     groups = _leading_groups(x.shape, [t.stride() for t in tensors], causal)
-    sizes = [math.prod(x.shape[d] for d in g) for g in reversed(groups)]  # outermost first
+    sizes = [math.prod([x.shape[d] for d in g]) for g in reversed(groups)]  # outermost first
     if len(sizes) > 3:
         sizes = [math.prod(sizes[:-2])] + sizes[-2:]  # no view merges these: reshape copies
     shape4 = [1] * (3 - len(sizes)) + sizes + [x.shape[-1]]  # [A, B, M, N]
