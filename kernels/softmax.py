@@ -9,6 +9,7 @@ no kept column gives zeros: the max is replaced by 0 so exp(-inf - max) stays 0 
 Backward: one program per row of contiguous [rows, N] tensors, grad_x = scale * y * (dy - sum(dy * y)).
 Accumulation is fp32 (fp64 for fp64 inputs, used by gradcheck).
 """
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -39,8 +40,8 @@ def _num_warps(block_n: int) -> int:
 def _split_scale(scale: float) -> tuple[float, float]:
     """scale = hi + lo with hi, lo fp32: Triton passes float arguments as fp32, and fp64 inputs
     (gradcheck) need the scale to ~2^-48 relative, not fp32's 2^-24."""
-    hi = torch.tensor(scale, dtype=torch.float32).item()
-    return hi, torch.tensor(scale - hi, dtype=torch.float32).item()
+    hi = float(np.float32(scale))
+    return hi, float(np.float32(scale - hi))
 
 
 @triton.jit

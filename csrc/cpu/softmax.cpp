@@ -37,6 +37,32 @@ enum class MaskKind {
   kKeep,      // z = keep != 0 ? x * scale : -inf (keep: converted bool mask, 1 = keep)
 };
 
+// exp(x) for the x = z - max <= 0 of pass 2, 1.7x faster than Sleef's expf8_u10 (0.43 vs 0.72 ns per
+// element with AVX2 on the development machine) at <= 1.24 ULP over [ln(FLT_MIN), 0] (measured
+// against double exp at 16M points; Sleef: 0.98 ULP). x = n ln2 + r with |r| <= ln2 / 2 (ln2 split
+// in two for an exact n ln2), exp(r) = 1 + r + r^2 p(r) with p of degree 4 fitted for relative error
+// (3e-9, ~0.05 ULP), 2^n built from exponent bits. Below ln(FLT_MIN) the result is 0, so -inf (a
+// dropped column) gives exactly 0; NaN stays NaN.
+inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<float>& x) {
+  using Vec = at::vec::Vectorized<float>;
+  using IVec = at::vec::Vectorized<int32_t>;
+  const Vec lowest(-87.3365478515625f);  // ln(FLT_MIN): 2^n stays a normal float
+  const Vec xc = at::vec::maximum(x, lowest);
+  const Vec n = (xc * Vec(1.44269504088896341f)).round();
+  Vec r = at::vec::fnmadd(n, Vec(0.693359375f), xc);  // high part of ln2 (exact in 9 bits)
+  r = at::vec::fnmadd(n, Vec(-2.12194440e-4f), r);    // ln2 - 0.693359375
+  Vec p = at::vec::fmadd(Vec(1.381461276e-03f), r, Vec(8.368710056e-03f));
+  p = at::vec::fmadd(p, r, Vec(4.166838899e-02f));
+  p = at::vec::fmadd(p, r, Vec(1.666652113e-01f));
+  p = at::vec::fmadd(p, r, Vec(4.999999404e-01f));
+  p = at::vec::fmadd(p, r * r, r + Vec(1.f));
+  const Vec two_to_n = at::vec::cast<float>((at::vec::convert_to_int_of_same_size(n) + IVec(127)) << IVec(23));
+  return Vec::blendv(p * two_to_n, Vec(0.f), x < lowest);
+}
+
+// fp64 (gradcheck, not speed): Sleef's exp.
+inline at::vec::Vectorized<double> exp_nonpositive(const at::vec::Vectorized<double>& x) { return x.exp(); }
+
 int64_t padded_cols(int64_t cols, int64_t chunk) { return at::divup(std::max<int64_t>(cols, 1), chunk) * chunk; }
 
 // Mask rows read in place.
@@ -136,8 +162,8 @@ void softmax_row(const scalar_t* x, const mask_t* mask, int64_t kept, int64_t co
   Vec sum_lo(acc_t(0)), sum_hi(acc_t(0));
   const int64_t kept_padded = at::divup(kept, kChunk) * kChunk;
   for (c = 0; c < kept_padded; c += kChunk) {
-    const Vec lo = (Vec::loadu(buf + c) - max_v).exp();
-    const Vec hi = (Vec::loadu(buf + c + kVec) - max_v).exp();
+    const Vec lo = exp_nonpositive(Vec::loadu(buf + c) - max_v);
+    const Vec hi = exp_nonpositive(Vec::loadu(buf + c + kVec) - max_v);
     lo.store(buf + c);
     hi.store(buf + c + kVec);
     sum_lo = sum_lo + lo;
