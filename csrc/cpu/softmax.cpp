@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -88,7 +89,11 @@ struct ConvertedMaskRows {
     if (offset != cached_offset) {
       AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, dtype, "fastformer_softmax_mask", [&] {
         const scalar_t* src = static_cast<const scalar_t*>(base) + offset;
-        for (int64_t c = 0; c < cols; ++c) buf[c] = static_cast<acc_t>(src[c * col_stride]);
+        if (col_stride == 1) {  // the common layout; a loop the compiler vectorizes
+          std::transform(src, src + cols, buf.begin(), [](scalar_t v) { return static_cast<acc_t>(v); });
+        } else {
+          for (int64_t c = 0; c < cols; ++c) buf[c] = static_cast<acc_t>(src[c * col_stride]);
+        }
       });
       cached_offset = offset;
     }
