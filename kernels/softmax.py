@@ -14,27 +14,21 @@ import torch
 import triton
 import triton.language as tl
 
+from fastformer.kernels import _rows
+
 # 4096 fp32 values over 16 warps is 8 registers per thread: the whole row stays in registers, and
 # rows up to 4096 cover attention scores for sequence lengths up to 4K. Wider rows loop.
 MAX_SINGLE_TILE = 4096
 TILE = 4096
 
-MASK_NONE, MASK_ADDITIVE, MASK_KEEP = 0, 1, 2
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+# How the mask enters the logits (MASK_KIND).
+MASK_NONE = tl.constexpr(0)
+MASK_ADDITIVE = tl.constexpr(1)  # z += mask
+MASK_KEEP = tl.constexpr(2)  # z = -inf where the bool mask is False
 
 
 def _tiling(n_cols: int) -> tuple[int, int]:
-    """(BLOCK_N, NUM_TILES) for a row of n_cols columns."""
-    if n_cols <= MAX_SINGLE_TILE:
-        return triton.next_power_of_2(n_cols), 1
-    return TILE, triton.cdiv(n_cols, TILE)
-
-
-def _num_warps(block_n: int) -> int:
-    return min(max(block_n // 256, 1), 16)
+    return _rows.tiling(n_cols, MAX_SINGLE_TILE, TILE)
 
 
 def _split_scale(scale: float) -> tuple[float, float]:
@@ -50,9 +44,9 @@ def _logits(X, Mask, cols, kept, scale_hi, scale_lo, stride_mask_col, MASK_KIND:
     in_row = cols < kept
     x = tl.load(X + cols, mask=in_row, other=0.0).to(ACC)
     z = x * scale_hi + x * scale_lo
-    if MASK_KIND == 1:
+    if MASK_KIND == MASK_ADDITIVE:
         z += tl.load(Mask + cols * stride_mask_col, mask=in_row, other=0.0).to(ACC)
-    if MASK_KIND == 2:
+    if MASK_KIND == MASK_KEEP:
         in_row &= tl.load(Mask + cols * stride_mask_col, mask=in_row, other=0) != 0
     return tl.where(in_row, z, float("-inf"))
 
@@ -153,8 +147,8 @@ def softmax_fwd(x, mask, scale: float, causal: bool):
     _softmax_fwd_kernel[(A * B * M,)](
         x, mask_arg, y, B, M, N, *_split_scale(scale),
         x.stride(0), x.stride(1), x.stride(2), *mask_strides,
-        MASK_KIND=mask_kind, CAUSAL=causal, ACC=_acc_dtype(x.dtype), BLOCK_N=block_n, NUM_TILES=num_tiles,
-        num_warps=_num_warps(block_n),
+        MASK_KIND=mask_kind, CAUSAL=causal, ACC=_rows.acc_dtype(x.dtype), BLOCK_N=block_n, NUM_TILES=num_tiles,
+        num_warps=_rows.num_warps(block_n),
     )
     return y
 
@@ -168,6 +162,6 @@ def softmax_bwd(grad_out, out, scale: float):
     block_n, num_tiles = _tiling(N)
     _softmax_bwd_kernel[(rows,)](
         grad_out, out, grad_x, N, *_split_scale(scale),
-        ACC=_acc_dtype(out.dtype), BLOCK_N=block_n, NUM_TILES=num_tiles, num_warps=_num_warps(block_n),
+        ACC=_rows.acc_dtype(out.dtype), BLOCK_N=block_n, NUM_TILES=num_tiles, num_warps=_rows.num_warps(block_n),
     )
     return grad_x
