@@ -69,7 +69,6 @@ int64_t padded_cols(int64_t cols, int64_t chunk) { return at::divup(std::max<int
 // Mask rows read in place.
 template <typename mask_t>
 struct DirectMaskRows {
-  using value_t = mask_t;
   const mask_t* base;
   const mask_t* row(int64_t offset) { return base + offset; }
 };
@@ -77,7 +76,6 @@ struct DirectMaskRows {
 // Mask rows converted to acc_t: bool -> 1 (keep) / 0 (drop), floats -> acc_t; any column stride.
 template <typename acc_t>
 struct ConvertedMaskRows {
-  using value_t = acc_t;
   const void* base;  // element (0, 0, 0, 0) of the mask
   at::ScalarType dtype;
   int64_t col_stride, cols;
@@ -102,7 +100,6 @@ struct ConvertedMaskRows {
 };
 
 struct NoMaskRows {
-  using value_t = float;
   const float* row(int64_t) { return nullptr; }
 };
 
