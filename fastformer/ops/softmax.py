@@ -156,6 +156,11 @@ def _leading_groups(shape, strides, causal: bool) -> list[list[int]]:
 def _as_4d(x: Tensor, mask: Optional[Tensor], causal: bool) -> tuple[Tensor, Optional[Tensor]]:
     """x [..., N] (last dim contiguous), mask expanded to x's shape -> [A, B, M, N], views when the
     leading dims form at most three mergeable groups."""
+    if x.dim() == 4:
+        return x, mask
+    if x.dim() < 4:  # prepending size-1 dims is always a view; the kernels take any leading strides
+        shape4 = (1,) * (4 - x.dim()) + tuple(x.shape)
+        return x.view(shape4), mask.view(shape4) if mask is not None else None
     tensors = [x] if mask is None else [x, mask]
     groups = _leading_groups(x.shape, [t.stride() for t in tensors], causal)
     sizes = [math.prod([x.shape[d] for d in g]) for g in reversed(groups)]  # outermost first
@@ -184,10 +189,16 @@ def softmax(x, dim=-1, scale=1.0, mask=None, causal=False, backend=None):
     if x.dim() == 0:
         return softmax(x.reshape(1), 0, scale, mask.reshape(1) if mask is not None else None, causal, chosen).reshape(())
     fwd_op, _ = _OPS["triton" if chosen == "triton" else "cpp"]
-    x_last = x.movedim(dim, -1)  # [..., N], a view
-    mask_last = mask.expand(x.shape).movedim(dim, -1) if mask is not None else None  # stride 0 where broadcast
+    # Skipping no-op movedims matters for small inputs (decode steps), where each op call costs microseconds.
+    last = dim == x.dim() - 1
+    x_last = x if last else x.movedim(dim, -1)  # [..., N], a view
+    mask_last = None
+    if mask is not None:
+        mask_last = mask if mask.shape == x.shape else mask.expand(x.shape)  # stride 0 where broadcast
+        mask_last = mask_last if last else mask_last.movedim(dim, -1)
     if x_last.stride(-1) != 1 and x_last.shape[-1] > 1:
         x_last = x_last.contiguous()  # the kernels read rows as contiguous vectors
     x4, mask4 = _as_4d(x_last, mask_last, causal)
     out = fwd_op(x4, mask4, float(scale), causal)  # [A, B, M, N], contiguous
-    return out.view(x_last.shape).movedim(-1, dim)
+    out = out if x_last.dim() == 4 else out.view(x_last.shape)
+    return out if last else out.movedim(-1, dim)

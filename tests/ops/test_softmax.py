@@ -139,13 +139,16 @@ def test_non_contiguous_mask(backend):
 
 
 def test_broadcast_mask_is_not_materialized():
-    x = _randn(2, 3, 5, 17)  # [B, H, M, N]
-    mask = _padding_mask(2, 1, 1, 17)
+    x = _randn(2, 3, 4, 5, 17)  # [B, H, G, M, N]: more than four dims, so leading dims are merged
+    mask = _padding_mask(2, 1, 1, 1, 17)
     x4, mask4 = _as_4d(x, mask.expand(x.shape), causal=False)
     assert x4.data_ptr() == x.data_ptr() and mask4.data_ptr() == mask.data_ptr()
-    assert mask4.shape == (1, 2, 15, 17) and mask4.stride(2) == 0  # heads and queries merged, broadcast
+    assert mask4.shape == (1, 2, 60, 17) and mask4.stride(2) == 0  # H, G, M merged, broadcast
     x4, mask4 = _as_4d(x, mask.expand(x.shape), causal=True)
-    assert mask4.shape == (2, 3, 5, 17) and mask4.stride()[1:3] == (0, 0)
+    assert x4.data_ptr() == x.data_ptr() and mask4.data_ptr() == mask.data_ptr()
+    assert mask4.shape == (2, 12, 5, 17) and mask4.stride()[1:3] == (0, 0)  # M on its own for causal
+    x4, mask4 = _as_4d(x[0, 0], mask.expand(x.shape)[0, 0], causal=False)  # [4, 5, 17]: prepend a dim
+    assert x4.shape == (1, 4, 5, 17) and mask4.stride() == (0, 0, 0, 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
