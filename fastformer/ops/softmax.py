@@ -4,11 +4,12 @@ torch.ops.fastformer.softmax_{fwd,bwd} are the C++ ops (CPU and CUDA keys); soft
 wrap kernels/softmax.py in opaque custom ops with the same schemas, which torch.compile(fullgraph=True)
 traces without breaks and which run under TRITON_INTERPRET=1 on CPU tensors.
 
-The kernels see x as [A, B, M, N] with a contiguous last dim and the mask expanded to the same shape
-(stride 0 where broadcast). The wrapper gets there with views: it moves `dim` to the end and merges
-the leading dims into at most three, keeping M (the second-to-last dim) on its own for causal.
-Only a strided last dim (dim != -1, or a transposed x) costs a copy of x; only leading dims that no
-view can merge cost a copy of x and a materialized mask.
+The kernels see x as [A, B, M, N] with a contiguous last dim and any leading strides, and the mask
+expanded to the same shape (stride 0 where broadcast). The wrapper gets there with views: it moves
+`dim` to the end, then prepends size-1 dims (inputs of up to 4 dims) or merges the leading dims into
+three (more dims), keeping M (the second-to-last dim) on its own for causal. Only a strided last dim
+(dim != -1, or a transposed x) costs a copy of x; only more than three leading groups that no view
+can merge cost a copy of x and a materialized mask.
 """
 import math
 from typing import Optional
