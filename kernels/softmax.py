@@ -132,6 +132,11 @@ def _softmax_bwd_kernel(DY, Y, DX, N, scale_hi, scale_lo,
 
 def softmax_fwd(x, mask, scale: float, causal: bool):
     """x [A, B, M, N] (last dim contiguous), mask None or expanded to [A, B, M, N] -> y [A, B, M, N]."""
+    # The kernel indexes raw memory with these shapes: check what the C++ op checks.
+    if x.dim() != 4 or (x.stride(3) != 1 and x.shape[3] > 1):
+        raise ValueError(f"x must be 4-D [A, B, M, N] with a contiguous last dim, got shape {tuple(x.shape)}")
+    if mask is not None and mask.shape != x.shape:
+        raise ValueError(f"mask must be expanded to the shape of x {tuple(x.shape)}, got {tuple(mask.shape)}")
     A, B, M, N = x.shape
     y = torch.empty((A, B, M, N), dtype=x.dtype, device=x.device)  # [A, B, M, N], contiguous
     if x.numel() == 0:
@@ -155,6 +160,9 @@ def softmax_fwd(x, mask, scale: float, causal: bool):
 
 def softmax_bwd(grad_out, out, scale: float):
     """Contiguous [rows, N] grad_out and out (the forward's y) -> grad_x [rows, N]."""
+    if out.dim() != 2 or grad_out.shape != out.shape or not (out.is_contiguous() and grad_out.is_contiguous()):
+        raise ValueError(f"grad_out and out must be contiguous [rows, N] tensors of one shape, "
+                         f"got {tuple(grad_out.shape)} and {tuple(out.shape)}")
     rows, N = out.shape
     grad_x = torch.empty((rows, N), dtype=out.dtype, device=out.device)  # [rows, N]
     if out.numel() == 0:

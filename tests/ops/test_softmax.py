@@ -379,3 +379,14 @@ def test_bad_x(x, error):
 def test_causal_needs_two_dims():
     with pytest.raises(ValueError, match="causal"):
         ff.ops.softmax(_randn(17), causal=True)
+
+
+@pytest.mark.parametrize("ops", list(OPS.values()), ids=list(OPS))
+def test_ops_reject_malformed_tensors(ops):
+    """The raw ops (bypassing the wrapper) fail with an error, never a crash or a wrong answer."""
+    fwd, bwd = ops
+    x = _randn(1, 2, 3, 17)
+    with pytest.raises((RuntimeError, ValueError)):
+        fwd(x.view(6, 17), None, 1.0, False)  # not 4-D
+    with pytest.raises((RuntimeError, ValueError)):
+        bwd(_randn(6, 17), _randn(6, 16), 1.0)  # grad_out and out disagree
