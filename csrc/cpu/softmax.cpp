@@ -50,7 +50,7 @@ inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<floa
   using Vec = at::vec::Vectorized<float>;
   using IVec = at::vec::Vectorized<int32_t>;
   const Vec lowest(-86.f);  // n >= -124, so p * 2^n >= 0.7 * 2^-124 is normal
-  const Vec xc = at::vec::maximum(x, lowest);
+  const Vec xc = at::vec::clamp_min(x, lowest);  // NaN stays NaN
   const Vec n = (xc * Vec(1.44269504088896341f)).round();
   Vec r = at::vec::fnmadd(n, Vec(0.693359375f), xc);  // high part of ln2 (exact in 9 bits)
   r = at::vec::fnmadd(n, Vec(-2.12194440e-4f), r);    // ln2 - 0.693359375
