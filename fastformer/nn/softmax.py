@@ -1,10 +1,10 @@
 """ff.nn.Softmax: torch.nn.Softmax running ff.ops.softmax (same constructor, state and results)."""
 import warnings
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastformer import ops
+from fastformer.nn._dropin import _DropIn
 
 
 def _implicit_dim(ndim: int) -> int:
@@ -16,9 +16,9 @@ def _implicit_dim(ndim: int) -> int:
     return 0 if ndim in (0, 1, 3) else 1
 
 
-class Softmax(torch.nn.Softmax):
-    """Drop-in for torch.nn.Softmax(dim): softmax over `dim` with the fastformer kernels."""
+class Softmax(_DropIn, nn.Softmax):
+    """torch.nn.Softmax(dim) on fastformer's kernels. `backend` as in ff.ops (None = auto)."""
 
     def forward(self, input: Tensor) -> Tensor:
         dim = self.dim if self.dim is not None else _implicit_dim(input.dim())
-        return ops.softmax(input, dim)
+        return ops.softmax(input, dim, backend=self.backend)

@@ -187,6 +187,8 @@ def softmax(x, dim=-1, scale=1.0, mask=None, causal=False, backend=None):
     chosen = _backends.resolve("softmax", backend, x.device)
     if chosen == "reference":
         return softmax_ref(x, dim, scale, mask, causal)
+    if chosen == "cuda" and x.dtype == torch.float64:
+        raise TypeError("x must be float32, float16 or bfloat16 for the cuda backend, got torch.float64")
     if x.dim() == 0:
         return softmax(x.reshape(1), 0, scale, mask.reshape(1) if mask is not None else None, causal, chosen).reshape(())
     fwd_op, _ = _OPS["triton" if chosen == "triton" else "cpp"]
