@@ -43,7 +43,10 @@ def _cpu_has_avx2() -> bool:
 def _cpu_flags() -> list[str]:
     choice = os.environ.get("FASTFORMER_CPU_AVX2", "auto").lower()
     use_avx2 = choice == "1" or (choice == "auto" and _cpu_has_avx2())
-    flags = ["-O3", "-std=c++17", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is inline in ATen's headers and runs serially unless the kernel's
+    # own translation unit is compiled with OpenMP (measured: the softmax kernel used one thread of two).
+    # The OpenMP runtime is torch's own libgomp.so.1, already loaded when fastformer._C is imported.
+    flags = ["-O3", "-std=c++17", "-fno-math-errno", "-fopenmp"]
     if use_avx2:
         # Same ISA flags torch uses for its own AVX2 kernels; a private CPU_CAPABILITY namespace keeps
         # our at::vec instantiations from colliding with libtorch's.
@@ -58,7 +61,8 @@ def _extension():
     cxx = _cpu_flags()
     if not _want_cuda():
         return cpp_extension.CppExtension(
-            "fastformer._C", sources, extra_compile_args={"cxx": cxx}, include_dirs=[os.path.join(ROOT, "csrc")]
+            "fastformer._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+            include_dirs=[os.path.join(ROOT, "csrc")],
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
@@ -66,6 +70,7 @@ def _extension():
         "fastformer._C",
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
         extra_compile_args={
             "cxx": cxx + ["-DFASTFORMER_WITH_CUDA=1"],
             "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-DFASTFORMER_WITH_CUDA=1"],

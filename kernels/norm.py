@@ -12,24 +12,15 @@ import torch
 import triton
 import triton.language as tl
 
+from fastformer.kernels import _rows
+
 # 16384 fp32 values spread over 16 warps is 32 registers per thread; wider rows spill, so loop.
 MAX_SINGLE_TILE = 16384
 TILE = 4096
 
 
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _tiling(n_cols: int) -> tuple[int, int]:
-    """(BLOCK_N, NUM_TILES) for a row of n_cols columns."""
-    if n_cols <= MAX_SINGLE_TILE:
-        return triton.next_power_of_2(n_cols), 1
-    return TILE, triton.cdiv(n_cols, TILE)
-
-
-def _num_warps(block_n: int) -> int:
-    return min(max(block_n // 256, 1), 16)
+    return _rows.tiling(n_cols, MAX_SINGLE_TILE, TILE)
 
 
 def _grid_size(rows: int, device: torch.device) -> int:
@@ -213,8 +204,8 @@ def norm_fwd(x, residual, weight, bias, eps: float, is_rms: bool):
         bias if bias is not None else x, out, residual_out, mean if not is_rms else rstd, rstd,
         x.stride(0), residual.stride(0) if residual is not None else 0, n_cols, eps,
         IS_RMS=is_rms, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
-        HAS_BIAS=bias is not None, ACC=_acc_dtype(x.dtype), BLOCK_N=block_n, NUM_TILES=num_tiles,
-        num_warps=_num_warps(block_n),
+        HAS_BIAS=bias is not None, ACC=_rows.acc_dtype(x.dtype), BLOCK_N=block_n, NUM_TILES=num_tiles,
+        num_warps=_rows.num_warps(block_n),
     )
     return out, residual_out, mean, rstd
 
@@ -235,8 +226,8 @@ def norm_bwd(grad_out, grad_residual_out, normed_input, weight, mean, rstd, has_
             weight if weight is not None else normed_input, mean if not is_rms else rstd, rstd,
             grad_x, partial_w, partial_b, rows, n_cols, triton.cdiv(rows, programs),
             IS_RMS=is_rms, HAS_DRES=grad_residual_out is not None, HAS_WEIGHT=weight is not None,
-            HAS_BIAS=has_bias, ACC=_acc_dtype(dtype), BLOCK_N=block_n, NUM_TILES=num_tiles,
-            num_warps=_num_warps(block_n),
+            HAS_BIAS=has_bias, ACC=_rows.acc_dtype(dtype), BLOCK_N=block_n, NUM_TILES=num_tiles,
+            num_warps=_rows.num_warps(block_n),
         )
     grad_weight = partial_w.sum(0).to(dtype) if weight is not None else torch.empty((0,), dtype=dtype, device=device)
     grad_bias = partial_b.sum(0).to(dtype) if has_bias else torch.empty((0,), dtype=dtype, device=device)

@@ -2,5 +2,6 @@
 from fastformer.nn.linear import Linear
 from fastformer.nn.multihead_attention import MultiheadAttention
 from fastformer.nn.norm import LayerNorm, RMSNorm
+from fastformer.nn.softmax import Softmax
 
-__all__ = ["LayerNorm", "Linear", "MultiheadAttention", "RMSNorm"]
+__all__ = ["LayerNorm", "Linear", "MultiheadAttention", "RMSNorm", "Softmax"]
