@@ -14,11 +14,10 @@ from fastformer.ops import _attention
 from fastformer.ops._philox import philox_uniform
 from fastformer.ops._t5_bias import T5RelativeBias
 
-__all__ = ["T5RelativeBias", "attention", "attention_ref", "dropout_keep_mask"]
+__all__ = ["HEAD_DIMS", "T5RelativeBias", "attention", "attention_ref", "draw_dropout_seed", "dropout_keep_mask"]
 
 HEAD_DIMS = (32, 64, 80, 96, 128, 256)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_FLOAT_BIAS_DTYPES = _DTYPES
 
 
 # ---- semantics ------------------------------------------------------------------------------------
@@ -144,7 +143,7 @@ def _check_bias(attn_bias, q: Tensor, seq_k: int):
     if attn_bias.dtype == torch.bool:
         # SDPA's convention for bool masks: True = attend.
         attn_bias = torch.zeros(shape, dtype=q.dtype, device=q.device).masked_fill_(~attn_bias, float("-inf"))
-    elif attn_bias.dtype not in _FLOAT_BIAS_DTYPES:
+    elif attn_bias.dtype not in _DTYPES:
         raise TypeError(f"attn_bias must be a float (additive) or bool tensor, got {attn_bias.dtype}")
     elif attn_bias.dtype not in (q.dtype, torch.float32):
         attn_bias = attn_bias.to(q.dtype)  # the kernels read the dtype of q or float32

@@ -41,6 +41,7 @@ class Case:
     padding: str | None = None  # "random" or "empty_batch" (batch 0 attends to nothing)
     bias: tuple | None = None  # dense bias shape (broadcastable to [B, H, Sq, Sk]); "alibi" slopes * j
     alibi: bool = False
+    bool_mask: bool = False  # a bool attn_bias [Sq, Sk] (True = attend) whose row 1 attends to nothing
     t5: str | None = None  # "encoder" (bidirectional) or "decoder" (unidirectional)
     bias_grad: bool = False
 
@@ -68,6 +69,10 @@ class Case:
             out["attn_bias"] = bias.to(device=device, dtype=dtype).requires_grad_(self.bias_grad and requires_grad)
         elif self.bias:
             out["attn_bias"] = randn(*self.bias, grad=self.bias_grad and requires_grad)
+        elif self.bool_mask:
+            mask = torch.rand(self.seq_q, self.seq_k, generator=gen) < 0.7
+            mask[1] = False
+            out["attn_bias"] = mask.to(device)
         if self.t5:
             table = randn(32, self.heads)
             out["attn_bias"] = T5RelativeBias(table, 32, 20, bidirectional=self.t5 == "encoder")
@@ -75,7 +80,7 @@ class Case:
 
     @property
     def has_empty_rows(self) -> bool:
-        return self.padding == "empty_batch" or (self.causal and self.seq_q > self.seq_k)
+        return self.padding == "empty_batch" or self.bool_mask or (self.causal and self.seq_q > self.seq_k)
 
 
 def _to(inputs: dict, dtype) -> dict:
@@ -103,8 +108,10 @@ def _sdpa(inputs: dict):
     bias = inputs.get("attn_bias")
     if isinstance(bias, T5RelativeBias):
         bias = bias.materialize(seq_q, seq_k)
-    mask = torch.zeros((1, 1, seq_q, seq_k), dtype=q.dtype, device=q.device) if bias is None else bias.to(q.dtype)
     keep = torch.ones((1, 1, seq_q, seq_k), dtype=torch.bool, device=q.device)
+    if bias is not None and bias.dtype == torch.bool:
+        keep, bias = keep & bias, None
+    mask = torch.zeros((1, 1, seq_q, seq_k), dtype=q.dtype, device=q.device) if bias is None else bias.to(q.dtype)
     if inputs.get("key_padding_mask") is not None:
         keep = keep & inputs["key_padding_mask"][:, None, None, :]
     if inputs["causal"]:
@@ -135,6 +142,7 @@ FORWARD_CASES = [
     Case("bias_full", bias=(2, 2, 17, 33)),
     Case("bias_alibi", alibi=True),
     Case("bias_padding_causal", bias=(2, 1, 17, 33), padding="random", causal=True),
+    Case("bool_mask_with_empty_row", bool_mask=True),
     Case("head_dim_80", batch=1, head_dim=80),
     Case("head_dim_256", batch=1, heads=1, heads_kv=1, head_dim=256),
     Case("decode_split_k", batch=1, heads=4, heads_kv=2, seq_q=1, seq_k=1025, head_dim=64, padding="random"),
@@ -177,6 +185,8 @@ def test_forward_matches_fp64_reference(backend, attention_device, dtype, case):
     _assert_within_2x("out", out, ref64, baseline, dtype, _interpreted_triton(backend, device))
     if case.padding == "empty_batch":
         assert (out[0] == 0).all(), "rows with every key masked must be zeros"
+    if case.bool_mask:
+        assert (out[:, :, 1] == 0).all(), "rows with every key masked must be zeros"
     if case.causal and case.seq_q > case.seq_k:
         assert (out[:, :, : case.seq_q - case.seq_k] == 0).all(), "rows that see no key must be zeros"
 
@@ -282,6 +292,14 @@ def test_non_contiguous_last_dim_is_copied(backend, attention_device):
     k = torch.randn(1, 2, 11, 32, device=device)
     v = torch.randn(1, 2, 11, 32, device=device)
     torch.testing.assert_close(attention(q, k, v, backend=backend), attention_ref(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_training_without_cuda_backward_uses_the_triton_backward(monkeypatch):
+    monkeypatch.setattr(_attention, "cpp_kernel_registered", lambda op, device_type: op != "attention_bwd")
+    assert _attention._backward_op("cpp", torch.device("cuda")) is _attention.BWD_OPS["triton"]
+    assert _attention._backward_op("cpp", torch.device("cpu")) is _attention.BWD_OPS["cpp"]
+    monkeypatch.setattr(_attention, "cpp_kernel_registered", lambda op, device_type: True)
+    assert _attention._backward_op("cpp", torch.device("cuda")) is _attention.BWD_OPS["cpp"]
 
 
 def test_auto_backend_runs_on_cpu_tensors(monkeypatch):
