@@ -74,7 +74,7 @@ def _extension():
 
 
 setup(
-    packages=["fastformer", "fastformer.ops", "fastformer.nn", "fastformer.kernels"],
+    packages=["fastformer", "fastformer.ops", "fastformer.nn", "fastformer.models", "fastformer.hf", "fastformer.kernels"],
     package_dir={"fastformer.kernels": "kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -1,4 +1,6 @@
 """fastformer: fused transformer kernels for PyTorch (Triton, CUDA C++ and C++ CPU backends)."""
+import torch  # noqa: F401  (loads libc10/libtorch, which fastformer._C links against)
+
 try:
     from fastformer import _C  # registers the torch.ops.fastformer schemas and CPU/CUDA kernels
 except ImportError as e:  # pragma: no cover - only when the extension was not built
@@ -7,8 +9,9 @@ except ImportError as e:  # pragma: no cover - only when the extension was not b
         "`pip install --no-build-isolation -e .` against the installed torch"
     ) from e
 
-from fastformer import nn, ops
+from fastformer import models, nn, ops
 from fastformer._backends import available_backends
+from fastformer.hf import from_pretrained
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "nn", "ops"]
+__all__ = ["available_backends", "from_pretrained", "models", "nn", "ops"]

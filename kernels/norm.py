@@ -155,7 +155,7 @@ def _norm_bwd_kernel(
         dw = tl.zeros([BLOCK_N], dtype=ACC)
         db = tl.zeros([BLOCK_N], dtype=ACC)
         for row in range(row_start, row_end):
-            offset = row.to(tl.int64) * N
+            offset = tl.cast(row, tl.int64) * N
             mean = 0.0 if IS_RMS else tl.load(Mean + row)
             rstd = tl.load(Rstd + row)
             dy, xhat, g = _grad_tile(DY + offset, S + offset, W, cols, mean, rstd, N, HAS_WEIGHT, ACC)
@@ -170,7 +170,7 @@ def _norm_bwd_kernel(
             tl.store(DB + cols, db, mask=cols < N)
     else:
         for row in range(row_start, row_end):
-            offset = row.to(tl.int64) * N
+            offset = tl.cast(row, tl.int64) * N
             mean = 0.0 if IS_RMS else tl.load(Mean + row)
             rstd = tl.load(Rstd + row)
             dot = tl.zeros([BLOCK_N], dtype=ACC)

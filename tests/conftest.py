@@ -1,17 +1,42 @@
-"""Test setup: without a CUDA GPU, Triton kernels run on CPU tensors through Triton's interpreter.
+"""Test configuration: Triton runs through its interpreter on CPU tensors when no GPU is present.
 
-TRITON_INTERPRET must be set before any Triton kernel module is imported, hence here.
+TRITON_INTERPRET must be set before any @triton.jit function is defined, i.e. before
+fastformer.kernels is imported, so it is set here at collection time.
 """
 import functools
 import os
 
-import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
-GPU = torch.device("cuda") if torch.cuda.is_available() else None
+import pytest  # noqa: E402
+
+from fastformer import _backends  # noqa: E402
+
+ALL_BACKENDS = ("cpu", "triton", "cuda", "reference")
+
+
+def backend_device(backend: str) -> torch.device:
+    """The device a backend's tests run on here, or a visible skip saying why it cannot run."""
+    device = torch.device("cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu")
+    if backend == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (none visible to torch)")
+    reason = _backends.why_not(backend, device)
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} cannot run here: {reason}")
+    return device
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,24 +52,9 @@ def _cpp_attention_runs(device_type: str) -> bool:
 
 @pytest.fixture
 def attention_device(backend: str) -> torch.device:
-    """The device attention tests parametrized by `backend` run on here, or a visible skip."""
-    from fastformer import _backends
-
-    if backend == "cpu":
-        if not _cpp_attention_runs("cpu"):
-            pytest.skip("CPU attention kernel not registered")
-        return torch.device("cpu")
-    if backend == "cuda":
-        if GPU is None:
-            pytest.skip("needs a CUDA GPU")
-        reason = _backends.why_not("cuda", GPU)
-        if reason:
-            pytest.skip(reason)
-        if not _cpp_attention_runs("cuda"):
-            pytest.skip("CUDA attention kernel not registered")
-        return GPU
-    device = GPU or torch.device("cpu")
-    reason = _backends.why_not(backend, device)
-    if reason:
-        pytest.skip(reason)
+    """backend_device for attention tests, which also skip a C++ backend whose attention kernel is not
+    registered in this build."""
+    device = backend_device(backend)
+    if backend in ("cpu", "cuda") and not _cpp_attention_runs(device.type):
+        pytest.skip(f"{backend.upper()} attention kernel not registered")
     return device

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/row_io.h"
+#include "norm_binding.h"
 
 namespace fastformer::cpu {
 namespace {
@@ -212,36 +213,14 @@ void norm_bwd_kernel(const Tensor& grad_out, const std::optional<Tensor>& grad_r
   if (need_db) reduce_partials(db_partial, grad_bias);
 }
 
-void check_rows(const Tensor& t, const char* name, const Tensor& like) {
-  TORCH_CHECK(t.dim() == 2 && t.sizes() == like.sizes(), name, " must have shape ", like.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.stride(1) == 1, name, " must have a contiguous last dimension");
-}
-
-void check_param(const std::optional<Tensor>& p, const char* name, const Tensor& x) {
-  if (!p) return;
-  TORCH_CHECK(p->dim() == 1 && p->size(0) == x.size(1), name, " must have shape [", x.size(1), "], got ", p->sizes());
-  TORCH_CHECK(p->scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(), ", got ", p->scalar_type());
-  TORCH_CHECK(p->is_contiguous(), name, " must be contiguous");
-}
-
 #define FASTFORMER_NORM_DISPATCH(dtype, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "fastformer_norm", __VA_ARGS__)
 
 template <bool kRms>
-std::tuple<Tensor, Tensor, Tensor, Tensor> norm_fwd(const Tensor& x, const std::optional<Tensor>& residual,
-                                                    const std::optional<Tensor>& weight,
-                                                    const std::optional<Tensor>& bias, double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be 2-D [rows, N] with a contiguous last dimension");
-  TORCH_CHECK(eps > 0, "eps must be > 0, got ", eps);
-  if (residual) check_rows(*residual, "residual", x);
-  check_param(weight, "weight", x);
-  check_param(bias, "bias", x);
-  const auto acc_dtype = at::toOpMathType(x.scalar_type());
-  Tensor out = at::empty(x.sizes(), x.options());
-  Tensor residual_out = residual ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
-  Tensor mean = at::empty({kRms ? 0 : x.size(0)}, x.options().dtype(acc_dtype));
-  Tensor rstd = at::empty({x.size(0)}, x.options().dtype(acc_dtype));
+NormFwdResult norm_fwd(const Tensor& x, const std::optional<Tensor>& residual, const std::optional<Tensor>& weight,
+                       const std::optional<Tensor>& bias, double eps) {
+  Tensor out, residual_out, mean, rstd;
+  std::tie(out, residual_out, mean, rstd) = norm_fwd_outputs(x, residual, weight, bias, eps, kRms);
   if (x.numel() > 0) {
     FASTFORMER_NORM_DISPATCH(x.scalar_type(), [&] {
       norm_fwd_kernel<scalar_t, kRms>(x, residual, weight, bias, eps, out, residual_out, mean, rstd);
@@ -251,22 +230,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> norm_fwd(const Tensor& x, const std::
 }
 
 template <bool kRms>
-std::tuple<Tensor, Tensor, Tensor> norm_bwd(const Tensor& grad_out, const std::optional<Tensor>& grad_residual_out,
-                                            const Tensor& input, const std::optional<Tensor>& weight,
-                                            const Tensor& mean, const Tensor& rstd, bool has_bias) {
-  TORCH_CHECK(input.dim() == 2 && input.is_contiguous(), "normed_input must be a contiguous [rows, N] tensor");
-  check_rows(grad_out, "grad_out", input);
-  TORCH_CHECK(grad_out.is_contiguous(), "grad_out must be contiguous");
-  if (grad_residual_out) {
-    check_rows(*grad_residual_out, "grad_residual_out", input);
-    TORCH_CHECK(grad_residual_out->is_contiguous(), "grad_residual_out must be contiguous");
-  }
-  check_param(weight, "weight", input);
-  TORCH_CHECK(rstd.numel() == input.size(0), "rstd must have one value per row");
-  TORCH_CHECK(kRms || mean.numel() == input.size(0), "mean must have one value per row");
-  Tensor grad_x = at::empty(input.sizes(), input.options());
-  Tensor grad_weight = weight ? at::zeros({input.size(1)}, input.options()) : at::empty({0}, input.options());
-  Tensor grad_bias = has_bias ? at::zeros({input.size(1)}, input.options()) : at::empty({0}, input.options());
+NormBwdResult norm_bwd(const Tensor& grad_out, const std::optional<Tensor>& grad_residual_out, const Tensor& input,
+                       const std::optional<Tensor>& weight, const Tensor& mean, const Tensor& rstd, bool has_bias) {
+  Tensor grad_x, grad_weight, grad_bias;
+  std::tie(grad_x, grad_weight, grad_bias) =
+      norm_bwd_outputs(grad_out, grad_residual_out, input, weight, mean, rstd, has_bias, kRms);
   if (input.numel() > 0) {
     FASTFORMER_NORM_DISPATCH(input.scalar_type(), [&] {
       norm_bwd_kernel<scalar_t, kRms>(grad_out, grad_residual_out, input, weight, mean, rstd, has_bias, grad_x,
@@ -276,26 +244,13 @@ std::tuple<Tensor, Tensor, Tensor> norm_bwd(const Tensor& grad_out, const std::o
   return {grad_x, grad_weight, grad_bias};
 }
 
-std::tuple<Tensor, Tensor, Tensor> rms_norm_fwd(const Tensor& x, const std::optional<Tensor>& residual,
-                                                const std::optional<Tensor>& weight, double eps) {
-  auto [out, residual_out, mean, rstd] = norm_fwd<true>(x, residual, weight, std::nullopt, eps);
-  return {out, residual_out, rstd};
-}
-
-std::tuple<Tensor, Tensor> rms_norm_bwd(const Tensor& grad_out, const std::optional<Tensor>& grad_residual_out,
-                                        const Tensor& input, const std::optional<Tensor>& weight, const Tensor& rstd) {
-  auto [grad_x, grad_weight, grad_bias] =
-      norm_bwd<true>(grad_out, grad_residual_out, input, weight, at::empty({0}, rstd.options()), rstd, false);
-  return {grad_x, grad_weight};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastformer, CPU, m) {
   m.impl("layer_norm_fwd", &norm_fwd<false>);
   m.impl("layer_norm_bwd", &norm_bwd<false>);
-  m.impl("rms_norm_fwd", &rms_norm_fwd);
-  m.impl("rms_norm_bwd", &rms_norm_bwd);
+  m.impl("rms_norm_fwd", &rms_norm_fwd_adapter<&norm_fwd<true>>);
+  m.impl("rms_norm_bwd", &rms_norm_bwd_adapter<&norm_bwd<true>>);
 }
 
 }  // namespace fastformer::cpu

@@ -1,2 +1,6 @@
 """Drop-in modules that subclass their torch.nn counterparts and run fastformer ops."""
+from fastformer.nn.linear import Linear
 from fastformer.nn.multihead_attention import MultiheadAttention
+from fastformer.nn.norm import LayerNorm, RMSNorm
+
+__all__ = ["LayerNorm", "Linear", "MultiheadAttention", "RMSNorm"]

@@ -187,6 +187,8 @@ def norm(op_name: str, reference, x, residual, weight, bias, eps, backend):
     chosen = _backends.resolve(op_name, backend, x.device)
     if chosen == "reference":
         return reference(x, residual=residual, weight=weight, bias=bias, eps=eps)
+    if chosen == "cuda" and x.dtype == torch.float64:
+        raise TypeError("x must be float32, float16 or bfloat16 for the cuda backend, got torch.float64")
     fwd_op, _ = _OPS[op_name]["triton" if chosen == "triton" else "cpp"]
     x_rows = _rows_view(x, n_cols)
     r_rows = _rows_view(residual, n_cols) if residual is not None else None

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU session's one command: build fastformer with its CUDA kernels, run the GPU tests, the op
+# benchmarks and the rest of the test suite natively (Triton compiled, not interpreted).
+#
+#   bash bench/gpu_check.sh          # from the repository root, on a machine with an NVIDIA GPU
+#
+# Writes <UTC date>-<gpu>-ops.json / -ops.md (bench/ops_gpu.py), -gpu_check.log (everything printed
+# here) and -build.log to $OUT/bench/results/ when $OUT is set (the device tool copies back only
+# $OUT), else to bench/results/. Order and time caps keep the whole run under ~8 minutes on an H100:
+# build (~2 min, only this GPU's architecture), the GPU tests (GPU_TESTS_TIMEOUT_S), the benchmarks
+# (BENCH_TIMEOUT_S; results are written after every shape, so a cut-off run keeps what it measured),
+# then the rest of the suite with Triton compiled (whatever is left of TOTAL_BUDGET_S, at least 60 s;
+# CPU CI already runs it under the Triton interpreter). A failing step does not stop the later ones;
+# the exit status is non-zero if any step failed.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-480}
+GPU_TESTS_TIMEOUT_S=${GPU_TESTS_TIMEOUT_S:-150}
+BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-240}
+unset TRITON_INTERPRET  # Triton kernels run compiled on the GPU
+export CHECK_CUDA_JOBS=${CHECK_CUDA_JOBS:-$(nproc)}  # tests/ops/test_cuda_build.py runs .ci/check_cuda.sh
+
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+gpu_slug=$(echo "$gpu_name" | tr '[:upper:]' '[:lower:]' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//')
+stamp="$(date -u +%Y-%m-%d)-$gpu_slug"
+results_dir="${OUT:+$OUT/}bench/results"
+mkdir -p "$results_dir"
+log="$results_dir/$stamp-gpu_check.log"
+exec > >(tee "$log") 2>&1
+
+failed=()
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S), $SECONDS s elapsed)"; }
+# run_pytest LIMIT_S ARGS...: "no tests collected" (status 5) is not a failure.
+run_pytest() {
+  local limit=$1 status=0
+  shift
+  timeout "$limit" python -m pytest -q --durations=10 "$@" || status=$?
+  case $status in
+    0) ;;
+    5) echo "(no tests collected for: $*)" ;;
+    124) failed+=("pytest $* (cut off after $limit s)") ;;
+    *) failed+=("pytest $* (status $status)") ;;
+  esac
+}
+
+step "device and versions"
+nvidia-smi
+python --version
+python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())'
+python -c 'import triton; print("triton", triton.__version__)'
+nvcc --version | tail -n 2
+
+step "build (FASTFORMER_CUDA=1)"
+# Only the present GPU's architecture: half the device compile time of the default "8.0;9.0".
+arch=${TORCH_CUDA_ARCH_LIST:-$(python -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+if ! FASTFORMER_CUDA=${FASTFORMER_CUDA:-1} TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+    python -m pip install --no-build-isolation --no-deps -e . >"$results_dir/$stamp-build.log" 2>&1; then
+  tail -n 60 "$results_dir/$stamp-build.log"
+  echo "build failed: nothing else can run (full log: $results_dir/$stamp-build.log)"
+  exit 1
+fi
+tail -n 2 "$results_dir/$stamp-build.log"
+python -c 'import fastformer as ff, pprint; pprint.pprint(ff.available_backends())'
+
+step "GPU tests (pytest -m gpu)"
+run_pytest "$GPU_TESTS_TIMEOUT_S" -m gpu -x tests/
+
+step "op benchmarks"
+bench_status=0
+timeout "$BENCH_TIMEOUT_S" python bench/ops_gpu.py --target-ms 40 --out "$results_dir/$stamp-ops.json" || bench_status=$?
+[ $bench_status -eq 0 ] || failed+=("bench/ops_gpu.py (status $bench_status; 124: cut off after $BENCH_TIMEOUT_S s)")
+
+step "the rest of the test suite, Triton compiled (pytest -m 'not gpu')"
+left=$((TOTAL_BUDGET_S - SECONDS))
+run_pytest $((left > 60 ? left : 60)) -m "not gpu" tests/
+
+step "done in $SECONDS s; results in $results_dir"
+ls -la "$results_dir"
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'FAILED: %s\n' "${failed[@]}"
+  exit 1
+fi
+echo "all steps passed"

@@ -1,0 +1,86 @@
+"""The transformer block shared by the encoder, decoder and encoder-decoder models.
+
+Attention runs on ff.ops.attention with a fused QKV projection (q, k, v are strided views of one
+[B, S, 3, H, D] tensor, no copies); every residual add is fused into the following norm through
+ff.ops.layer_norm / rms_norm(residual=...).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastformer import nn as ffnn
+from fastformer import ops
+from fastformer.models.config import ModelConfig
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rms":
+        return ffnn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+    return ffnn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.layer_norm_bias)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.scale = None if config.attention_scale else 1.0
+        self.dropout = config.attention_dropout
+        self.qkv = ffnn.Linear(config.hidden_size, 3 * config.num_heads * config.head_dim, bias=config.bias)
+        self.out = ffnn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=config.bias)
+
+    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False):
+        batch, seq, _ = x.shape
+        qkv = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim)  # [B, S, 3, H, D]
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, S, D] strided views
+        attn = ops.attention(q, k, v, attn_bias=attn_bias, key_padding_mask=key_padding_mask, causal=causal,
+                             scale=self.scale, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(attn.transpose(1, 2).reshape(batch, seq, -1))  # [B, S, H*D]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.act = ACTIVATIONS[config.activation]
+        self.up = ffnn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias)
+        self.gate = ffnn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias) if config.gated_ffn else None
+        self.down = ffnn.Linear(config.intermediate_size, config.hidden_size, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        h = self.act(self.gate(x)) * self.up(x) if self.gate is not None else self.act(self.up(x))
+        return self.down(self.dropout(h))
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention and feed-forward sublayers with residual adds fused into the norms.
+
+    Post-norm (BERT): x = Norm(x + Attn(x)); x = Norm(x + FFN(x)) — both adds fused into the norms.
+    Pre-norm (GPT-2, T5): x = x + Attn(Norm(x)); x = x + FFN(Norm(x)) — the middle add is fused into
+    the second norm, which returns (Norm(x + h), x + h) from one kernel.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.attn = SelfAttention(config)
+        self.attn_norm = make_norm(config)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = make_norm(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False):
+        if self.pre_norm:
+            h = self.dropout(self.attn(self.attn_norm(x), key_padding_mask, attn_bias, causal))
+            normed, x = self.ffn_norm(h, residual=x)
+            return x + self.dropout(self.ffn(normed))
+        h = self.dropout(self.attn(x, key_padding_mask, attn_bias, causal))
+        x, _ = self.attn_norm(h, residual=x)
+        x, _ = self.ffn_norm(self.dropout(self.ffn(x)), residual=x)
+        return x

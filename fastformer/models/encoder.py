@@ -1,0 +1,75 @@
+"""Encoder-only transformer (BERT, RoBERTa, DistilBERT): embeddings and a stack of shared blocks."""
+import torch
+from torch import nn
+
+from fastformer.models.block import TransformerBlock, make_norm
+from fastformer.models.config import ModelConfig
+
+
+class Embeddings(nn.Module):
+    """Token + position (+ token type) embeddings, LayerNorm'd with the add fused into the norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pad_token_id = config.pad_token_id
+        self.positions_from_padding = config.positions_from_padding
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_positions, config.hidden_size) if config.position == "learned" else None
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
+        self.norm = make_norm(config) if config.embedding_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.positions_from_padding:
+            # RoBERTa: positions count non-padding tokens from padding_idx + 1; padding keeps padding_idx.
+            not_pad = input_ids.ne(self.pad_token_id).long()
+            return torch.cumsum(not_pad, dim=1) * not_pad + self.pad_token_id  # [B, S]
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # [B, S]
+
+    def forward(self, input_ids, token_type_ids=None):
+        x = self.word(input_ids)  # [B, S, hidden]
+        extra = None
+        if self.position is not None:
+            positions = self.position_ids(input_ids)
+            if int(positions.max()) >= self.position.num_embeddings:
+                raise ValueError(f"input_ids of length {input_ids.shape[1]} need more positions than the model's "
+                                 f"{self.position.num_embeddings}")
+            extra = self.position(positions)
+        if self.token_type is not None:
+            types = self.token_type(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
+            extra = types if extra is None else extra + types
+        if self.norm is not None:
+            x = self.norm(x, residual=extra)[0] if extra is not None else self.norm(x)
+        elif extra is not None:
+            x = x + extra
+        return self.dropout(x)
+
+
+class Encoder(nn.Module):
+    """input_ids [B, S] (+ attention_mask [B, S], 1 = token, 0 = padding) -> hidden states [B, S, hidden]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.final_norm = make_norm(config) if config.pre_norm else None
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
+        if input_ids.dim() != 2 or input_ids.numel() == 0:
+            raise ValueError(f"input_ids must be a non-empty [batch, seq] tensor, got shape {tuple(input_ids.shape)}")
+        key_padding_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            if not bool(attention_mask.all()):  # an all-ones mask needs no masking work
+                key_padding_mask = attention_mask.bool()
+        x = self.embeddings(input_ids, token_type_ids)
+        hidden_states = [x]
+        for layer in self.layers:
+            x = layer(x, key_padding_mask=key_padding_mask)
+            hidden_states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return (x, hidden_states) if output_hidden_states else x

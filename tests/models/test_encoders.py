@@ -1,0 +1,154 @@
+"""Native BERT / RoBERTa / DistilBERT and every head against Hugging Face transformers, loaded from
+tiny random checkpoints saved with save_pretrained (no network)."""
+import pytest
+import torch
+
+import fastformer as ff
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+FAMILIES = {
+    "bert": (transformers.BertConfig, dict(TINY, type_vocab_size=2), "Bert"),
+    "roberta": (transformers.RobertaConfig, dict(TINY, type_vocab_size=1, pad_token_id=1,
+                                                 max_position_embeddings=66), "Roberta"),
+    "distilbert": (transformers.DistilBertConfig, dict(vocab_size=99, dim=64, n_layers=2, n_heads=2, hidden_dim=37,
+                                                       max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                                                       seq_classif_dropout=0.0, qa_dropout=0.0), "DistilBert"),
+}
+HEADS = {  # transformers class suffix -> (our task, output fields to compare: ours, theirs)
+    "Model": ("base", None),
+    "ForSequenceClassification": ("sequence-classification", [("logits", "logits")]),
+    "ForTokenClassification": ("token-classification", [("logits", "logits")]),
+    "ForQuestionAnswering": ("question-answering", [("start_logits", "start_logits"), ("end_logits", "end_logits")]),
+    "ForMaskedLM": ("masked-lm", [("logits", "logits")]),
+}
+
+
+def save_tiny(tmp_path, family: str, head: str, **config_overrides):
+    config_cls, kwargs, prefix = FAMILIES[family]
+    torch.manual_seed(0)
+    model = getattr(transformers, prefix + head)(config_cls(**{**kwargs, **config_overrides})).eval()
+    with torch.no_grad():  # fresh values for parameters HF initializes to constants (LayerNorm, biases)
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = tmp_path / f"{family}-{head}"
+    model.save_pretrained(path)
+    return model, path
+
+
+def batch(family: str, padded: bool, batch_size=3, seq=13):
+    pad = 1 if family == "roberta" else 0
+    ids = torch.randint(3, 99, (batch_size, seq))
+    mask = torch.ones(batch_size, seq, dtype=torch.long)
+    if padded:
+        for row, length in enumerate([seq, 7, 1][:batch_size]):
+            ids[row, length:] = pad
+            mask[row, length:] = 0
+    return ids, mask
+
+
+def assert_close_rel(ours, theirs, rel=1e-4):
+    scale = theirs.abs().max().clamp(min=1e-6)
+    assert (ours - theirs).abs().max() / scale <= rel, f"max rel diff {((ours - theirs).abs().max() / scale):.3g}"
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_matches_transformers_fp32(tmp_path, family, head, padded):
+    theirs, path = save_tiny(tmp_path, family, head)
+    ours = ff.from_pretrained(path)
+    task, fields = HEADS[head]
+    assert ours.load_report["task"] == task and not ours.load_report["missing"]
+    ids, mask = batch(family, padded)
+    with torch.no_grad():
+        want = theirs(input_ids=ids, attention_mask=mask)
+        got = ours(ids, attention_mask=mask)
+    if fields is None:
+        keep = mask.bool()  # padded positions are not outputs anyone reads
+        assert_close_rel(got[keep], want.last_hidden_state[keep])
+    else:
+        for ours_field, their_field in fields:
+            g, w = getattr(got, ours_field), getattr(want, their_field)
+            if head in ("ForTokenClassification", "ForMaskedLM"):
+                g, w = g[mask.bool()], w[mask.bool()]
+            assert_close_rel(g, w)
+
+
+@pytest.mark.parametrize("num_labels, problem", [(1, None), (3, "multi_label_classification"), (3, None)])
+def test_classification_losses_match(tmp_path, num_labels, problem):
+    theirs, path = save_tiny(tmp_path, "bert", "ForSequenceClassification", num_labels=num_labels, problem_type=problem)
+    ours = ff.from_pretrained(path)
+    ids, mask = batch("bert", padded=True)
+    labels = (torch.randn(3) if num_labels == 1 else
+              torch.randint(0, 2, (3, num_labels)).float() if problem else torch.randint(0, num_labels, (3,)))
+    with torch.no_grad():
+        assert_close_rel(ours(ids, mask, labels=labels).loss, theirs(input_ids=ids, attention_mask=mask, labels=labels).loss)
+
+
+def test_token_type_ids_and_qa_loss(tmp_path):
+    theirs, path = save_tiny(tmp_path, "bert", "ForQuestionAnswering")
+    ours = ff.from_pretrained(path)
+    ids, mask = batch("bert", padded=True)
+    types = torch.zeros_like(ids)
+    types[:, 5:] = 1
+    start, end = torch.tensor([1, 2, 40]), torch.tensor([3, 4, 40])  # 40: out of range, ignored
+    with torch.no_grad():
+        got = ours(ids, mask, token_type_ids=types, start_positions=start, end_positions=end)
+        want = theirs(input_ids=ids, attention_mask=mask, token_type_ids=types, start_positions=start, end_positions=end)
+    assert_close_rel(got.start_logits, want.start_logits)
+    assert_close_rel(got.loss, want.loss)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "cls_last4"])
+def test_other_poolings_build_fresh_heads(tmp_path, pooling):
+    _, path = save_tiny(tmp_path, "bert", "Model", num_hidden_layers=4)
+    with pytest.warns(UserWarning, match="newly initialized"):
+        model = ff.from_pretrained(path, task="sequence-classification", pooling=pooling)
+    ids, mask = batch("bert", padded=True)
+    logits = model(ids, mask).logits
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    # Padding must not leak into mean/max pooling: changing padded tokens leaves the logits unchanged.
+    ids2 = ids.clone()
+    ids2[~mask.bool()] = 5
+    torch.testing.assert_close(model(ids2, mask).logits, logits)
+
+
+def test_training_matches_transformers_step_for_step(tmp_path):
+    theirs, path = save_tiny(tmp_path, "bert", "ForSequenceClassification")
+    ours = ff.from_pretrained(path).train()
+    theirs.train()
+    ids, mask = batch("bert", padded=True)
+    labels = torch.tensor([0, 1, 1])
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=5e-5, weight_decay=0.01)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=5e-5, weight_decay=0.01)
+    losses = []
+    for _ in range(200):
+        for model, opt, out in ((ours, opt_ours, lambda: ours(ids, mask, labels=labels)),
+                                (theirs, opt_theirs, lambda: theirs(input_ids=ids, attention_mask=mask, labels=labels))):
+            opt.zero_grad()
+            loss = out().loss
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    ours_l, theirs_l = losses[0::2], losses[1::2]
+    assert ours_l[-1] < 0.5 * ours_l[0], "fine-tuning did not reduce the loss"
+    for step, (a, b) in enumerate(zip(ours_l, theirs_l)):
+        assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), f"step {step}: loss {a} vs transformers {b}"
+
+
+def test_freeze_helpers(tmp_path):
+    _, path = save_tiny(tmp_path, "bert", "ForSequenceClassification")
+    model = ff.from_pretrained(path)
+    trainable = lambda: {n for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
+    ff.models.freeze(model, "head")
+    assert trainable() and all(not n.startswith("encoder.") for n in trainable())
+    ff.models.freeze(model, "top", top_layers=1)
+    assert any(n.startswith("encoder.layers.1.") for n in trainable())
+    assert not any(n.startswith("encoder.layers.0.") for n in trainable())
+    ff.models.freeze(model, "all")
+    assert trainable() == {n for n, _ in model.named_parameters()}
+    with pytest.raises(ValueError, match="top_layers"):
+        ff.models.freeze(model, "top", top_layers=5)

@@ -1,0 +1,30 @@
+"""ff.nn.Linear: same parameters and results as torch.nn.Linear; the prepacked CPU path is used
+only for inference and follows weight updates."""
+import torch
+from torch import nn
+
+import fastformer as ff
+
+
+def test_inference_matches_and_follows_weight_updates():
+    theirs = nn.Linear(96, 200)
+    ours = ff.nn.Linear(96, 200)
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x = torch.randn(3, 17, 96)
+    with torch.no_grad():
+        ref = torch.nn.functional.linear(x.double(), theirs.weight.double(), theirs.bias.double())
+        base_err = (theirs(x).double() - ref).abs().max()
+        assert (ours(x).double() - ref).abs().max() <= 4 * base_err + 1e-5
+        ours.weight.mul_(2)  # in-place update: the packed cache must be rebuilt
+        theirs.weight.mul_(2)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-4)
+    assert ours(torch.randn(0, 96)).shape == (0, 200)
+
+
+def test_training_uses_autograd_path():
+    ours = ff.nn.Linear(32, 8)
+    x = torch.randn(4, 32, requires_grad=True)
+    ours(x).sum().backward()
+    assert ours.weight.grad is not None and x.grad is not None
+    torch.testing.assert_close(ours.weight.grad, torch.ones(8, 1) * x.detach().sum(0))
