@@ -125,6 +125,18 @@ def _load_tile(ptrs, row_valid, d, MASK_ROWS: tl.constexpr, HEAD_DIM: tl.constex
 
 
 @triton.jit
+def _load_key_block(K, V, start_n, d, seq_k, stride_kn, stride_vn, MASK_COLS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(cols, k, v) of keys [start_n, start_n + BLOCK_N): [BLOCK_N, BLOCK_D] tiles in the dot dtype, 0 past
+    seq_k when MASK_COLS."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    cols64 = cols[:, None].to(tl.int64)
+    k = _load_tile(K + cols64 * stride_kn + d[None, :], cols < seq_k, d, MASK_COLS, HEAD_DIM, BLOCK_D)
+    v = _load_tile(V + cols64 * stride_vn + d[None, :], cols < seq_k, d, MASK_COLS, HEAD_DIM, BLOCK_D)
+    return cols, k.to(DOT_DTYPE), v.to(DOT_DTYPE)
+
+
+@triton.jit
 def _masked_scores(q, k, i, row_valid, cols, bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k, qk_scale,
                    stride_bias_n, stride_kpm_n,
                    HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_DIST_BIAS: tl.constexpr,
@@ -222,12 +234,8 @@ def _fwd_block(acc, l_i, m_i, q, K, V, start_n, i, row_valid, row_global, d, bia
                DOT_DTYPE: tl.constexpr, ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of the online softmax: returns the updated (acc, l_i, m_i)."""
-    cols = start_n + tl.arange(0, BLOCK_N)
-    cols64 = cols[:, None].to(tl.int64)
-    k = _load_tile(K + cols64 * stride_kn + d[None, :], cols < seq_k, d, MASK_COLS, HEAD_DIM, BLOCK_D)
-    v = _load_tile(V + cols64 * stride_vn + d[None, :], cols < seq_k, d, MASK_COLS, HEAD_DIM, BLOCK_D)
-    k = k.to(DOT_DTYPE)
-    v = v.to(DOT_DTYPE)
+    cols, k, v = _load_key_block(K, V, start_n, d, seq_k, stride_kn, stride_vn, MASK_COLS, DOT_DTYPE, HEAD_DIM,
+                                 BLOCK_D, BLOCK_N)
     s = _masked_scores(q, k, i, row_valid, cols, bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k,
                        qk_scale, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL,
                        MASK_COLS, False, ACC, INPUT_PRECISION)
@@ -359,12 +367,8 @@ def _dq_block(dq, q, do, delta, lse2, K, V, DBias, DDist, start_n, i, row_valid,
               DOT_DTYPE: tl.constexpr, ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of dq (and of dS for the bias / T5 gradients): returns the updated dq."""
-    cols = start_n + tl.arange(0, BLOCK_N)
-    cols64 = cols[:, None].to(tl.int64)
-    k = _load_tile(K + cols64 * stride_kn + d[None, :], cols < seq_k, d, MASK_COLS, HEAD_DIM, BLOCK_D)
-    v = _load_tile(V + cols64 * stride_vn + d[None, :], cols < seq_k, d, MASK_COLS, HEAD_DIM, BLOCK_D)
-    k = k.to(DOT_DTYPE)
-    v = v.to(DOT_DTYPE)
+    cols, k, v = _load_key_block(K, V, start_n, d, seq_k, stride_kn, stride_vn, MASK_COLS, DOT_DTYPE, HEAD_DIM,
+                                 BLOCK_D, BLOCK_N)
     p = _bwd_probs(q, k, i, row_valid, cols, lse2, bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k,
                    qk_scale, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL, MASK_COLS,
                    False, ACC, INPUT_PRECISION)

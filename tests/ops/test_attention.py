@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fastformer.ops import _attention
+from tests.tolerance import max_err
 from fastformer.ops.attention import (T5RelativeBias, attention, attention_ref, draw_dropout_seed,
                                       dropout_keep_mask)
 
@@ -122,8 +123,7 @@ def _sdpa(inputs: dict):
 
 def _assert_within_2x(what: str, got, ref64, baseline, dtype, interpreted_triton=False, rel_allowance=0.0):
     assert torch.isfinite(got).all(), f"{what}: non-finite values"
-    err = (got.double() - ref64).abs().max().item()
-    base = (baseline.double() - ref64).abs().max().item()
+    err, base = max_err(got, ref64), max_err(baseline, ref64)
     scale = max(1.0, ref64.abs().max().item())
     tol = 2 * base + (ATOL[dtype] + rel_allowance) * scale
     if interpreted_triton and dtype == torch.bfloat16:
