@@ -23,7 +23,9 @@ mask (MASK_COLS=False); only boundary blocks pay for it.
 Backward: delta = rowsum(dO * O) (valid with dropout too: rowsum(dP * P) = rowsum(dO * O)) is computed
 by the dq kernel, which runs first and also writes dS for a bias that needs grad and the T5 distance
 gradient; the dk/dv kernel then owns BLOCK_N keys of one (b, hkv) and loops over the query rows of
-every head in the group, so neither kernel needs atomics for dq, dk or dv.
+every head in the group, so neither kernel needs atomics for dq, dk or dv. The dk/dv kernel works on
+transposed tiles (keys on rows, s^T = k q^T) so its products take loaded tiles as they are instead of
+transposing computed register tiles (which made every config spill when compiled for sm_90).
 
 Interpreter (TRITON_INTERPRET=1): tl.dot inputs are upcast to fp32 (interpreted bf16 tl.dot returns
 garbage) and each kernel has a single autotune config (several need a GPU to benchmark).
@@ -53,88 +55,139 @@ def _config(block_m, block_n, num_warps, num_stages):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
-def _by_head_dim(table):
-    """{max BLOCK_D: [(BLOCK_M, BLOCK_N, warps, stages)]} -> (all configs, prune function keeping the
-    configs of the smallest class holding BLOCK_D)."""
+def _autotune_table(regular, lean):
+    """(all configs, prune function) from {max BLOCK_D: [(BLOCK_M, BLOCK_N, warps, stages)]} tables.
+
+    The prune keeps the configs of the smallest class holding BLOCK_D, from `lean` where registers are
+    scarce: fp32 inputs (their exact-fp32 dot runs on FMA units and holds both operands in registers)
+    and dropout (Philox state per score). Compiled for sm_90, the regular tiles spill there.
+    """
     if triton_interpreting():
         return [_config(_INTERPRETED_BLOCK, _INTERPRETED_BLOCK, 4, 1)], None
-    classes = {max_d: [_config(*c) for c in rows] for max_d, rows in sorted(table.items())}
+    tables = {name: {max_d: [_config(*c) for c in rows] for max_d, rows in sorted(table.items())}
+              for name, table in (("regular", regular), ("lean", lean))}
 
     def prune(configs, named_args, **kwargs):
-        block_d = {**named_args, **kwargs}["BLOCK_D"]
-        return next(cfgs for max_d, cfgs in classes.items() if block_d <= max_d)
+        args = {**named_args, **kwargs}
+        table = tables["lean" if args["HAS_DROPOUT"] or args["DOT_DTYPE"] == tl.float32 else "regular"]
+        return next(cfgs for max_d, cfgs in table.items() if args["BLOCK_D"] <= max_d)
 
-    return [c for cfgs in classes.values() for c in cfgs], {"early_config_prune": prune}
+    return [c for table in tables.values() for cfgs in table.values() for c in cfgs], {"early_config_prune": prune}
 
 
 # Register budget: the fp32 accumulator holds BLOCK_M * BLOCK_D values (64 per thread at 128 x 128 over
 # 8 warps); head dim 256 therefore uses 64-row tiles and fewer pipeline stages (K and V tiles of
-# 64 x 256 fp16 are 32 KiB each per stage).
-_FWD_CONFIGS, _FWD_PRUNE = _by_head_dim({
+# 64 x 256 fp16 are 32 KiB each per stage). 16-row tiles serve decode (one query per head).
+_LEAN = {
+    64: [(64, 32, 4, 2), (32, 32, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2)],
+    128: [(64, 32, 4, 2), (32, 32, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2)],
+    256: [(32, 32, 4, 2), (64, 32, 8, 2), (16, 32, 4, 2)],
+}
+_FWD_CONFIGS, _FWD_PRUNE = _autotune_table({
     64: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (16, 128, 4, 3)],
-    128: [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (16, 128, 4, 3)],
+    128: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (16, 128, 4, 3)],
     256: [(64, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (16, 64, 4, 2)],
-})
-_BWD_DQ_CONFIGS, _BWD_DQ_PRUNE = _by_head_dim({
+}, _LEAN)
+_BWD_DQ_CONFIGS, _BWD_DQ_PRUNE = _autotune_table({
     64: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)],
-    128: [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 4, 3)],
-    256: [(64, 32, 4, 1), (64, 64, 8, 1), (32, 64, 4, 2)],
-})
-# dk and dv accumulate BLOCK_N * BLOCK_D values each.
-_BWD_DKDV_CONFIGS, _BWD_DKDV_PRUNE = _by_head_dim({
-    64: [(32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 8, 2)],
-    128: [(32, 64, 4, 3), (64, 64, 8, 2), (32, 128, 8, 2)],
-    256: [(32, 64, 8, 1), (64, 32, 4, 1), (32, 32, 4, 2)],
-})
-_KEY = ["BLOCK_D", "rows_bucket", "seq_k_bucket", "IS_CAUSAL", "HAS_BIAS", "HAS_KPM", "HAS_DIST_BIAS", "HAS_DROPOUT"]
+    128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
+    256: [(32, 64, 4, 2), (64, 32, 8, 1), (32, 32, 4, 2)],
+}, _LEAN)
+# dk and dv accumulate BLOCK_N * BLOCK_D fp32 values each besides the K and V tiles: 8 warps (with 4,
+# every config spilled when compiled for sm_90).
+_BWD_DKDV_CONFIGS, _BWD_DKDV_PRUNE = _autotune_table({
+    64: [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 8, 3)],
+    128: [(32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 3)],
+    256: [(32, 32, 8, 2), (16, 32, 4, 2), (32, 64, 8, 1)],
+}, _LEAN)
+# Autotune keys: sequence lengths enter as power-of-2 buckets, so a decode loop whose Sk grows by one
+# per step retunes only when Sk crosses a power of 2 (names a kernel lacks are ignored).
+_KEY = ["BLOCK_D", "GROUP", "rows_bucket", "seq_k_bucket", "IS_CAUSAL", "HAS_BIAS", "HAS_KPM", "HAS_DIST_BIAS",
+        "HAS_DROPOUT", "SPLIT", "BIAS_GRAD", "DIST_GRAD"]
 
 
 # ---- shared tile helpers ----------------------------------------------------------------------------
 
 @triton.jit
-def _load_rows(ptrs, row_valid, d_valid):
-    """A [rows, BLOCK_D] tile of a [..., D] tensor; 0 for invalid rows and past D."""
-    return tl.load(ptrs, mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+def _load_tile(ptrs, row_valid, d, MASK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A [rows, BLOCK_D] tile of a [..., HEAD_DIM] tensor, 0 for invalid rows (MASK_ROWS) and past
+    HEAD_DIM. Masks that are statically all-true are left out, so interior tiles load unpredicated."""
+    if MASK_ROWS:
+        mask = row_valid[:, None]
+        if BLOCK_D != HEAD_DIM:
+            mask = mask & (d < HEAD_DIM)[None, :]
+        tile = tl.load(ptrs, mask=mask, other=0.0)
+    elif BLOCK_D != HEAD_DIM:
+        tile = tl.load(ptrs, mask=(d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def _load_key_block(K, V, start_n, d, seq_k, stride_kn, stride_vn, MASK_COLS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(cols, k, v) of keys [start_n, start_n + BLOCK_N): [BLOCK_N, BLOCK_D] tiles in the dot dtype, 0 past
+    seq_k when MASK_COLS."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    cols64 = cols[:, None].to(tl.int64)
+    k = _load_tile(K + cols64 * stride_kn + d[None, :], cols < seq_k, d, MASK_COLS, HEAD_DIM, BLOCK_D)
+    v = _load_tile(V + cols64 * stride_vn + d[None, :], cols < seq_k, d, MASK_COLS, HEAD_DIM, BLOCK_D)
+    return cols, k.to(DOT_DTYPE), v.to(DOT_DTYPE)
 
 
 @triton.jit
 def _masked_scores(q, k, i, row_valid, cols, bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k, qk_scale,
                    stride_bias_n, stride_kpm_n,
                    HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_DIST_BIAS: tl.constexpr,
-                   IS_CAUSAL: tl.constexpr, MASK_COLS: tl.constexpr, ACC: tl.constexpr,
-                   INPUT_PRECISION: tl.constexpr):
-    """Scores of a [BLOCK_M, BLOCK_N] tile in log2 units, (scale * q.k + bias) * log2(e), -inf where masked.
+                   IS_CAUSAL: tl.constexpr, MASK_COLS: tl.constexpr, KEYS_ON_ROWS: tl.constexpr,
+                   ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Scores of a tile in log2 units, (scale * q.k + bias) * log2(e), -inf where masked: [BLOCK_M, BLOCK_N]
+    (queries on rows), or [BLOCK_N, BLOCK_M] with KEYS_ON_ROWS (k q^T, what the dk/dv kernel multiplies
+    on without transposing register tiles).
 
-    i: query index per row; bias_rows: per-row base pointers (+ column * stride); dist_rows: per-row
-    offsets into DistBias (+ column); kpm_row: the batch's key padding row. MASK_COLS=False promises every column is < seq_k and causally visible
-    from every valid row, so the bounds are not checked.
+    q [BLOCK_M, D], k [BLOCK_N, D]; per query: i (index), row_valid, bias_rows (base pointers, + key *
+    stride), dist_rows (offsets into DistBias, + key); per key: cols; kpm_row: the batch's key padding
+    row. MASK_COLS=False promises every key is < seq_k and causally visible from every valid query.
     """
-    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION, out_dtype=ACC) * qk_scale
-    if MASK_COLS:
-        load_mask = row_valid[:, None] & (cols < seq_k)[None, :]
+    if KEYS_ON_ROWS:
+        s = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION, out_dtype=ACC)
+        query_i, query_valid, key_j = i[None, :], row_valid[None, :], cols[:, None]
+        bias_base, dist_base = bias_rows[None, :], dist_rows[None, :]
     else:
-        load_mask = row_valid[:, None]
-    if HAS_BIAS:
-        bias = tl.load(bias_rows[:, None] + cols[None, :] * stride_bias_n, mask=load_mask, other=0.0)
-        s += bias.to(ACC) * _LOG2E
-    if HAS_DIST_BIAS:
-        s += tl.load(DistBias + dist_rows[:, None] + cols[None, :], mask=load_mask, other=0.0).to(ACC) * _LOG2E
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION, out_dtype=ACC)
+        query_i, query_valid, key_j = i[:, None], row_valid[:, None], cols[None, :]
+        bias_base, dist_base = bias_rows[:, None], dist_rows[:, None]
+    s = s * qk_scale
+    in_seq = key_j < seq_k
     if MASK_COLS:
-        keep = (cols < seq_k)[None, :]
+        load_mask = query_valid & in_seq
+    else:
+        load_mask = query_valid
+    if HAS_BIAS:
+        s += tl.load(bias_base + key_j * stride_bias_n, mask=load_mask, other=0.0).to(ACC) * _LOG2E
+    if HAS_DIST_BIAS:
+        s += tl.load(DistBias + dist_base + key_j, mask=load_mask, other=0.0).to(ACC) * _LOG2E
+    if MASK_COLS:
+        keep = in_seq
         if IS_CAUSAL:
-            keep = keep & (cols[None, :] <= i[:, None] + (seq_k - seq_q))
+            keep = keep & (key_j <= query_i + (seq_k - seq_q))
         if HAS_KPM:
-            keep = keep & (tl.load(kpm_row + cols * stride_kpm_n, mask=cols < seq_k, other=0) != 0)[None, :]
+            keep = keep & (tl.load(kpm_row + key_j * stride_kpm_n, mask=in_seq, other=0) != 0)
         s = tl.where(keep, s, float("-inf"))
     elif HAS_KPM:
-        s = tl.where((tl.load(kpm_row + cols * stride_kpm_n) != 0)[None, :], s, float("-inf"))
+        s = tl.where(tl.load(kpm_row + key_j * stride_kpm_n) != 0, s, float("-inf"))
     return s
 
 
 @triton.jit
-def _dropout_keep(seed, row_global, cols, seq_k, dropout_p):
-    """[BLOCK_M, BLOCK_N] bool: element (row, col) survives dropout (the Philox offset of the contract)."""
-    offsets = row_global[:, None] * seq_k + cols[None, :]  # int64: B*H*Sq*Sk may pass 2^31
+def _dropout_keep(seed, row_global, cols, seq_k, dropout_p, KEYS_ON_ROWS: tl.constexpr):
+    """bool tile (oriented like _masked_scores): element (query, key) survives dropout, per the
+    contract's Philox offset ((b*H + h)*Sq + i)*Sk + j."""
+    if KEYS_ON_ROWS:
+        offsets = row_global[None, :] * seq_k + cols[:, None]  # int64: B*H*Sq*Sk may pass 2^31
+    else:
+        offsets = row_global[:, None] * seq_k + cols[None, :]
     return tl.rand(seed, offsets) >= dropout_p
 
 
@@ -173,21 +226,19 @@ def _key_range(i, row_valid, seq_q, seq_k, IS_CAUSAL: tl.constexpr, BLOCK_N: tl.
 # ---- forward --------------------------------------------------------------------------------------
 
 @triton.jit
-def _fwd_block(acc, l_i, m_i, q, K, V, start_n, i, row_valid, row_global, d, d_valid, bias_rows, kpm_row,
+def _fwd_block(acc, l_i, m_i, q, K, V, start_n, i, row_valid, row_global, d, bias_rows, kpm_row,
                DistBias, dist_rows, seq_q, seq_k, qk_scale, dropout_p, seed, stride_kn, stride_vn, stride_bias_n,
                stride_kpm_n,
                HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_DIST_BIAS: tl.constexpr,
                IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, MASK_COLS: tl.constexpr,
                DOT_DTYPE: tl.constexpr, ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-               BLOCK_N: tl.constexpr):
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of the online softmax: returns the updated (acc, l_i, m_i)."""
-    cols = start_n + tl.arange(0, BLOCK_N)
-    col_valid = cols < seq_k if MASK_COLS else cols >= 0
-    k = _load_rows(K + cols[:, None].to(tl.int64) * stride_kn + d[None, :], col_valid, d_valid).to(DOT_DTYPE)
-    v = _load_rows(V + cols[:, None].to(tl.int64) * stride_vn + d[None, :], col_valid, d_valid).to(DOT_DTYPE)
+    cols, k, v = _load_key_block(K, V, start_n, d, seq_k, stride_kn, stride_vn, MASK_COLS, DOT_DTYPE, HEAD_DIM,
+                                 BLOCK_D, BLOCK_N)
     s = _masked_scores(q, k, i, row_valid, cols, bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k,
                        qk_scale, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL,
-                       MASK_COLS, ACC, INPUT_PRECISION)
+                       MASK_COLS, False, ACC, INPUT_PRECISION)
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     # A row with no kept key so far has m = -inf; shifting by 0 keeps exp2(-inf - shift) = 0, not NaN.
     shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -195,8 +246,8 @@ def _fwd_block(acc, l_i, m_i, q, K, V, start_n, i, row_valid, row_global, d, d_v
     alpha = tl.exp2(m_i - shift)
     l_i = l_i * alpha + tl.sum(p, axis=1)
     if HAS_DROPOUT:
-        p = tl.where(_dropout_keep(seed, row_global, cols, seq_k, dropout_p), p, 0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=INPUT_PRECISION, out_dtype=ACC)
+        p = tl.where(_dropout_keep(seed, row_global, cols, seq_k, dropout_p, False), p, 0.0)
+    acc = tl.dot(p.to(DOT_DTYPE), v, acc * alpha[:, None], input_precision=INPUT_PRECISION, out_dtype=ACC)
     return acc, l_i, m_new
 
 
@@ -220,10 +271,9 @@ def _attn_fwd_kernel(
     pid_bh = tl.program_id(1)
     row_valid, b, hkv, h, i, row_global = _packed_rows(tl.program_id(0), pid_bh, H, GROUP, seq_q, BLOCK_M)
     d = tl.arange(0, BLOCK_D)
-    d_valid = d < HEAD_DIM
     i64 = i.to(tl.int64)
-    q = _load_rows(Q + b * stride_qb + h[:, None] * stride_qh + i64[:, None] * stride_qm + d[None, :],
-                   row_valid, d_valid).to(DOT_DTYPE)
+    q = _load_tile(Q + b * stride_qb + h[:, None] * stride_qh + i64[:, None] * stride_qm + d[None, :],
+                   row_valid, d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
     K += b * stride_kb + hkv * stride_kh
     V += b * stride_vb + hkv * stride_vh
     bias_rows = Bias + b * stride_bias_b + h * stride_bias_h + i64 * stride_bias_m
@@ -240,17 +290,17 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=ACC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
     for start_n in range(lo, tl.minimum(full, hi), BLOCK_N):
-        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, start_n, i, row_valid, row_global, d, d_valid,
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, start_n, i, row_valid, row_global, d,
                                    bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k, qk_scale, dropout_p,
                                    seed, stride_kn, stride_vn, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM,
                                    HAS_DIST_BIAS, IS_CAUSAL, HAS_DROPOUT, False, DOT_DTYPE, ACC,
-                                   INPUT_PRECISION, BLOCK_N)
+                                   INPUT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_N)
     for start_n in range(tl.maximum(full, lo), hi, BLOCK_N):
-        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, start_n, i, row_valid, row_global, d, d_valid,
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, start_n, i, row_valid, row_global, d,
                                    bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k, qk_scale, dropout_p,
                                    seed, stride_kn, stride_vn, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM,
                                    HAS_DIST_BIAS, IS_CAUSAL, HAS_DROPOUT, True, DOT_DTYPE, ACC,
-                                   INPUT_PRECISION, BLOCK_N)
+                                   INPUT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_N)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -263,7 +313,7 @@ def _attn_fwd_kernel(
     else:
         lse = tl.where(empty, float("inf"), lse)
     tl.store(Out + row_global[:, None] * HEAD_DIM + d[None, :], out.to(Out.dtype.element_ty),
-             mask=row_valid[:, None] & d_valid[None, :])
+             mask=row_valid[:, None] & (d < HEAD_DIM)[None, :])
     tl.store(Lse + row_global, lse.to(Lse.dtype.element_ty), mask=row_valid)
 
 
@@ -293,38 +343,42 @@ def _attn_fwd_combine_kernel(PartOut, PartLse, Out, Lse, rows, num_splits,
 def _bwd_probs(q, k, i, row_valid, cols, lse2, bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k,
                qk_scale, stride_bias_n, stride_kpm_n,
                HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_DIST_BIAS: tl.constexpr,
-               IS_CAUSAL: tl.constexpr, MASK_COLS: tl.constexpr, ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """The softmax probabilities of a tile, recomputed from lse2 (lse in log2 units; +inf for empty and
-    invalid rows, whose p is then 0)."""
+               IS_CAUSAL: tl.constexpr, MASK_COLS: tl.constexpr, KEYS_ON_ROWS: tl.constexpr,
+               ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """The softmax probabilities of a tile (oriented like _masked_scores), recomputed from lse2 (lse in
+    log2 units per query; +inf for empty and invalid queries, whose p is then 0)."""
     s = _masked_scores(q, k, i, row_valid, cols, bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k,
                        qk_scale, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL,
-                       MASK_COLS, ACC, INPUT_PRECISION)
-    return tl.exp2(s - lse2[:, None])
+                       MASK_COLS, KEYS_ON_ROWS, ACC, INPUT_PRECISION)
+    if KEYS_ON_ROWS:
+        p = tl.exp2(s - lse2[None, :])
+    else:
+        p = tl.exp2(s - lse2[:, None])
+    return p
 
 
 @triton.jit
-def _dq_block(dq, q, do, delta, lse2, K, V, DBias, DDist, start_n, i, row_valid, row_global, d, d_valid,
+def _dq_block(dq, q, do, delta, lse2, K, V, DBias, DDist, start_n, i, row_valid, row_global, d,
               bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k, qk_scale, dropout_p, seed, stride_kn, stride_vn,
               stride_bias_n, stride_kpm_n,
               HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_DIST_BIAS: tl.constexpr,
               IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, MASK_COLS: tl.constexpr,
               BIAS_GRAD: tl.constexpr, DIST_GRAD: tl.constexpr,
               DOT_DTYPE: tl.constexpr, ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-              BLOCK_N: tl.constexpr):
-    cols = start_n + tl.arange(0, BLOCK_N)
-    col_valid = cols < seq_k if MASK_COLS else cols >= 0
-    k = _load_rows(K + cols[:, None].to(tl.int64) * stride_kn + d[None, :], col_valid, d_valid).to(DOT_DTYPE)
-    v = _load_rows(V + cols[:, None].to(tl.int64) * stride_vn + d[None, :], col_valid, d_valid).to(DOT_DTYPE)
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block of dq (and of dS for the bias / T5 gradients): returns the updated dq."""
+    cols, k, v = _load_key_block(K, V, start_n, d, seq_k, stride_kn, stride_vn, MASK_COLS, DOT_DTYPE, HEAD_DIM,
+                                 BLOCK_D, BLOCK_N)
     p = _bwd_probs(q, k, i, row_valid, cols, lse2, bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k,
                    qk_scale, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL, MASK_COLS,
-                   ACC, INPUT_PRECISION)
+                   False, ACC, INPUT_PRECISION)
     dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION, out_dtype=ACC)
     if HAS_DROPOUT:
-        keep = _dropout_keep(seed, row_global, cols, seq_k, dropout_p)
+        keep = _dropout_keep(seed, row_global, cols, seq_k, dropout_p, False)
         dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
     ds = p * (dp - delta[:, None])  # gradient of the scores scale * q.k + bias
-    dq += tl.dot(ds.to(DOT_DTYPE), k, input_precision=INPUT_PRECISION, out_dtype=ACC)
-    tile_mask = row_valid[:, None] & col_valid[None, :]
+    dq = tl.dot(ds.to(DOT_DTYPE), k, dq, input_precision=INPUT_PRECISION, out_dtype=ACC)
+    tile_mask = row_valid[:, None] & (cols < seq_k)[None, :]
     if BIAS_GRAD:
         tl.store(DBias + row_global[:, None] * seq_k + cols[None, :], ds.to(DBias.dtype.element_ty), mask=tile_mask)
     if DIST_GRAD:
@@ -352,14 +406,13 @@ def _attn_bwd_dq_kernel(
     pid_bh = tl.program_id(1)
     row_valid, b, hkv, h, i, row_global = _packed_rows(tl.program_id(0), pid_bh, H, GROUP, seq_q, BLOCK_M)
     d = tl.arange(0, BLOCK_D)
-    d_valid = d < HEAD_DIM
     i64 = i.to(tl.int64)
-    q = _load_rows(Q + b * stride_qb + h[:, None] * stride_qh + i64[:, None] * stride_qm + d[None, :],
-                   row_valid, d_valid)
-    do = _load_rows(DO + b * stride_dob + h[:, None] * stride_doh + i64[:, None] * stride_dom + d[None, :],
-                    row_valid, d_valid)
-    o = _load_rows(O + b * stride_ob + h[:, None] * stride_oh + i64[:, None] * stride_om + d[None, :],
-                   row_valid, d_valid)
+    q = _load_tile(Q + b * stride_qb + h[:, None] * stride_qh + i64[:, None] * stride_qm + d[None, :],
+                   row_valid, d, True, HEAD_DIM, BLOCK_D)
+    do = _load_tile(DO + b * stride_dob + h[:, None] * stride_doh + i64[:, None] * stride_dom + d[None, :],
+                    row_valid, d, True, HEAD_DIM, BLOCK_D)
+    o = _load_tile(O + b * stride_ob + h[:, None] * stride_oh + i64[:, None] * stride_om + d[None, :],
+                   row_valid, d, True, HEAD_DIM, BLOCK_D)
     delta = tl.sum(do.to(ACC) * o.to(ACC), axis=1)
     tl.store(Delta + row_global, delta, mask=row_valid)
     lse2 = tl.load(Lse + row_global, mask=row_valid, other=float("inf")).to(ACC) * _LOG2E
@@ -374,15 +427,17 @@ def _attn_bwd_dq_kernel(
     full, hi = _key_range(i, row_valid, seq_q, seq_k, IS_CAUSAL, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
     for start_n in range(0, full, BLOCK_N):
-        dq = _dq_block(dq, q, do, delta, lse2, K, V, DBias, DDist, start_n, i, row_valid, row_global, d, d_valid,
+        dq = _dq_block(dq, q, do, delta, lse2, K, V, DBias, DDist, start_n, i, row_valid, row_global, d,
                        bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k, qk_scale, dropout_p, seed,
                        stride_kn, stride_vn, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL,
-                       HAS_DROPOUT, False, BIAS_GRAD, DIST_GRAD, DOT_DTYPE, ACC, INPUT_PRECISION, BLOCK_N)
+                       HAS_DROPOUT, False, BIAS_GRAD, DIST_GRAD, DOT_DTYPE, ACC, INPUT_PRECISION, HEAD_DIM,
+                       BLOCK_D, BLOCK_N)
     for start_n in range(full, hi, BLOCK_N):
-        dq = _dq_block(dq, q, do, delta, lse2, K, V, DBias, DDist, start_n, i, row_valid, row_global, d, d_valid,
+        dq = _dq_block(dq, q, do, delta, lse2, K, V, DBias, DDist, start_n, i, row_valid, row_global, d,
                        bias_rows, kpm_row, DistBias, dist_rows, seq_q, seq_k, qk_scale, dropout_p, seed,
                        stride_kn, stride_vn, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL,
-                       HAS_DROPOUT, True, BIAS_GRAD, DIST_GRAD, DOT_DTYPE, ACC, INPUT_PRECISION, BLOCK_N)
+                       HAS_DROPOUT, True, BIAS_GRAD, DIST_GRAD, DOT_DTYPE, ACC, INPUT_PRECISION, HEAD_DIM,
+                       BLOCK_D, BLOCK_N)
     if BIAS_GRAD:
         # Keys no row of this block can see (causal) still need their zero gradient.
         for start_n in range(hi // BLOCK_N * BLOCK_N, seq_k, BLOCK_N):
@@ -391,40 +446,44 @@ def _attn_bwd_dq_kernel(
             tl.store(DBias + row_global[:, None] * seq_k + cols[None, :],
                      tl.zeros([BLOCK_M, BLOCK_N], dtype=DBias.dtype.element_ty), mask=zero_mask)
     tl.store(DQ + row_global[:, None] * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=row_valid[:, None] & d_valid[None, :])
+             mask=row_valid[:, None] & (d < HEAD_DIM)[None, :])
 
 
 @triton.jit
-def _dkdv_rows(dk, dv, k, v, Q, DO, Lse, Delta, start_m, row_end, b, h, cols, d, d_valid, bias_h, kpm_row,
-               DistBias, dist_h, H, seq_q, seq_k, qk_scale, dropout_p, seed, stride_qh, stride_qm, stride_doh, stride_dom,
-               stride_bias_m, stride_bias_n, stride_kpm_n,
+def _dkdv_rows(dk, dv, k, v, Q, DO, Lse, Delta, start_m, row_end, b, h, cols, d, bias_h, kpm_row,
+               DistBias, dist_h, H, seq_q, seq_k, qk_scale, dropout_p, seed, stride_qh, stride_qm, stride_doh,
+               stride_dom, stride_bias_m, stride_bias_n, stride_kpm_n,
                HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_DIST_BIAS: tl.constexpr,
                IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, MASK_COLS: tl.constexpr,
                DOT_DTYPE: tl.constexpr, ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-               BLOCK_M: tl.constexpr):
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """Adds the contribution of queries [start_m, min(start_m + BLOCK_M, row_end)) of head h."""
     i = start_m + tl.arange(0, BLOCK_M)
     row_valid = i < row_end
     i64 = i.to(tl.int64)
     row_global = (b * H + h) * seq_q + i64
-    q = _load_rows(Q + h * stride_qh + i64[:, None] * stride_qm + d[None, :], row_valid, d_valid).to(DOT_DTYPE)
-    do = _load_rows(DO + h * stride_doh + i64[:, None] * stride_dom + d[None, :], row_valid, d_valid).to(DOT_DTYPE)
+    q = _load_tile(Q + h * stride_qh + i64[:, None] * stride_qm + d[None, :], row_valid, d, True, HEAD_DIM, BLOCK_D)
+    do = _load_tile(DO + h * stride_doh + i64[:, None] * stride_dom + d[None, :], row_valid, d, True, HEAD_DIM,
+                    BLOCK_D)
+    q = q.to(DOT_DTYPE)
+    do = do.to(DOT_DTYPE)
     lse2 = tl.load(Lse + row_global, mask=row_valid, other=float("inf")).to(ACC) * _LOG2E
     delta = tl.load(Delta + row_global, mask=row_valid, other=0.0)
-    p = _bwd_probs(q, k, i, row_valid, cols, lse2, bias_h + i64 * stride_bias_m, kpm_row, DistBias,
-                   dist_h - i64, seq_q, seq_k, qk_scale, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM,
-                   HAS_DIST_BIAS, IS_CAUSAL, MASK_COLS, ACC, INPUT_PRECISION)
-    dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION, out_dtype=ACC)
+    # Tiles are [BLOCK_N, BLOCK_M] (keys on rows), so every product takes loaded tiles as they are.
+    p_t = _bwd_probs(q, k, i, row_valid, cols, lse2, bias_h + i64 * stride_bias_m, kpm_row, DistBias,
+                     dist_h - i64, seq_q, seq_k, qk_scale, stride_bias_n, stride_kpm_n, HAS_BIAS, HAS_KPM,
+                     HAS_DIST_BIAS, IS_CAUSAL, MASK_COLS, True, ACC, INPUT_PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION, out_dtype=ACC)
     if HAS_DROPOUT:
-        keep = _dropout_keep(seed, row_global, cols, seq_k, dropout_p)
+        keep = _dropout_keep(seed, row_global, cols, seq_k, dropout_p, True)
         inv_keep = 1.0 / (1.0 - dropout_p)
-        dv += tl.dot(tl.trans(tl.where(keep, p * inv_keep, 0.0).to(DOT_DTYPE)), do,
-                     input_precision=INPUT_PRECISION, out_dtype=ACC)
-        dp = tl.where(keep, dp * inv_keep, 0.0)
+        dv = tl.dot(tl.where(keep, p_t * inv_keep, 0.0).to(DOT_DTYPE), do, dv, input_precision=INPUT_PRECISION,
+                    out_dtype=ACC)
+        dp_t = tl.where(keep, dp_t * inv_keep, 0.0)
     else:
-        dv += tl.dot(tl.trans(p.to(DOT_DTYPE)), do, input_precision=INPUT_PRECISION, out_dtype=ACC)
-    ds = p * (dp - delta[:, None])
-    dk += tl.dot(tl.trans(ds.to(DOT_DTYPE)), q, input_precision=INPUT_PRECISION, out_dtype=ACC)
+        dv = tl.dot(p_t.to(DOT_DTYPE), do, dv, input_precision=INPUT_PRECISION, out_dtype=ACC)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(ds_t.to(DOT_DTYPE), q, dk, input_precision=INPUT_PRECISION, out_dtype=ACC)
     return dk, dv
 
 
@@ -452,10 +511,11 @@ def _attn_bwd_dkdv_kernel(
     cols = start_n + tl.arange(0, BLOCK_N)
     col_valid = cols < seq_k
     d = tl.arange(0, BLOCK_D)
-    d_valid = d < HEAD_DIM
     cols64 = cols[:, None].to(tl.int64)
-    k = _load_rows(K + b * stride_kb + hkv * stride_kh + cols64 * stride_kn + d[None, :], col_valid, d_valid)
-    v = _load_rows(V + b * stride_vb + hkv * stride_vh + cols64 * stride_vn + d[None, :], col_valid, d_valid)
+    k = _load_tile(K + b * stride_kb + hkv * stride_kh + cols64 * stride_kn + d[None, :], col_valid, d, True,
+                   HEAD_DIM, BLOCK_D)
+    v = _load_tile(V + b * stride_vb + hkv * stride_vh + cols64 * stride_vn + d[None, :], col_valid, d, True,
+                   HEAD_DIM, BLOCK_D)
     k = k.to(DOT_DTYPE)
     v = v.to(DOT_DTYPE)
     Q += b * stride_qb
@@ -470,8 +530,9 @@ def _attn_bwd_dkdv_kernel(
     else:
         first_row = 0
         full_row = 0
-    if start_n + BLOCK_N > seq_k:
-        full_row = seq_q
+    # The tail key block always needs the column bounds (a select, not a runtime `if`, which would
+    # rebind an int to a tensor and fail to compile).
+    full_row = tl.where(start_n + BLOCK_N > seq_k, seq_q, full_row)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
     for g in range(GROUP):
@@ -479,19 +540,19 @@ def _attn_bwd_dkdv_kernel(
         bias_h = Bias + b * stride_bias_b + h * stride_bias_h
         dist_h = h * (seq_q + seq_k - 1) + (seq_q - 1)
         for start_m in range(first_row, full_row, BLOCK_M):
-            dk, dv = _dkdv_rows(dk, dv, k, v, Q, DO, Lse, Delta, start_m, full_row, b, h, cols, d, d_valid, bias_h,
-                                kpm_row, DistBias, dist_h, H, seq_q, seq_k, qk_scale, dropout_p, seed, stride_qh, stride_qm,
-                                stride_doh, stride_dom, stride_bias_m, stride_bias_n, stride_kpm_n, HAS_BIAS,
+            dk, dv = _dkdv_rows(dk, dv, k, v, Q, DO, Lse, Delta, start_m, full_row, b, h, cols, d, bias_h,
+                                kpm_row, DistBias, dist_h, H, seq_q, seq_k, qk_scale, dropout_p, seed, stride_qh,
+                                stride_qm, stride_doh, stride_dom, stride_bias_m, stride_bias_n, stride_kpm_n, HAS_BIAS,
                                 HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL, HAS_DROPOUT, True, DOT_DTYPE, ACC,
-                                INPUT_PRECISION, BLOCK_M)
+                                INPUT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_M)
         for start_m in range(full_row, seq_q, BLOCK_M):
-            dk, dv = _dkdv_rows(dk, dv, k, v, Q, DO, Lse, Delta, start_m, seq_q, b, h, cols, d, d_valid, bias_h,
-                                kpm_row, DistBias, dist_h, H, seq_q, seq_k, qk_scale, dropout_p, seed, stride_qh, stride_qm,
-                                stride_doh, stride_dom, stride_bias_m, stride_bias_n, stride_kpm_n, HAS_BIAS,
+            dk, dv = _dkdv_rows(dk, dv, k, v, Q, DO, Lse, Delta, start_m, seq_q, b, h, cols, d, bias_h,
+                                kpm_row, DistBias, dist_h, H, seq_q, seq_k, qk_scale, dropout_p, seed, stride_qh,
+                                stride_qm, stride_doh, stride_dom, stride_bias_m, stride_bias_n, stride_kpm_n, HAS_BIAS,
                                 HAS_KPM, HAS_DIST_BIAS, IS_CAUSAL, HAS_DROPOUT, False, DOT_DTYPE, ACC,
-                                INPUT_PRECISION, BLOCK_M)
+                                INPUT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_M)
     out_offsets = (pid_bh.to(tl.int64) * seq_k + cols64) * HEAD_DIM + d[None, :]
-    out_mask = col_valid[:, None] & d_valid[None, :]
+    out_mask = col_valid[:, None] & (d < HEAD_DIM)[None, :]
     tl.store(DK + out_offsets, (dk * scale).to(DK.dtype.element_ty), mask=out_mask)
     tl.store(DV + out_offsets, dv.to(DV.dtype.element_ty), mask=out_mask)
 
@@ -579,7 +640,8 @@ def attention_fwd(q, k, v, bias, key_padding_mask, dist_bias, causal: bool, scal
     if splits > 1:
         _attn_fwd_combine_kernel[(batch * heads * seq_q,)](
             part_out, part_lse, out, lse, batch * heads * seq_q, splits,
-            HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], BLOCK_S=triton.next_power_of_2(splits), num_warps=4,
+            HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], BLOCK_S=triton.next_power_of_2(splits),
+            num_warps=4 if splits * meta["BLOCK_D"] <= 4096 else 8,
         )
     return out, lse
 

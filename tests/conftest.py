@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before any @triton.jit function is defined, i.e. before
 fastformer.kernels is imported, so it is set here at collection time.
 """
+import functools
 import os
 
 import torch
@@ -36,3 +37,24 @@ def backend(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpp_attention_runs(device_type: str) -> bool:
+    """Whether the C++ attention forward has a kernel for this device (the kernels land separately)."""
+    q = torch.randn(1, 1, 2, 32, device=device_type)
+    try:
+        torch.ops.fastformer.attention_fwd(q, q, q, None, None, None, None, False, False, 0.1, 0.0, 0)
+    except NotImplementedError:
+        return False
+    return True
+
+
+@pytest.fixture
+def attention_device(backend: str) -> torch.device:
+    """backend_device for attention tests, which also skip a C++ backend whose attention kernel is not
+    registered in this build."""
+    device = backend_device(backend)
+    if backend in ("cpu", "cuda") and not _cpp_attention_runs(device.type):
+        pytest.skip(f"{backend.upper()} attention kernel not registered")
+    return device

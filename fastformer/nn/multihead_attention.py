@@ -28,7 +28,8 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
 
     Falls back to torch's own implementation (identical results) for need_weights=True (the weights
     must be materialized; note torch's default is True, pass need_weights=False), add_bias_kv,
-    add_zero_attn, nested tensors, and head dims the kernels do not support (HEAD_DIMS).
+    add_zero_attn, nested tensors, head dims the kernels do not support (HEAD_DIMS) and inputs of
+    other ranks than 2 or 3 (torch then raises its own error).
     One difference: a query whose every key is masked gives zeros here, NaN in torch.
     The backend follows ff.ops.attention's auto choice (FASTFORMER_BACKEND overrides it).
     """
@@ -36,7 +37,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     def _needs_torch(self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool) -> bool:
         return (need_weights or self.bias_k is not None or self.add_zero_attn
                 or self.head_dim not in HEAD_DIMS or query.dtype not in _KERNEL_DTYPES
-                or any(t.is_nested for t in (query, key, value)))
+                or query.dim() not in (2, 3) or any(t.is_nested for t in (query, key, value)))
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v projected and split into heads: [B, H, L, D], [B, H, S, D] views of the projections."""

@@ -69,8 +69,9 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-FWD_OPS = {"cpp": torch.ops.fastformer.attention_fwd.default, "triton": torch.ops.fastformer.attention_fwd_triton.default}
-BWD_OPS = {"cpp": torch.ops.fastformer.attention_bwd.default, "triton": torch.ops.fastformer.attention_bwd_triton.default}
+_ops = torch.ops.fastformer
+FWD_OPS = {"cpp": _ops.attention_fwd.default, "triton": _ops.attention_fwd_triton.default}
+BWD_OPS = {"cpp": _ops.attention_bwd.default, "triton": _ops.attention_bwd_triton.default}
 
 
 def cpp_kernel_registered(op: str, device_type: str) -> bool:

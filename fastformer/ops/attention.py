@@ -14,11 +14,10 @@ from fastformer.ops import _attention
 from fastformer.ops._philox import philox_uniform
 from fastformer.ops._t5_bias import T5RelativeBias
 
-__all__ = ["T5RelativeBias", "attention", "attention_ref", "dropout_keep_mask"]
+__all__ = ["HEAD_DIMS", "T5RelativeBias", "attention", "attention_ref", "draw_dropout_seed", "dropout_keep_mask"]
 
 HEAD_DIMS = (32, 64, 80, 96, 128, 256)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_FLOAT_BIAS_DTYPES = _DTYPES
 
 
 # ---- semantics ------------------------------------------------------------------------------------
@@ -121,7 +120,8 @@ def _check_options(causal, scale, dropout_p, head_dim: int) -> float:
 
 
 def _check_bias(attn_bias, q: Tensor, seq_k: int):
-    """(dense bias expanded to [B, H, Sq, Sk] or None, T5RelativeBias or None)."""
+    """(dense float bias in q's dtype or float32, broadcastable to [B, H, Sq, Sk], or None;
+    T5RelativeBias or None)."""
     batch, heads, seq_q, _ = q.shape
     if attn_bias is None:
         return None, None
@@ -143,11 +143,11 @@ def _check_bias(attn_bias, q: Tensor, seq_k: int):
     if attn_bias.dtype == torch.bool:
         # SDPA's convention for bool masks: True = attend.
         attn_bias = torch.zeros(shape, dtype=q.dtype, device=q.device).masked_fill_(~attn_bias, float("-inf"))
-    elif attn_bias.dtype not in _FLOAT_BIAS_DTYPES:
+    elif attn_bias.dtype not in _DTYPES:
         raise TypeError(f"attn_bias must be a float (additive) or bool tensor, got {attn_bias.dtype}")
     elif attn_bias.dtype not in (q.dtype, torch.float32):
         attn_bias = attn_bias.to(q.dtype)  # the kernels read the dtype of q or float32
-    return attn_bias.expand(target), None
+    return attn_bias, None
 
 
 def _check_key_padding_mask(mask, q: Tensor, seq_k: int):
@@ -208,6 +208,9 @@ def attention(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, scal
         return attention_ref(q, k, v, t5_bias if t5_bias is not None else dense_bias, key_padding_mask, causal,
                              scale, dropout_p, dropout_seed=seed)
     q, k, v = (_attention._last_dim_contiguous(t) for t in (q, k, v))
+    if dense_bias is not None:
+        # Stride 0 where broadcast; autograd of expand sums the kernels' [B, H, Sq, Sk] gradient back.
+        dense_bias = dense_bias.expand(batch, heads, seq_q, seq_k)
     rel_table, rel_lut, bidirectional = (None, None, False)
     if t5_bias is not None:
         rel_table, rel_lut, bidirectional = t5_bias.table, t5_bias.lut(), t5_bias.bidirectional
