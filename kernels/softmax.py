@@ -74,7 +74,7 @@ def _softmax_fwd_kernel(
         safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
         e = tl.exp(z - safe_max)
         row_sum = tl.sum(e, axis=0)
-        inv = 1.0 / tl.where(row_sum > 0, row_sum, 1.0)  # no kept column: e = 0 already
+        inv = 1.0 / tl.where(row_sum == 0, 1.0, row_sum)  # no kept column: e = 0 already; NaN stays NaN
         tl.store(Y + cols, (e * inv).to(Y.dtype.element_ty), mask=cols < N)
     else:
         # Online softmax: the running sum is rescaled whenever the running max grows.
@@ -88,7 +88,7 @@ def _softmax_fwd_kernel(
             run_sum = run_sum * tl.exp(run_max - safe_max) + tl.sum(tl.exp(z - safe_max), axis=0)
             run_max = new_max
         safe_max = tl.where(run_max == float("-inf"), 0.0, run_max)
-        inv = 1.0 / tl.where(run_sum > 0, run_sum, 1.0)
+        inv = 1.0 / tl.where(run_sum == 0, 1.0, run_sum)
         for t in range(NUM_TILES):
             cols = t * BLOCK_N + tl.arange(0, BLOCK_N)
             z = _logits(X, Mask, cols, kept, scale_hi, scale_lo, stride_mn, MASK_KIND, ACC)

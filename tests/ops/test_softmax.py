@@ -185,6 +185,20 @@ def test_bool_mask_ignores_nan_and_inf_at_dropped_positions(backend):
     assert_matches_reference(out, x, mask=keep)
 
 
+def test_nan_at_a_kept_position_gives_a_nan_row(backend):
+    """Like torch.softmax: a NaN never turns into a finite answer, even when all other columns are dropped."""
+    device = backend_device(backend)
+    x = _randn(4, 19, device=device)
+    keep = _padding_mask(4, 19, device=device)
+    keep[:, 3] = True
+    keep[3] = False
+    keep[3, 3] = True  # row 3: the NaN is the only kept column
+    x[1, 3] = x[3, 3] = float("nan")
+    out = ff.ops.softmax(x, mask=keep, backend=backend)
+    assert out[[1, 3]].isnan().all()
+    assert not out[[0, 2]].isnan().any()
+
+
 def test_unmergeable_leading_dims(backend):
     device = backend_device(backend)
     x = _randn(2, 3, 2, 3, 5, device=device).permute(2, 0, 3, 1, 4)  # [2, 2, 3, 3, 5]: no view merges
