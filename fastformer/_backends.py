@@ -16,6 +16,11 @@ BACKENDS = ("triton", "cuda", "cpu", "reference")
 GPU_AUTO = {"layer_norm": "triton", "rms_norm": "triton", "softmax": "triton", "attention": "triton"}
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every backend accumulates (and stores statistics) in: fp64 for fp64, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -57,8 +62,15 @@ def why_not(backend: str, device: torch.device) -> str | None:
     raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
 
 
-def resolve(op: str, backend: str | None, device: torch.device) -> str:
-    """The backend that runs `op` on tensors on `device`."""
+def resolve(op: str, backend: str | None, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs `op` on tensors of `dtype` on `device` (the CUDA kernels have no fp64)."""
+    chosen = _resolve(op, backend, device)
+    if dtype == torch.float64 and chosen == "cuda":
+        raise TypeError(f"{op} inputs must be float32, float16 or bfloat16 for the cuda backend, got torch.float64")
+    return chosen
+
+
+def _resolve(op: str, backend: str | None, device: torch.device) -> str:
     if backend is None:
         backend = os.environ.get("FASTFORMER_BACKEND") or None
     if backend is None:

@@ -15,6 +15,7 @@
 #include "cuda/attention.h"
 #include "cuda/device_api.cuh"
 #include "cuda/philox.cuh"
+#include "cuda/row_io.cuh"
 
 namespace fastformer::cuda {
 namespace {
@@ -25,20 +26,7 @@ constexpr float kNegInf = -__builtin_huge_valf();
 constexpr float kPosInf = __builtin_huge_valf();
 
 // ---------------------------------------------------------------------------------------------
-// Element conversion and scalar loads
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+// Scalar loads (to_float / from_float come from cuda/row_io.cuh)
 
 // Bias and relative-bias tables come as float32 or the dtype of q, chosen at run time (warp-uniform).
 __device__ __forceinline__ float load_as_float(const void* base, DType dtype, int64_t index) {
@@ -577,17 +565,6 @@ cudaError_t dispatch_head_dim(int64_t head_dim, Fn&& fn) {
     case 256: return fn(std::integral_constant<int, 256>{});
     default: return cudaErrorInvalidValue;
   }
-}
-
-// Calls fn(T{}) for the element type of dtype.
-template <typename Fn>
-cudaError_t dispatch_dtype(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32: return fn(float{});
-    case DType::kFloat16: return fn(__half{});
-    case DType::kBFloat16: return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

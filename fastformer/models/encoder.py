@@ -30,11 +30,12 @@ class Embeddings(nn.Module):
         x = self.word(input_ids)  # [B, S, hidden]
         extra = None
         if self.position is not None:
-            positions = self.position_ids(input_ids)
-            if int(positions.max()) >= self.position.num_embeddings:
-                raise ValueError(f"input_ids of length {input_ids.shape[1]} need more positions than the model's "
+            # Known from the shape alone (no device sync): RoBERTa's positions run up to S + pad_token_id.
+            needed = input_ids.shape[1] + (self.pad_token_id + 1 if self.positions_from_padding else 0)
+            if needed > self.position.num_embeddings:
+                raise ValueError(f"input_ids of length {input_ids.shape[1]} need {needed} positions, the model has "
                                  f"{self.position.num_embeddings}")
-            extra = self.position(positions)
+            extra = self.position(self.position_ids(input_ids))
         if self.token_type is not None:
             types = self.token_type(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
             extra = types if extra is None else extra + types
@@ -63,8 +64,10 @@ class Encoder(nn.Module):
             if attention_mask.shape != input_ids.shape:
                 raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                                  f"got {tuple(attention_mask.shape)}")
-            if not bool(attention_mask.all()):  # an all-ones mask needs no masking work
-                key_padding_mask = attention_mask.bool()
+            key_padding_mask = attention_mask.bool()
+        if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
+            raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(token_type_ids.shape)}")
         x = self.embeddings(input_ids, token_type_ids)
         hidden_states = [x]
         for layer in self.layers:

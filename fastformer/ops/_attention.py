@@ -11,11 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fastformer._backends import accumulation_dtype
 from fastformer.ops._t5_bias import distance_buckets
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _t5_by_distance(rel_table: Tensor, rel_lut: Tensor, bidirectional: bool, seq_q: int, seq_k: int,
@@ -23,7 +20,7 @@ def _t5_by_distance(rel_table: Tensor, rel_lut: Tensor, bidirectional: bool, seq
     """(buckets [Sq + Sk - 1], bias [H, Sq + Sk - 1]) by distance index j - i + Sq - 1: what the Triton
     kernels read instead of [H, Sq, Sk], O(H * (Sq + Sk)) per call."""
     buckets = distance_buckets(rel_lut, rel_table.shape[0], bidirectional, seq_q, seq_k)
-    return buckets, rel_table[buckets].t().to(_acc_dtype(dtype)).contiguous()  # [H, Sq + Sk - 1]
+    return buckets, rel_table[buckets].t().to(accumulation_dtype(dtype)).contiguous()  # [H, Sq + Sk - 1]
 
 
 # ---- Triton twins of the C++ ops (same schemas) -------------------------------------------------

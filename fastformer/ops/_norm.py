@@ -15,10 +15,6 @@ from fastformer import _backends
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # ---- Triton twins of the C++ ops (same schemas) -------------------------------------------------
 
 @torch.library.custom_op("fastformer::layer_norm_fwd_triton", mutates_args=())
@@ -76,9 +72,9 @@ def _fake_fwd(x, residual, weight, *, with_mean: bool):
     rows = x.shape[0]
     out = x.new_empty(x.shape)
     residual_out = x.new_empty(x.shape if residual is not None else (0,))
-    stats = x.new_empty((rows,), dtype=_acc_dtype(x.dtype))
+    stats = x.new_empty((rows,), dtype=_backends.accumulation_dtype(x.dtype))
     if with_mean:
-        return out, residual_out, x.new_empty((rows,), dtype=_acc_dtype(x.dtype)), stats
+        return out, residual_out, x.new_empty((rows,), dtype=_backends.accumulation_dtype(x.dtype)), stats
     return out, residual_out, stats
 
 
@@ -184,11 +180,9 @@ def norm(op_name: str, reference, x, residual, weight, bias, eps, backend):
         _check_like("weight", weight, x, (n_cols,))
     if bias is not None:
         _check_like("bias", bias, x, (n_cols,))
-    chosen = _backends.resolve(op_name, backend, x.device)
+    chosen = _backends.resolve(op_name, backend, x.device, x.dtype)
     if chosen == "reference":
         return reference(x, residual=residual, weight=weight, bias=bias, eps=eps)
-    if chosen == "cuda" and x.dtype == torch.float64:
-        raise TypeError("x must be float32, float16 or bfloat16 for the cuda backend, got torch.float64")
     fwd_op, _ = _OPS[op_name]["triton" if chosen == "triton" else "cpp"]
     x_rows = _rows_view(x, n_cols)
     r_rows = _rows_view(residual, n_cols) if residual is not None else None

@@ -4,7 +4,6 @@ A drop-in for F.scaled_dot_product_attention's layout: q [B, H, Sq, D], k, v [B,
 H % Hkv == 0. The exact semantics are `attention_ref` below and the contract in csrc/fastformer.cpp.
 """
 import math
-import os
 
 import torch
 from torch import Tensor
@@ -49,7 +48,7 @@ def attention_ref(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, 
     batch, heads, seq_q, head_dim = q.shape
     heads_kv, seq_k = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = _backends.accumulation_dtype(q.dtype)
     k = k.repeat_interleave(heads // heads_kv, dim=1)  # [B, H, Sk, D]
     v = v.repeat_interleave(heads // heads_kv, dim=1)
     scores = (torch.matmul(q, k.transpose(-1, -2)) * scale).to(acc)  # [B, H, Sq, Sk]
@@ -165,15 +164,11 @@ def _check_key_padding_mask(mask, q: Tensor, seq_k: int):
 
 
 def _choose_backend(backend, q: Tensor) -> str:
-    chosen = _backends.resolve("attention", backend, q.device)
-    auto = backend is None and not os.environ.get("FASTFORMER_BACKEND")
-    device_type = q.device.type
-    if auto and chosen in ("cpu", "cuda") and not _attention.cpp_kernel_registered("attention_fwd", device_type):
-        # Auto never picks a C++ kernel this build lacks: Triton on GPUs, the reference on CPUs.
-        chosen = "triton" if _backends.why_not("triton", q.device) is None else "reference"
-    if q.dtype == torch.float64 and device_type == "cuda" and chosen in ("triton", "cuda"):
-        raise TypeError(f"float64 attention runs on CPU tensors (or backend='reference'), not with the "
-                        f"{chosen} backend on CUDA; got q.dtype={q.dtype}")
+    chosen = _backends.resolve("attention", backend, q.device, q.dtype)
+    if q.dtype == torch.float64 and q.device.type == "cuda" and chosen == "triton":
+        # Unlike the row kernels, Triton attention needs tl.dot, which has no fp64 on GPUs.
+        raise TypeError("float64 attention runs on CPU tensors (or backend='reference'), not with the triton "
+                        "backend on CUDA")
     return chosen
 
 
@@ -193,8 +188,8 @@ def attention(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, scal
     scale: default 1/sqrt(D). dropout_p: drops probabilities with a Philox mask seeded from torch's
       default generator (torch.manual_seed makes it reproducible); the seed is drawn eagerly, so
       dropout > 0 graph-breaks torch.compile(fullgraph=True).
-    backend: "triton", "cuda", "cpu", "reference" or None (see fastformer._backends); auto skips a
-      C++ kernel missing from this build (Triton on CUDA, the reference on CPU).
+    backend: "triton", "cuda", "cpu", "reference" or None (see fastformer._backends). The CUDA backend
+      has no backward kernel: training with it runs the Triton backward on its out/lse.
     """
     _check_qkv(q, k, v)
     batch, heads, seq_q, head_dim = q.shape

@@ -1,6 +1,7 @@
 """ff.ops.rms_norm: RMSNorm (T5, Llama) over the last dimension, optionally fused with the residual add."""
 import torch
 
+from fastformer._backends import accumulation_dtype
 from fastformer.ops import _norm
 
 
@@ -9,7 +10,7 @@ def rms_norm_ref(x, weight=None, eps=1e-6, residual=None, bias=None):
     if bias is not None:
         raise ValueError("rms_norm has no bias")
     s = x + residual if residual is not None else x
-    acc = torch.float64 if s.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(s.dtype)
     s_acc = s.to(acc)
     out = s_acc * torch.rsqrt(s_acc.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:

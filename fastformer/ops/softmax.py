@@ -184,11 +184,9 @@ def softmax(x, dim=-1, scale=1.0, mask=None, causal=False, backend=None):
     for fp64 x). backend: see fastformer._backends.
     """
     dim = _validate(x, dim, scale, mask, causal)
-    chosen = _backends.resolve("softmax", backend, x.device)
+    chosen = _backends.resolve("softmax", backend, x.device, x.dtype)
     if chosen == "reference":
         return softmax_ref(x, dim, scale, mask, causal)
-    if chosen == "cuda" and x.dtype == torch.float64:
-        raise TypeError("x must be float32, float16 or bfloat16 for the cuda backend, got torch.float64")
     if x.dim() == 0:
         return softmax(x.reshape(1), 0, scale, mask.reshape(1) if mask is not None else None, causal, chosen).reshape(())
     fwd_op, _ = _OPS["triton" if chosen == "triton" else "cpp"]
