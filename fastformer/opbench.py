@@ -15,6 +15,8 @@ from fastformer import ops
 
 # The target shapes: BERT-base tokens x hidden, and a larger [4096, 1024].
 CPU_SHAPES = [(1024, 768), (4096, 1024)]
+# Attention at BERT-base shapes [B, H, S, D], half the batch padded to 100 of 128 tokens.
+ATTENTION_SHAPE = (8, 12, 128, 64)
 SOFTMAX_SCALE = 0.125  # 1/sqrt(64), BERT's attention scale
 
 
@@ -59,11 +61,22 @@ def _softmax_cases(shape, dtype, device, backend):
     ]
 
 
+def _attention_case(shape, dtype, device, backend):
+    batch, heads, seq, head_dim = shape
+    q, k, v = (torch.randn(shape, dtype=dtype, device=device) for _ in range(3))  # [B, H, S, D]
+    keep = torch.ones(batch, seq, dtype=torch.bool, device=device)  # [B, S], True = attend
+    keep[batch // 2:, 100:] = False
+    sdpa_mask = keep[:, None, None, :]  # [B, 1, 1, S], SDPA's bool convention is the same
+    return OpCase("attention(padded)", shape, lambda: ops.attention(q, k, v, key_padding_mask=keep, backend=backend),
+                  lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask),
+                  "F.scaled_dot_product_attention", 4 * q.numel() * q.element_size())
+
+
 def cases(shapes=CPU_SHAPES, dtype=torch.float32, device="cpu", backend=None) -> list[OpCase]:
     out = []
     for shape in shapes:
         out += _norm_cases(shape, dtype, device, backend) + _softmax_cases(shape, dtype, device, backend)
-    return out
+    return out + [_attention_case(ATTENTION_SHAPE, dtype, device, backend)]
 
 
 def _sync(device):
