@@ -74,13 +74,15 @@ def _resolve(op: str, backend: str | None, device: torch.device) -> str:
     if backend is None:
         backend = os.environ.get("FASTFORMER_BACKEND") or None
     if backend is None:
+        if device.type == "cpu":
+            return "cpu"
         if device.type == "cuda":
             preferred = GPU_AUTO[op]
             fallback = "cuda" if preferred == "triton" else "triton"
             for candidate in (preferred, fallback, "reference"):
                 if why_not(candidate, device) is None:
                     return candidate
-        return "cpu" if device.type == "cpu" else "reference"
+        return "reference"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     reason = why_not(backend, device)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from fastformer import _backends
+from fastformer.ops import _dispatch
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -156,7 +157,7 @@ def _check_like(name: str, t, x: Tensor, shape) -> None:
 
 def _rows_view(t: Tensor, n_cols: int) -> Tensor:
     """[..., N] -> [rows, N] with a contiguous last dim; a copy only when no such view exists."""
-    rows = t.reshape(-1, n_cols)
+    rows = t if t.dim() == 2 else t.reshape(-1, n_cols)
     return rows if rows.stride(-1) == 1 or rows.shape[0] == 0 else rows.contiguous()
 
 
@@ -187,9 +188,9 @@ def norm(op_name: str, reference, x, residual, weight, bias, eps, backend):
     x_rows = _rows_view(x, n_cols)
     r_rows = _rows_view(residual, n_cols) if residual is not None else None
     w = weight.contiguous() if weight is not None else None
-    if op_name == "rms_norm":
-        out, residual_out, _ = fwd_op(x_rows, r_rows, w, float(eps))
-    else:
-        out, residual_out, _, _ = fwd_op(x_rows, r_rows, w, bias.contiguous() if bias is not None else None, float(eps))
-    out = out.view(x.shape)
-    return (out, residual_out.view(x.shape)) if residual is not None else out
+    b = bias.contiguous() if bias is not None else None
+    args = (x_rows, r_rows, w, float(eps)) if op_name == "rms_norm" else (x_rows, r_rows, w, b, float(eps))
+    out, residual_out = _dispatch.call(fwd_op, *args, grad_inputs=(x, residual, weight, bias))[:2]
+    if x.dim() != 2:
+        out, residual_out = out.view(x.shape), residual_out.view(x.shape) if residual is not None else None
+    return (out, residual_out) if residual is not None else out

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from fastformer import _backends
-from fastformer.ops import _attention
+from fastformer.ops import _attention, _dispatch
 from fastformer.ops._philox import philox_uniform
 from fastformer.ops._t5_bias import T5RelativeBias
 
@@ -210,6 +210,6 @@ def attention(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, scal
     if t5_bias is not None:
         rel_table, rel_lut, bidirectional = t5_bias.table, t5_bias.lut(), t5_bias.bidirectional
     fwd_op = _attention.FWD_OPS["triton" if chosen == "triton" else "cpp"]
-    out, _lse = fwd_op(q, k, v, dense_bias, key_padding_mask, rel_table, rel_lut, bidirectional, causal, scale,
-                       float(dropout_p), seed)
+    out, _lse = _dispatch.call(fwd_op, q, k, v, dense_bias, key_padding_mask, rel_table, rel_lut, bidirectional,
+                               causal, scale, float(dropout_p), seed, grad_inputs=(q, k, v, dense_bias, rel_table))
     return out

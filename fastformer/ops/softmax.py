@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fastformer import _backends
+from fastformer.ops import _dispatch
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -200,6 +201,6 @@ def softmax(x, dim=-1, scale=1.0, mask=None, causal=False, backend=None):
     if x_last.stride(-1) != 1 and x_last.shape[-1] > 1:
         x_last = x_last.contiguous()  # the kernels read rows as contiguous vectors
     x4, mask4 = _as_4d(x_last, mask_last, causal)
-    out = fwd_op(x4, mask4, float(scale), causal)  # [A, B, M, N], contiguous
+    out = _dispatch.call(fwd_op, x4, mask4, float(scale), causal, grad_inputs=(x, mask))  # [A, B, M, N], contiguous
     out = out if x_last.dim() == 4 else out.view(x_last.shape)
     return out if last else out.movedim(-1, dim)
