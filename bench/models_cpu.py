@@ -1,5 +1,6 @@
-"""Encoder models on CPU: fastformer native vs Hugging Face eager / sdpa vs ONNX Runtime (CPU EP,
-fully optimized graph), same inputs, interleaved in one run, medians. Prints max |diff| of each
+"""Encoder models on CPU: fastformer native vs Hugging Face eager / sdpa vs the sdpa model after ff.optimize
+(with and without the ff.nn.Linear swap) vs ONNX Runtime (CPU EP, fully optimized graph), same inputs,
+interleaved in one run, medians. Prints max |diff| of each
 output against Hugging Face eager fp32.
 
   python bench/models_cpu.py --threads 2 [--models minilm bert-base] [--batch 1] [--seq 128]
@@ -7,6 +8,7 @@ output against Hugging Face eager fp32.
 bert-base uses random weights (latency does not depend on weight values).
 """
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -67,9 +69,13 @@ def bench_model(name, path, batch, seq, threads, reps, tmp):
     eager = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     sdpa = transformers.AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
     native = ff.from_pretrained(path, task="base")
+    optimized = ff.optimize(copy.deepcopy(sdpa))
+    optimized_no_linear = ff.optimize(copy.deepcopy(sdpa), linear=False)
     runners = {
         "hf-eager": lambda: eager(input_ids=ids, attention_mask=mask).last_hidden_state,
         "hf-sdpa": lambda: sdpa(input_ids=ids, attention_mask=mask).last_hidden_state,
+        "ff.optimize": lambda: optimized(input_ids=ids, attention_mask=mask).last_hidden_state,
+        "ff.opt-nolin": lambda: optimized_no_linear(input_ids=ids, attention_mask=mask).last_hidden_state,
         "fastformer": lambda: native(ids, mask),
     }
     try:
@@ -92,6 +98,7 @@ def bench_model(name, path, batch, seq, threads, reps, tmp):
     print(f"\n{name}: batch {batch} x {seq} tokens, fp32, {threads} threads, {reps} interleaved reps (medians)")
     for k, m in medians.items():
         print(f"  {k:<12} {m * 1e3:8.2f} ms   x{medians['hf-eager'] / m:5.2f} vs hf-eager"
+              + f"   x{medians['hf-sdpa'] / m:5.2f} vs hf-sdpa"
               + (f"   x{medians['onnxruntime'] / m:5.2f} vs onnxruntime" if "onnxruntime" in medians else "")
               + f"   max|diff| {diffs[k]:.1e}")
     return medians

@@ -1,0 +1,32 @@
+"""T5's relative position bias on fastformer's in-kernel path (T5RelativeBias), patched per T5Attention instance.
+
+T5Attention.compute_bias materializes [1, H, Sq, Sk] in the first layer of each stack and every later layer
+reuses it. On an optimized model the instance's compute_bias returns a T5RelativeBias instead (a table and a
+bucket rule the attention kernel evaluates per score), which T5 passes along as its position_bias unchanged.
+The kernel aligns queries bottom-right (query i at key position i + Sk - Sq), which is T5's alignment when the
+cache holds exactly the past tokens (DynamicCache); any other offset (a static cache) keeps T5's dense bias.
+"""
+import types
+
+from fastformer.ops._t5_bias import T5RelativeBias
+
+
+def _relative_bias(self, query_length, key_length, device=None, past_seen_tokens=0):
+    if not isinstance(past_seen_tokens, int) or past_seen_tokens + query_length != key_length:
+        return type(self).compute_bias(self, query_length, key_length, device, past_seen_tokens)
+    return T5RelativeBias(self.relative_attention_bias.weight, self.relative_attention_num_buckets,
+                          self.relative_attention_max_distance, bidirectional=not self.is_decoder)
+
+
+def patch_t5_attention(module, is_cross_attention: bool) -> bool:
+    """Puts the relative bias of one T5Attention on the kernel path; True if it had a bias table to move.
+
+    Cross-attention has no relative bias: T5 hands it an all-zeros [1, H, Sq, Sk] position_bias, which the
+    fastformer attention function skips for modules marked here.
+    """
+    if is_cross_attention:
+        module._fastformer_zero_position_bias = True
+    if not module.has_relative_attention_bias:
+        return False
+    module.compute_bias = types.MethodType(_relative_bias, module)
+    return True

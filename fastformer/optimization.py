@@ -1,0 +1,73 @@
+"""ff.optimize: puts fastformer's kernels into an existing Hugging Face or plain torch.nn model, in place."""
+import copy
+from collections import Counter
+import warnings
+
+import torch
+from torch import nn
+
+from fastformer import _backends
+from fastformer.hf import optimize as hf_optimize
+from fastformer.nn import swap
+
+_REPORT_ATTR = "_fastformer_report"
+
+
+def _cpu_fp32(model: nn.Module) -> bool:
+    params = list(model.parameters())
+    return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+
+
+def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = True, linear: bool | None = None):
+    """Swaps fastformer's fused kernels into `model` and returns it (the same object unless inplace=False, which
+    optimizes a deep copy). Parameters, buffers and state_dict keys stay as they were.
+
+    Hugging Face transformers models of the families in fastformer.hf.optimize.SUPPORTED (BERT, RoBERTa,
+    DistilBERT, GPT-2, T5, BART, Marian; any head class): attention runs ff.ops.attention through transformers'
+    attention registry (T5's relative bias in-kernel), LayerNorm / T5LayerNorm become ff.nn.LayerNorm / RMSNorm,
+    and post-norm residual adds are fused into the norm. generate, save_pretrained (the checkpoint loads in plain
+    transformers), training, torch.compile and .to() keep working. Other transformers models are left unchanged.
+    Plain torch.nn models: nn.LayerNorm, nn.RMSNorm, nn.Softmax, nn.MultiheadAttention,
+    nn.TransformerEncoderLayer / TransformerDecoderLayer anywhere in the tree become their ff.nn drop-ins.
+
+    backend: "triton", "cuda", "cpu", "reference" or None (auto, see fastformer._backends) for every swapped op.
+    linear: also swap nn.Linear for ff.nn.Linear (oneDNN prepacked matmul for CPU fp32 inference; plain
+      F.linear otherwise). None = when every parameter is CPU fp32 at the time of the call.
+
+    What was replaced, per kind, is `optimization_report(model)`. A model with nothing to replace (or a
+    transformers model of another family) gets a UserWarning, not an error.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if backend is not None and backend not in _backends.BACKENDS:
+        raise ValueError(f"backend must be one of {_backends.BACKENDS} or None, got {backend!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    swap_linear = _cpu_fp32(model) if linear is None else bool(linear)
+    notes = []
+    if hf_optimize.is_hf_model(model):
+        reason = hf_optimize.unsupported_reason(model)
+        if reason is None:
+            counts, notes = hf_optimize.optimize_hf(model, backend, linear=swap_linear)
+        else:
+            counts, notes = Counter(), [f"left unchanged: {reason}"]
+    else:
+        counts = swap.swap_modules(model, tuple(k for k in swap.KINDS if k != "linear"), backend)
+        if counts and swap_linear:  # Linear alone is no reason to touch a model: an MLP stays as it is
+            counts.update(swap.swap_modules(model, ("linear",), backend))
+    report = dict(+counts)
+    setattr(model, _REPORT_ATTR, report)
+    for note in notes:
+        warnings.warn(f"ff.optimize({type(model).__name__}): {note}", stacklevel=2)
+    if not report:
+        warnings.warn(f"ff.optimize({type(model).__name__}): found nothing to put fastformer kernels into; "
+                      "the model is unchanged", stacklevel=2)
+    return model
+
+
+def optimization_report(model: nn.Module) -> dict:
+    """{kind: count} of what ff.optimize replaced in `model`: "attention" (attention modules on ff.ops.attention),
+    "t5_relative_bias", "layer_norm", "rms_norm", "fused_add_norm" (norms that now take the residual add),
+    "softmax", "multihead_attention", "transformer_encoder_layer", "transformer_decoder_layer", "linear".
+    Kinds with nothing replaced are absent; {} for a model ff.optimize was not called on or found nothing in."""
+    return dict(getattr(model, _REPORT_ATTR, {}))
