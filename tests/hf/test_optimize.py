@@ -138,7 +138,9 @@ def test_generate_gives_the_same_tokens(name):
     cls = getattr(transformers, name)
     family = next(f for f, c in CASES if c is cls)
     model = _build(family, cls)
-    ids, mask = _ids_and_mask(1, 6, (6,), torch.Generator().manual_seed(2))
+    ids, mask = _ids_and_mask(2, 6, (6, 4), torch.Generator().manual_seed(2))
+    if not model.config.is_encoder_decoder:  # decoder-only models continue left-padded prompts
+        ids, mask = ids.roll(2, dims=1), mask.roll(2, dims=1)  # row 1: its 2 pads move to the front
     kwargs = dict(max_new_tokens=8, do_sample=False, num_beams=1, min_new_tokens=8, pad_token_id=PAD)
     want = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     got = ff.optimize(model, inplace=False).generate(input_ids=ids, attention_mask=mask, **kwargs)
@@ -293,3 +295,34 @@ def test_torch_compile_of_an_optimized_model():
         want = model(**inputs).logits
         got = torch.compile(ff.optimize(copy.deepcopy(model)))(**inputs).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,causal", [("BertModel", False), ("GPT2LMHeadModel", True), ("BartModel", None)])
+def test_padding_reaches_the_kernel_as_a_key_padding_mask(monkeypatch, name, causal):
+    """Padding and causality take the kernel's key_padding_mask / causal path, never a dense [B, 1, Sq, Sk] bias."""
+    from fastformer.hf import attention as hf_attention
+
+    calls = []
+
+    def spy(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, **kwargs):
+        calls.append((attn_bias, key_padding_mask, causal, q.shape[2]))
+        return ff.ops.attention(q, k, v, attn_bias, key_padding_mask, causal, **kwargs)
+
+    monkeypatch.setattr(hf_attention, "attention", spy)
+    cls = getattr(transformers, name)
+    family = next(f for f, c in CASES if c is cls)
+    model = ff.optimize(_build(family, cls))
+    with torch.no_grad():
+        model(**_inputs(family, cls))
+    assert calls and all(bias is None and mask is not None for bias, mask, _, _ in calls)
+    if causal is not None:
+        assert all(is_causal == causal for _, _, is_causal, _ in calls)
+    else:  # BART: encoder and cross-attention bidirectional, decoder self-attention causal
+        assert {is_causal for _, _, is_causal, _ in calls} == {False, True}
+    if name == "GPT2LMHeadModel":  # decoding with a KV cache: one query row sees every cached key
+        calls.clear()
+        ids, mask = _ids_and_mask(1, 6, (6,), torch.Generator().manual_seed(2))
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                       pad_token_id=PAD)
+        assert any(seq_q == 1 for *_, seq_q in calls)
+        assert all(bias is None for bias, *_ in calls)
