@@ -326,3 +326,22 @@ def test_padding_reaches_the_kernel_as_a_key_padding_mask(monkeypatch, name, cau
                        pad_token_id=PAD)
         assert any(seq_q == 1 for *_, seq_q in calls)
         assert all(bias is None for bias, *_ in calls)
+
+
+@pytest.mark.parametrize("family,name", [("bert", "BertLMHeadModel"), ("gpt2", "GPT2LMHeadModel")])
+def test_decoder_with_cross_attention(family, name):
+    cls = getattr(transformers, name)
+    config = _config(family, cls)
+    config.is_decoder, config.add_cross_attention = True, True
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    inputs = _inputs(family, cls)
+    encoder_mask = torch.ones(BATCH, 9, dtype=torch.long)
+    encoder_mask[0, -3:] = 0
+    inputs.update(encoder_hidden_states=torch.randn(BATCH, 9, 64), encoder_attention_mask=encoder_mask)
+    with torch.no_grad():
+        want = model(**inputs)
+        optimized = ff.optimize(model, inplace=False)
+        got = optimized(**inputs)
+    _assert_close(got, want)
+    assert ff.optimization_report(optimized)["attention"] == 2 * config.num_hidden_layers
