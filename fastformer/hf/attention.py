@@ -9,7 +9,8 @@ plus the kernel's own causal rule reads B x Sk bools. So `padding_mask_builder` 
 and bidirectional masks (the only ones these models build without extra mask functions):
   - None when there is no 2-D padding mask: causality then comes from the module (module.is_causal, or the
     is_causal keyword), exactly as transformers' own SDPA path decides it;
-  - a compact uint8 [B, 1, 1, Sk] key padding mask (1 = attend), with causality again from the module. uint8
+  - a compact uint8 [B, 1, 1, Sk] key padding mask (1 = attend), with causality again from the module (None
+    instead when nothing is padded and the mask is on the CPU, where that check costs no device sync). uint8
     marks it as ours: a user's own 4-D mask is bool or float and is applied as given, never with added causality.
 Anything else (packed sequences, extra mask functions, a cache whose keys are not bottom-right aligned with the
 queries, e.g. a static cache) gets transformers' full bool mask, passed to the kernel as attn_bias.
@@ -42,6 +43,8 @@ def padding_mask_builder(batch_size, q_length, kv_length, q_offset=0, kv_offset=
             return None
         padding = masking_utils.prepare_padding_mask(attention_mask, kv_length, kv_offset)
         padding = padding[:, kv_offset:kv_offset + kv_length]  # [B, Sk]
+        if padding.device.type == "cpu" and not torch.compiler.is_compiling() and bool(padding.all()):
+            return None  # nothing padded: the kernel's unmasked path (a check that costs a device sync off CPU)
         return padding.to(_COMPACT_MASK_DTYPE)[:, None, None, :]  # [B, 1, 1, Sk]
     kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
     return masking_utils.sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
