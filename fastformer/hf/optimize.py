@@ -17,6 +17,7 @@ from collections import Counter
 from torch import nn
 
 from fastformer.hf.fused_blocks import FUSED_FORWARDS
+from fastformer.hf.t5_bias import patch_t5_attention
 from fastformer.nn.norm import LayerNorm, RMSNorm
 from fastformer.nn.swap import swap_modules
 from fastformer.ops.attention import HEAD_DIMS
@@ -55,8 +56,7 @@ def _head_dims(config) -> set:
 
 
 def _use_fastformer_attention(model, backend) -> Counter:
-    from fastformer.hf import t5_bias
-    from fastformer.hf.attention import register
+    from fastformer.hf.attention import register  # imports transformers, which a torch.nn-only user may lack
 
     counts = Counter()
     name = register()
@@ -71,25 +71,19 @@ def _use_fastformer_attention(model, backend) -> Counter:
         module._fastformer_backend = backend
         counts["attention"] += 1
         if model.config.model_type == "t5":
-            counts["t5_relative_bias"] += t5_bias.patch_t5_attention(module, path.endswith("EncDecAttention"))
+            counts["t5_relative_bias"] += patch_t5_attention(module, path.endswith("EncDecAttention"))
     for config in configs.values():
         config._attn_implementation = name
     return counts
 
 
-def _t5_layer_norms_to_rms_norm(model, backend) -> int:
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__ != "T5LayerNorm":
-                continue
-            weight = child.weight
-            norm = RMSNorm(weight.shape[0], eps=child.variance_epsilon, device=weight.device, dtype=weight.dtype,
-                           backend=backend)
-            norm.weight = weight  # the same Parameter: state_dict key "weight", optimizers and tying unchanged
-            setattr(parent, name, norm)
-            swapped += 1
-    return swapped
+def _rms_norm_from_t5(module, backend) -> RMSNorm:
+    """T5LayerNorm (no mean, no bias: an RMSNorm) as ff.nn.RMSNorm holding the same weight Parameter."""
+    weight = module.weight
+    norm = RMSNorm(weight.shape[0], eps=module.variance_epsilon, device=weight.device, dtype=weight.dtype,
+                   backend=backend)
+    norm.weight = weight  # the same Parameter: state_dict key "weight", optimizers and tying unchanged
+    return norm
 
 
 def _fuse_add_norms(model) -> int:
@@ -118,6 +112,10 @@ def optimize_hf(model: nn.Module, backend=None, linear: bool = False) -> tuple[C
         notes.append(f"attention left as it was: head dims {sorted(head_dims)} are not all among the kernels' "
                      f"{HEAD_DIMS}")
     counts.update(swap_modules(model, ("layer_norm", "linear") if linear else ("layer_norm",), backend))
-    counts["rms_norm"] += _t5_layer_norms_to_rms_norm(model, backend)
+    if model.config.model_type == "t5":
+        from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+        t5_norms = {T5LayerNorm: (_rms_norm_from_t5, "rms_norm")}
+        counts.update(swap_modules(model, ("rms_norm",), backend, swaps=t5_norms))
     counts["fused_add_norm"] += _fuse_add_norms(model)
     return +counts, notes

@@ -14,34 +14,35 @@ from fastformer.nn.norm import LayerNorm, RMSNorm
 from fastformer.nn.softmax import Softmax
 from fastformer.nn.transformer_layer import TransformerDecoderLayer, TransformerEncoderLayer
 
-# torch class -> (fastformer class, report kind). The layers adopt their own attention and norms.
+# torch class -> (factory(module, backend) -> fastformer module, report kind). The layers adopt their own
+# attention and norms.
 SWAPS = {
-    nn.TransformerEncoderLayer: (TransformerEncoderLayer, "transformer_encoder_layer"),
-    nn.TransformerDecoderLayer: (TransformerDecoderLayer, "transformer_decoder_layer"),
-    nn.MultiheadAttention: (MultiheadAttention, "multihead_attention"),
-    nn.LayerNorm: (LayerNorm, "layer_norm"),
-    nn.RMSNorm: (RMSNorm, "rms_norm"),
-    nn.Softmax: (Softmax, "softmax"),
-    nn.Linear: (Linear, "linear"),
+    nn.TransformerEncoderLayer: (TransformerEncoderLayer.from_torch, "transformer_encoder_layer"),
+    nn.TransformerDecoderLayer: (TransformerDecoderLayer.from_torch, "transformer_decoder_layer"),
+    nn.MultiheadAttention: (MultiheadAttention.from_torch, "multihead_attention"),
+    nn.LayerNorm: (LayerNorm.from_torch, "layer_norm"),
+    nn.RMSNorm: (RMSNorm.from_torch, "rms_norm"),
+    nn.Softmax: (Softmax.from_torch, "softmax"),
+    nn.Linear: (Linear.from_torch, "linear"),
 }
 KINDS = tuple(kind for _, kind in SWAPS.values())
 
 
-def swap_modules(model: nn.Module, kinds, backend=None) -> Counter:
-    """Replaces, in place, every module of `model` (the root excepted) whose exact class is a key of SWAPS with
-    a report kind in `kinds`; returns how many of each kind were swapped. A module reached by two paths becomes
-    one fastformer module."""
+def swap_modules(model: nn.Module, kinds, backend=None, swaps=SWAPS) -> Counter:
+    """Replaces, in place, every module of `model` (the root excepted) whose exact class is a key of `swaps`
+    with a report kind in `kinds`; returns how many of each kind were swapped. A module reached by two paths
+    becomes one fastformer module."""
     counts = Counter()
     replaced = {}  # id(torch module) -> (the torch module, kept alive so its id stays unique; its fastformer module)
 
     def visit(parent):
         for name, child in list(parent.named_children()):
-            swap = SWAPS.get(type(child))
+            swap = swaps.get(type(child))
             if swap is None or swap[1] not in kinds:
                 visit(child)
                 continue
             if id(child) not in replaced:
-                replaced[id(child)] = (child, swap[0].from_torch(child, backend))
+                replaced[id(child)] = (child, swap[0](child, backend))
                 counts[swap[1]] += 1
             setattr(parent, name, replaced[id(child)][1])
 
