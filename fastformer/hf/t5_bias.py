@@ -4,7 +4,8 @@ T5Attention.compute_bias materializes [1, H, Sq, Sk] in the first layer of each 
 reuses it. On an optimized model the instance's compute_bias returns a T5RelativeBias instead (a table and a
 bucket rule the attention kernel evaluates per score), which T5 passes along as its position_bias unchanged.
 The kernel aligns queries bottom-right (query i at key position i + Sk - Sq), which is T5's alignment when the
-cache holds exactly the past tokens (DynamicCache); any other offset (a static cache) keeps T5's dense bias.
+cache holds exactly the past tokens (DynamicCache); any other offset (a static cache), or a model whose attention
+was switched back to another implementation, gets T5's dense bias.
 """
 import types
 
@@ -12,7 +13,10 @@ from fastformer.ops._t5_bias import T5RelativeBias
 
 
 def _relative_bias(self, query_length, key_length, device=None, past_seen_tokens=0):
-    if not isinstance(past_seen_tokens, int) or past_seen_tokens + query_length != key_length:
+    from fastformer.hf.attention import ATTENTION_NAME  # imports transformers, loaded by now (a T5 forward)
+
+    aligned = isinstance(past_seen_tokens, int) and past_seen_tokens + query_length == key_length
+    if not aligned or self.config._attn_implementation != ATTENTION_NAME:  # e.g. set back to "sdpa" later
         return type(self).compute_bias(self, query_length, key_length, device, past_seen_tokens)
     return T5RelativeBias(self.relative_attention_bias.weight, self.relative_attention_num_buckets,
                           self.relative_attention_max_distance, bidirectional=not self.is_decoder)

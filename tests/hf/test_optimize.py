@@ -351,3 +351,17 @@ def test_decoder_with_cross_attention(family, name):
         got = optimized(**inputs)
     _assert_close(got, want)
     assert ff.optimization_report(optimized)["attention"] == 2 * config.num_hidden_layers
+
+
+def test_switching_attention_back_to_sdpa_still_works():
+    family, cls = "t5", transformers.T5ForConditionalGeneration
+    model = _build(family, cls)
+    inputs = _inputs(family, cls)
+    with torch.no_grad():
+        want = model(**inputs)
+        optimized = ff.optimize(model, inplace=False)
+        for module in optimized.modules():  # T5's stacks hold their own config copies
+            if hasattr(module, "config"):
+                module.config._attn_implementation = "sdpa"
+        got = optimized(**inputs)
+    _assert_close(got, want)
