@@ -77,7 +77,7 @@ def fastformer_attention_forward(module, query, key, value, attention_mask, drop
         if attention_mask is not None:
             if attention_mask.shape[-1] != seq_k:
                 raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} keys, the keys have {seq_k}")
-            key_padding_mask = attention_mask[:, 0, 0, :].bool()  # [B, Sk]
+            key_padding_mask = attention_mask[:, 0, 0, :].view(torch.bool)  # [B, Sk], 0/1 bytes reread as bools
     else:
         bias = attention_mask  # bool (True = attend) or additive float, [B or 1, 1 or H, Sq, Sk]
     bias = _with_position_bias(module, position_bias, bias, seq_q, seq_k, query.dtype)
