@@ -1,7 +1,7 @@
 """ff.optimize: puts fastformer's kernels into an existing Hugging Face or plain torch.nn model, in place."""
 import copy
-from collections import Counter
 import warnings
+from collections import Counter
 
 import torch
 from torch import nn
