@@ -5,8 +5,9 @@ Per model instance, never per class:
     "fastformer" attention implementation (fastformer.hf.attention, registered in transformers' registries);
     the chosen backend is stored on each attention module. config._attn_implementation is not serialized, so
     save_pretrained writes the config it would have written before;
-  - T5: the relative position bias stays in the kernel (fastformer.hf.t5_bias);
-  - norms: nn.LayerNorm -> ff.nn.LayerNorm, T5LayerNorm -> ff.nn.RMSNorm, sharing the parameters (same keys);
+  - T5: the relative position bias stays in the kernel (fastformer.hf.t5);
+  - norms: nn.LayerNorm -> ff.nn.LayerNorm, T5LayerNorm -> ff.nn.RMSNorm (fastformer.hf.t5.T5RMSNorm), sharing
+    the parameters (same keys);
   - fused add & norm: the blocks in fastformer.hf.fused_blocks get a forward (bound to the instance) that
     hands the residual add to the norm.
 """
@@ -17,8 +18,8 @@ from collections import Counter
 from torch import nn
 
 from fastformer.hf.fused_blocks import FUSED_FORWARDS
-from fastformer.hf.t5_bias import patch_t5_attention
-from fastformer.nn.norm import LayerNorm, RMSNorm
+from fastformer.hf.t5 import T5RMSNorm, patch_t5_attention
+from fastformer.nn.norm import LayerNorm
 from fastformer.nn.swap import swap_modules
 from fastformer.ops.attention import HEAD_DIMS
 
@@ -77,15 +78,6 @@ def _use_fastformer_attention(model, backend) -> Counter:
     return counts
 
 
-def _rms_norm_from_t5(module, backend) -> RMSNorm:
-    """T5LayerNorm (no mean, no bias: an RMSNorm) as ff.nn.RMSNorm holding the same weight Parameter."""
-    weight = module.weight
-    norm = RMSNorm(weight.shape[0], eps=module.variance_epsilon, device=weight.device, dtype=weight.dtype,
-                   backend=backend)
-    norm.weight = weight  # the same Parameter: state_dict key "weight", optimizers and tying unchanged
-    return norm
-
-
 def _fuse_add_norms(model) -> int:
     fused = 0
     for module in model.modules():
@@ -115,7 +107,7 @@ def optimize_hf(model: nn.Module, backend=None, linear: bool = False) -> tuple[C
     if model.config.model_type == "t5":
         from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-        t5_norms = {T5LayerNorm: (_rms_norm_from_t5, "rms_norm")}
+        t5_norms = {T5LayerNorm: (T5RMSNorm.from_t5, "rms_norm")}
         counts.update(swap_modules(model, ("rms_norm",), backend, swaps=t5_norms))
     counts["fused_add_norm"] += _fuse_add_norms(model)
     return +counts, notes

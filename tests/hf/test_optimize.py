@@ -365,3 +365,19 @@ def test_switching_attention_back_to_sdpa_still_works():
                 module.config._attn_implementation = "sdpa"
         got = optimized(**inputs)
     _assert_close(got, want)
+
+
+def test_t5_in_fp16_with_wo_kept_in_fp32(tmp_path):
+    """from_pretrained(dtype=fp16) keeps T5's `wo` in fp32, so fp32 activations reach the fp16 norms."""
+    family, cls = "t5", transformers.T5ForConditionalGeneration
+    model = _build(family, cls)
+    inputs = _inputs(family, cls)
+    model.save_pretrained(tmp_path)
+    half = cls.from_pretrained(tmp_path, dtype=torch.float16).eval()
+    assert half.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    with torch.no_grad():
+        want = model(**inputs).logits
+        hf_error = (half(**inputs).logits.float() - want).abs().max().item()
+        got = ff.optimize(half)(**inputs).logits
+    assert got.dtype == torch.float16
+    assert (got.float() - want).abs().max().item() <= 2 * hf_error + 1e-3

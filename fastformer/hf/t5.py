@@ -1,4 +1,6 @@
-"""T5's relative position bias on fastformer's in-kernel path (T5RelativeBias), patched per T5Attention instance.
+"""T5 on fastformer's kernels: the relative position bias in-kernel, and T5LayerNorm as an ff.nn.RMSNorm.
+
+Relative bias (patched per T5Attention instance):
 
 T5Attention.compute_bias materializes [1, H, Sq, Sk] in the first layer of each stack and every later layer
 reuses it. On an optimized model the instance's compute_bias returns a T5RelativeBias instead (a table and a
@@ -9,6 +11,8 @@ was switched back to another implementation, gets T5's dense bias.
 """
 import types
 
+from fastformer import ops
+from fastformer.nn.norm import RMSNorm
 from fastformer.ops._t5_bias import T5RelativeBias
 
 
@@ -34,3 +38,24 @@ def patch_t5_attention(module, is_cross_attention: bool) -> bool:
         return False
     module.compute_bias = types.MethodType(_relative_bias, module)
     return True
+
+
+class T5RMSNorm(RMSNorm):
+    """ff.nn.RMSNorm with T5LayerNorm's dtype rule: with a weight of another dtype than the input, normalize in the
+    input's dtype and return the weight's. T5 keeps `wo` in fp32 when loaded in fp16, so the residual stream
+    reaching an fp16 norm is fp32; casting it to fp16 before normalizing could overflow."""
+
+    @classmethod
+    def from_t5(cls, module, backend=None) -> "T5RMSNorm":
+        weight = module.weight
+        norm = cls(weight.shape[0], eps=module.variance_epsilon, device=weight.device, dtype=weight.dtype,
+                   backend=backend)
+        norm.weight = weight  # the same Parameter: state_dict key "weight", optimizers and tying unchanged
+        return norm
+
+    def forward(self, x, residual=None):
+        if x.dtype == self.weight.dtype:
+            return super().forward(x, residual)
+        if residual is not None:
+            raise ValueError(f"residual needs x in the weight's dtype {self.weight.dtype}, got {x.dtype}")
+        return ops.rms_norm(x, self.weight.to(x.dtype), self.eps, backend=self.backend).to(self.weight.dtype)
