@@ -18,6 +18,27 @@ def _cpu_fp32(model: nn.Module) -> bool:
     return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
 
 
+def _optimize_hf_models(hf_models, backend, swap_linear: bool) -> tuple[Counter, list[str]]:
+    counts, notes = Counter(), []
+    for hf_model in hf_models:
+        reason = hf_optimize.unsupported_reason(hf_model)
+        if reason is not None:
+            notes.append(f"{type(hf_model).__name__} left unchanged: {reason}")
+            continue
+        hf_counts, hf_notes = hf_optimize.optimize_hf(hf_model, backend, linear=swap_linear)
+        counts.update(hf_counts)
+        notes += hf_notes
+    return counts, notes
+
+
+def _swap_torch_modules(model, backend, swap_linear: bool, found_already: bool, skip) -> Counter:
+    """The torch.nn swaps outside the transformers models in `skip` (handled by their own path)."""
+    counts = swap.swap_modules(model, tuple(k for k in swap.KINDS if k != "linear"), backend, skip=skip)
+    if (counts or found_already) and swap_linear:  # Linear alone is no reason to touch a model (an MLP)
+        counts.update(swap.swap_modules(model, ("linear",), backend, skip=skip))
+    return counts
+
+
 def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = True, linear: bool | None = None):
     """Swaps fastformer's fused kernels into `model` and returns it (the same object unless inplace=False, which
     optimizes a deep copy). Parameters, buffers and state_dict keys stay as they were.
@@ -28,7 +49,8 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
     and post-norm residual adds are fused into the norm. generate, save_pretrained (the checkpoint loads in plain
     transformers), training, torch.compile and .to() keep working. Other transformers models are left unchanged.
     Plain torch.nn models: nn.LayerNorm, nn.RMSNorm, nn.Softmax, nn.MultiheadAttention,
-    nn.TransformerEncoderLayer / TransformerDecoderLayer anywhere in the tree become their ff.nn drop-ins.
+    nn.TransformerEncoderLayer / TransformerDecoderLayer anywhere in the tree become their ff.nn drop-ins;
+    transformers models inside such a tree (e.g. a sentence-embedding wrapper) get the transformers treatment.
 
     backend: "triton", "cuda", "cpu", "reference" or None (auto, see fastformer._backends) for every swapped op.
     linear: also swap nn.Linear for ff.nn.Linear (oneDNN prepacked matmul for CPU fp32 inference; plain
@@ -44,17 +66,12 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
     if not inplace:
         model = copy.deepcopy(model)
     swap_linear = _cpu_fp32(model) if linear is None else bool(linear)
-    notes = []
     if hf_optimize.is_hf_model(model):
-        reason = hf_optimize.unsupported_reason(model)
-        if reason is None:
-            counts, notes = hf_optimize.optimize_hf(model, backend, linear=swap_linear)
-        else:
-            counts, notes = Counter(), [f"left unchanged: {reason}"]
+        counts, notes = _optimize_hf_models([model], backend, swap_linear)
     else:
-        counts = swap.swap_modules(model, tuple(k for k in swap.KINDS if k != "linear"), backend)
-        if counts and swap_linear:  # Linear alone is no reason to touch a model: an MLP stays as it is
-            counts.update(swap.swap_modules(model, ("linear",), backend))
+        hf_models = hf_optimize.hf_submodels(model)
+        counts, notes = _optimize_hf_models(hf_models, backend, swap_linear)
+        counts.update(_swap_torch_modules(model, backend, swap_linear, found_already=bool(counts), skip=hf_models))
     report = dict(+counts)
     setattr(model, _REPORT_ATTR, report)
     for note in notes:

@@ -41,6 +41,14 @@ def is_hf_model(model) -> bool:
     return transformers is not None and isinstance(model, transformers.PreTrainedModel)
 
 
+def hf_submodels(model: nn.Module) -> list:
+    """The outermost transformers models inside a plain torch.nn tree (e.g. a sentence-embedding wrapper)."""
+    found = []
+    for child in model.children():
+        found.extend([child] if is_hf_model(child) else hf_submodels(child))
+    return found
+
+
 def unsupported_reason(model) -> str | None:
     """Why ff.optimize leaves this transformers model unchanged, or None if it can optimize it."""
     model_type = getattr(model.config, "model_type", None)

@@ -28,18 +28,20 @@ SWAPS = {
 KINDS = tuple(kind for _, kind in SWAPS.values())
 
 
-def swap_modules(model: nn.Module, kinds, backend=None, swaps=SWAPS) -> Counter:
+def swap_modules(model: nn.Module, kinds, backend=None, swaps=SWAPS, skip=()) -> Counter:
     """Replaces, in place, every module of `model` (the root excepted) whose exact class is a key of `swaps`
-    with a report kind in `kinds`; returns how many of each kind were swapped. A module reached by two paths
-    becomes one fastformer module."""
+    with a report kind in `kinds`, outside the subtrees of the modules in `skip`; returns how many of each kind
+    were swapped. A module reached by two paths becomes one fastformer module."""
     counts = Counter()
     replaced = {}  # id(torch module) -> (the torch module, kept alive so its id stays unique; its fastformer module)
+    skipped = {id(m) for m in skip}
 
     def visit(parent):
         for name, child in list(parent.named_children()):
             swap = swaps.get(type(child))
             if swap is None or swap[1] not in kinds:
-                visit(child)
+                if id(child) not in skipped:
+                    visit(child)
                 continue
             if id(child) not in replaced:
                 replaced[id(child)] = (child, swap[0](child, backend))

@@ -381,3 +381,40 @@ def test_t5_in_fp16_with_wo_kept_in_fp32(tmp_path):
         got = ff.optimize(half)(**inputs).logits
     assert got.dtype == torch.float16
     assert (got.float() - want).abs().max().item() <= 2 * hf_error + 1e-3
+
+
+class _Wrapper(torch.nn.Module):
+    """A sentence-embedding style wrapper: a transformers model inside a plain torch.nn tree."""
+
+    def __init__(self, encoder, other=None):
+        super().__init__()
+        self.encoder, self.other = encoder, other
+        self.head = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 8))
+
+    def forward(self, **inputs):
+        return self.head(self.encoder(**inputs).last_hidden_state)
+
+
+def test_transformers_model_inside_a_torch_tree():
+    family, cls = "bert", transformers.BertModel
+    wrapper = _Wrapper(_build(family, cls)).eval()
+    inputs = _inputs(family, cls)
+    with torch.no_grad():
+        want = wrapper(**inputs)
+        optimized = ff.optimize(wrapper, inplace=False)
+        got = optimized(**inputs)
+    _assert_close(got, want)
+    report = ff.optimization_report(optimized)
+    assert report["attention"] == 2 and report["fused_add_norm"] == 4 and report["layer_norm"] == 6
+    assert optimized.encoder.config._attn_implementation == "fastformer"
+
+
+def test_unknown_transformers_model_inside_a_torch_tree_is_left_alone():
+    electra = transformers.ElectraModel(transformers.ElectraConfig(
+        vocab_size=VOCAB, embedding_size=32, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64))
+    wrapper = _Wrapper(_build("bert", transformers.BertModel), other=electra)
+    with pytest.warns(UserWarning, match="ElectraModel left unchanged"):
+        ff.optimize(wrapper)
+    assert not any(type(m).__module__.startswith("fastformer") for m in electra.modules())
+    assert isinstance(wrapper.head[0], ff.nn.LayerNorm)
