@@ -109,15 +109,19 @@ def _assert_close(got, want, rtol=1e-4):
         torch.testing.assert_close(g, w, rtol=rtol, atol=rtol * max(w.abs().max().item(), 1e-3))
 
 
-@pytest.mark.parametrize("family,cls", CASES, ids=[c.__name__ for _, c in CASES])
-def test_outputs_match_and_report_counts(family, cls):
-    model = _build(family, cls)
-    inputs = _inputs(family, cls)
+def _optimized_copy_matches(model, inputs):
+    """ff.optimize(model, inplace=False), checked to give model's outputs on `inputs`; returns the optimized copy."""
     with torch.no_grad():
         want = model(**inputs)
         optimized = ff.optimize(model, inplace=False)
-        got = optimized(**inputs)
-    _assert_close(got, want)
+        _assert_close(optimized(**inputs), want)
+    return optimized
+
+
+@pytest.mark.parametrize("family,cls", CASES, ids=[c.__name__ for _, c in CASES])
+def test_outputs_match_and_report_counts(family, cls):
+    model = _build(family, cls)
+    optimized = _optimized_copy_matches(model, _inputs(family, cls))
     report = ff.optimization_report(optimized)
     n_attention = sum(type(m).__name__.endswith("Attention") and hasattr(m, "_fastformer_backend")
                       for m in optimized.modules())
@@ -345,11 +349,7 @@ def test_decoder_with_cross_attention(family, name):
     encoder_mask = torch.ones(BATCH, 9, dtype=torch.long)
     encoder_mask[0, -3:] = 0
     inputs.update(encoder_hidden_states=torch.randn(BATCH, 9, 64), encoder_attention_mask=encoder_mask)
-    with torch.no_grad():
-        want = model(**inputs)
-        optimized = ff.optimize(model, inplace=False)
-        got = optimized(**inputs)
-    _assert_close(got, want)
+    optimized = _optimized_copy_matches(model, inputs)
     assert ff.optimization_report(optimized)["attention"] == 2 * config.num_hidden_layers
 
 
@@ -397,13 +397,7 @@ class _Wrapper(torch.nn.Module):
 
 def test_transformers_model_inside_a_torch_tree():
     family, cls = "bert", transformers.BertModel
-    wrapper = _Wrapper(_build(family, cls)).eval()
-    inputs = _inputs(family, cls)
-    with torch.no_grad():
-        want = wrapper(**inputs)
-        optimized = ff.optimize(wrapper, inplace=False)
-        got = optimized(**inputs)
-    _assert_close(got, want)
+    optimized = _optimized_copy_matches(_Wrapper(_build(family, cls)).eval(), _inputs(family, cls))
     report = ff.optimization_report(optimized)
     assert report["attention"] == 2 and report["fused_add_norm"] == 4 and report["layer_norm"] == 6
     assert optimized.encoder.config._attn_implementation == "fastformer"
