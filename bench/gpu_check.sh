@@ -71,6 +71,12 @@ bench_status=0
 timeout "$BENCH_TIMEOUT_S" python bench/ops_gpu.py --target-ms 40 --out "$results_dir/$stamp-ops.json" || bench_status=$?
 [ $bench_status -eq 0 ] || failed+=("bench/ops_gpu.py (status $bench_status; 124: cut off after $BENCH_TIMEOUT_S s)")
 
+step "ff.optimize on Hugging Face models vs sdpa (bench/optimize_gpu.py)"
+opt_status=0
+timeout "${OPTIMIZE_BENCH_TIMEOUT_S:-90}" python bench/optimize_gpu.py --out "$results_dir/$stamp-optimize.json" \
+  || opt_status=$?
+[ $opt_status -eq 0 ] || failed+=("bench/optimize_gpu.py (status $opt_status; 124: cut off)")
+
 step "the rest of the test suite, Triton compiled (pytest -m 'not gpu')"
 left=$((TOTAL_BUDGET_S - SECONDS))
 run_pytest $((left > 60 ? left : 60)) -m "not gpu" tests/

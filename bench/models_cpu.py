@@ -1,5 +1,6 @@
-"""Encoder models on CPU: fastformer native vs Hugging Face eager / sdpa vs ONNX Runtime (CPU EP,
-fully optimized graph), same inputs, interleaved in one run, medians. Prints max |diff| of each
+"""Encoder models on CPU: fastformer native vs Hugging Face eager / sdpa vs the sdpa model after ff.optimize
+(with and without the ff.nn.Linear swap) vs ONNX Runtime (CPU EP, fully optimized graph), same inputs,
+interleaved in one run, medians. Prints max |diff| of each
 output against Hugging Face eager fp32.
 
   python bench/models_cpu.py --threads 2 [--models minilm bert-base] [--batch 1] [--seq 128]
@@ -7,6 +8,7 @@ output against Hugging Face eager fp32.
 bert-base uses random weights (latency does not depend on weight values).
 """
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -59,7 +61,10 @@ def _onnx_session(model, ids, mask, tmp, threads):
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
-def bench_model(name, path, batch, seq, threads, reps, tmp):
+RUNNERS = ("hf-eager", "hf-sdpa", "ff.optimize", "ff.opt-nolin", "fastformer", "onnxruntime")
+
+
+def bench_model(name, path, batch, seq, threads, reps, tmp, only=RUNNERS):
     import transformers
 
     ids = torch.randint(1000, 2000, (batch, seq))
@@ -67,15 +72,21 @@ def bench_model(name, path, batch, seq, threads, reps, tmp):
     eager = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     sdpa = transformers.AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
     native = ff.from_pretrained(path, task="base")
+    optimized = ff.optimize(copy.deepcopy(sdpa))
+    optimized_no_linear = ff.optimize(copy.deepcopy(sdpa), linear=False)
     runners = {
         "hf-eager": lambda: eager(input_ids=ids, attention_mask=mask).last_hidden_state,
         "hf-sdpa": lambda: sdpa(input_ids=ids, attention_mask=mask).last_hidden_state,
+        "ff.optimize": lambda: optimized(input_ids=ids, attention_mask=mask).last_hidden_state,
+        "ff.opt-nolin": lambda: optimized_no_linear(input_ids=ids, attention_mask=mask).last_hidden_state,
         "fastformer": lambda: native(ids, mask),
     }
-    try:
-        runners["onnxruntime"] = _onnx_session(eager, ids, mask, tmp, threads)
-    except Exception as e:  # report, and let the other backends run
-        print(f"  onnxruntime unavailable: {type(e).__name__}: {e}")
+    if "onnxruntime" in only:
+        try:
+            runners["onnxruntime"] = _onnx_session(eager, ids, mask, tmp, threads)
+        except Exception as e:  # report, and let the other backends run
+            print(f"  onnxruntime unavailable: {type(e).__name__}: {e}")
+    runners = {k: f for k, f in runners.items() if k in only or k == "hf-eager"}
     with torch.inference_mode():
         reference = runners["hf-eager"]()
         diffs = {k: (f() - reference).abs().max().item() for k, f in runners.items()}
@@ -91,9 +102,9 @@ def bench_model(name, path, batch, seq, threads, reps, tmp):
     medians = {k: statistics.median(v) for k, v in samples.items()}
     print(f"\n{name}: batch {batch} x {seq} tokens, fp32, {threads} threads, {reps} interleaved reps (medians)")
     for k, m in medians.items():
-        print(f"  {k:<12} {m * 1e3:8.2f} ms   x{medians['hf-eager'] / m:5.2f} vs hf-eager"
-              + (f"   x{medians['onnxruntime'] / m:5.2f} vs onnxruntime" if "onnxruntime" in medians else "")
-              + f"   max|diff| {diffs[k]:.1e}")
+        speedups = "".join(f"   x{medians[base] / m:5.2f} vs {base}"
+                           for base in ("hf-eager", "hf-sdpa", "onnxruntime") if base in medians)
+        print(f"  {k:<12} {m * 1e3:8.2f} ms{speedups}   max|diff| {diffs[k]:.1e}")
     return medians
 
 
@@ -104,12 +115,14 @@ def main():
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--only", nargs="+", default=list(RUNNERS), choices=RUNNERS,
+                        help="runners to time (hf-eager always runs: it is the reference)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = _minilm_path() if name == "minilm" else _bert_base_path(tmp)
-            bench_model(name, path, args.batch, args.seq, args.threads, args.reps, tmp)
+            bench_model(name, path, args.batch, args.seq, args.threads, args.reps, tmp, args.only)
 
 
 if __name__ == "__main__":

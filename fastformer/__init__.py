@@ -12,6 +12,7 @@ except ImportError as e:  # pragma: no cover - only when the extension was not b
 from fastformer import models, nn, ops
 from fastformer._backends import available_backends
 from fastformer.hf import from_pretrained
+from fastformer.optimization import optimization_report, optimize
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "from_pretrained", "models", "nn", "ops"]
+__all__ = ["available_backends", "from_pretrained", "models", "nn", "ops", "optimization_report", "optimize"]

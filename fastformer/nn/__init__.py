@@ -3,5 +3,7 @@ from fastformer.nn.linear import Linear
 from fastformer.nn.multihead_attention import MultiheadAttention
 from fastformer.nn.norm import LayerNorm, RMSNorm
 from fastformer.nn.softmax import Softmax
+from fastformer.nn.transformer_layer import TransformerDecoderLayer, TransformerEncoderLayer
 
-__all__ = ["LayerNorm", "Linear", "MultiheadAttention", "RMSNorm", "Softmax"]
+__all__ = ["LayerNorm", "Linear", "MultiheadAttention", "RMSNorm", "Softmax", "TransformerDecoderLayer",
+           "TransformerEncoderLayer"]

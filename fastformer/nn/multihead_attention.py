@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastformer.nn._dropin import _DropIn
 from fastformer.ops.attention import HEAD_DIMS, attention
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -20,7 +21,7 @@ def _merge_heads(x: Tensor, batch_first: bool) -> Tensor:
     return x.flatten(-2)
 
 
-class MultiheadAttention(torch.nn.MultiheadAttention):
+class MultiheadAttention(_DropIn, torch.nn.MultiheadAttention):
     """torch.nn.MultiheadAttention whose attention runs on ff.ops.attention (fused, never materializing
     the [L, S] weights). Same constructor, parameters, state_dict keys, forward signature and mask
     conventions: key_padding_mask / attn_mask bool True = NOT allowed (torch's convention) or float
@@ -31,7 +32,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     add_zero_attn, nested tensors, head dims the kernels do not support (HEAD_DIMS) and inputs of
     other ranks than 2 or 3 (torch then raises its own error).
     One difference: a query whose every key is masked gives zeros here, NaN in torch.
-    The backend follows ff.ops.attention's auto choice (FASTFORMER_BACKEND overrides it).
+    `backend` as in ff.ops (None = auto; FASTFORMER_BACKEND overrides it); `from_torch` adopts a torch module.
     """
 
     def _needs_torch(self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool) -> bool:
@@ -107,7 +108,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         causal = is_causal and seq_q == seq_k
         bias, attend = self._masks(key_padding_mask, None if causal else attn_mask, batch, seq_q, seq_k)
         out = attention(q, k, v, attn_bias=bias, key_padding_mask=attend, causal=causal,
-                        dropout_p=self.dropout if self.training else 0.0)  # [B, H, L, D]
+                        dropout_p=self.dropout if self.training else 0.0, backend=self.backend)  # [B, H, L, D]
         out = F.linear(_merge_heads(out, self.batch_first), self.out_proj.weight, self.out_proj.bias)
         if unbatched:
             out = out.squeeze(0 if self.batch_first else 1)

@@ -1,0 +1,121 @@
+"""optimize() for Hugging Face transformers models of the supported families (the HF half of ff.optimize).
+
+Per model instance, never per class:
+  - attention: every config object the model's modules read (T5's stacks hold their own copies) selects the
+    "fastformer" attention implementation (fastformer.hf.attention, registered in transformers' registries);
+    the chosen backend is stored on each attention module. config._attn_implementation is not serialized, so
+    save_pretrained writes the config it would have written before;
+  - T5: the relative position bias stays in the kernel (fastformer.hf.t5);
+  - norms: nn.LayerNorm -> ff.nn.LayerNorm, T5LayerNorm -> ff.nn.RMSNorm (fastformer.hf.t5.T5RMSNorm), sharing
+    the parameters (same keys);
+  - fused add & norm: the blocks in fastformer.hf.fused_blocks get a forward (bound to the instance) that
+    hands the residual add to the norm.
+"""
+import sys
+import types
+from collections import Counter
+
+from torch import nn
+
+from fastformer.hf.fused_blocks import FUSED_FORWARDS
+from fastformer.hf.t5 import T5RMSNorm, patch_t5_attention
+from fastformer.nn.norm import LayerNorm
+from fastformer.nn.swap import swap_modules
+from fastformer.ops.attention import HEAD_DIMS
+
+# model_type -> the attention classes that call transformers' AttentionInterface.
+SUPPORTED = {
+    "bert": ("BertSelfAttention", "BertCrossAttention"),
+    "roberta": ("RobertaSelfAttention", "RobertaCrossAttention"),
+    "distilbert": ("DistilBertSelfAttention",),
+    "gpt2": ("GPT2Attention",),
+    "t5": ("T5Attention",),
+    "bart": ("BartAttention",),
+    "marian": ("MarianAttention",),
+}
+
+
+def is_hf_model(model) -> bool:
+    """A transformers PreTrainedModel (transformers is only imported if the caller already did)."""
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+
+
+def hf_submodels(model: nn.Module) -> list:
+    """The outermost transformers models inside a plain torch.nn tree (e.g. a sentence-embedding wrapper)."""
+    found = []
+    for child in model.children():
+        found.extend([child] if is_hf_model(child) else hf_submodels(child))
+    return found
+
+
+def unsupported_reason(model) -> str | None:
+    """Why ff.optimize leaves this transformers model unchanged, or None if it can optimize it."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED:
+        return f"model_type {model_type!r} is not one of the supported families {sorted(SUPPORTED)}"
+    return None
+
+
+def _head_dims(config) -> set:
+    if config.model_type == "t5":
+        return {config.d_kv}
+    heads = {config.num_attention_heads, getattr(config, "decoder_attention_heads", config.num_attention_heads)}
+    return {config.hidden_size // h for h in heads}
+
+
+def _use_fastformer_attention(model, backend) -> Counter:
+    from fastformer.hf.attention import register  # imports transformers, which a torch.nn-only user may lack
+
+    counts = Counter()
+    name = register()
+    attention_classes = SUPPORTED[model.config.model_type]
+    configs = {id(model.config): model.config}
+    for path, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            configs[id(config)] = config
+        if type(module).__name__ not in attention_classes:
+            continue
+        module._fastformer_backend = backend
+        counts["attention"] += 1
+        if model.config.model_type == "t5":
+            counts["t5_relative_bias"] += patch_t5_attention(module, path.endswith("EncDecAttention"))
+    for config in configs.values():
+        config._attn_implementation = name
+    return counts
+
+
+def _fuse_add_norms(model) -> int:
+    fused = 0
+    for module in model.modules():
+        entry = FUSED_FORWARDS.get(type(module).__name__)
+        if entry is None:
+            continue
+        forward, norm_names = entry
+        norms = [getattr(module, n, None) for n in norm_names]
+        if not all(isinstance(n, LayerNorm) for n in norms if n is not None):
+            continue
+        module.forward = types.MethodType(forward, module)
+        fused += sum(n is not None for n in norms)
+    return fused
+
+
+def optimize_hf(model: nn.Module, backend=None, linear: bool = False) -> tuple[Counter, list[str]]:
+    """Puts fastformer's kernels into a supported transformers model in place; returns (counts, notes): what
+    was replaced per kind, and why a part was left as it was."""
+    counts, notes = Counter(), []
+    head_dims = _head_dims(model.config)
+    if head_dims <= set(HEAD_DIMS):
+        counts.update(_use_fastformer_attention(model, backend))
+    else:
+        notes.append(f"attention left as it was: head dims {sorted(head_dims)} are not all among the kernels' "
+                     f"{HEAD_DIMS}")
+    counts.update(swap_modules(model, ("layer_norm", "linear") if linear else ("layer_norm",), backend))
+    if model.config.model_type == "t5":
+        from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+        t5_norms = {T5LayerNorm: (T5RMSNorm.from_t5, "rms_norm")}
+        counts.update(swap_modules(model, ("rms_norm",), backend, swaps=t5_norms))
+    counts["fused_add_norm"] += _fuse_add_norms(model)
+    return +counts, notes

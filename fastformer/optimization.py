@@ -1,0 +1,90 @@
+"""ff.optimize: puts fastformer's kernels into an existing Hugging Face or plain torch.nn model, in place."""
+import copy
+import warnings
+from collections import Counter
+
+import torch
+from torch import nn
+
+from fastformer import _backends
+from fastformer.hf import optimize as hf_optimize
+from fastformer.nn import swap
+
+_REPORT_ATTR = "_fastformer_report"
+
+
+def _cpu_fp32(model: nn.Module) -> bool:
+    params = list(model.parameters())
+    return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+
+
+def _optimize_hf_models(hf_models, backend, swap_linear: bool) -> tuple[Counter, list[str]]:
+    counts, notes = Counter(), []
+    for hf_model in hf_models:
+        reason = hf_optimize.unsupported_reason(hf_model)
+        if reason is not None:
+            notes.append(f"{type(hf_model).__name__} left unchanged: {reason}")
+            continue
+        hf_counts, hf_notes = hf_optimize.optimize_hf(hf_model, backend, linear=swap_linear)
+        counts.update(hf_counts)
+        notes += hf_notes
+    return counts, notes
+
+
+def _swap_torch_modules(model, backend, swap_linear: bool, found_already: bool, skip) -> Counter:
+    """The torch.nn swaps outside the transformers models in `skip` (handled by their own path)."""
+    counts = swap.swap_modules(model, tuple(k for k in swap.KINDS if k != "linear"), backend, skip=skip)
+    if (counts or found_already) and swap_linear:  # Linear alone is no reason to touch a model (an MLP)
+        counts.update(swap.swap_modules(model, ("linear",), backend, skip=skip))
+    return counts
+
+
+def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = True, linear: bool | None = None):
+    """Swaps fastformer's fused kernels into `model` and returns it (the same object unless inplace=False, which
+    optimizes a deep copy). Parameters, buffers and state_dict keys stay as they were.
+
+    Hugging Face transformers models of the families in fastformer.hf.optimize.SUPPORTED (BERT, RoBERTa,
+    DistilBERT, GPT-2, T5, BART, Marian; any head class): attention runs ff.ops.attention through transformers'
+    attention registry (T5's relative bias in-kernel), LayerNorm / T5LayerNorm become ff.nn.LayerNorm / RMSNorm,
+    and post-norm residual adds are fused into the norm. generate, save_pretrained (the checkpoint loads in plain
+    transformers), training, torch.compile and .to() keep working. Other transformers models are left unchanged.
+    Plain torch.nn models: nn.LayerNorm, nn.RMSNorm, nn.Softmax, nn.MultiheadAttention,
+    nn.TransformerEncoderLayer / TransformerDecoderLayer anywhere in the tree become their ff.nn drop-ins;
+    transformers models inside such a tree (e.g. a sentence-embedding wrapper) get the transformers treatment.
+
+    backend: "triton", "cuda", "cpu", "reference" or None (auto, see fastformer._backends) for every swapped op.
+    linear: also swap nn.Linear for ff.nn.Linear (oneDNN prepacked matmul for CPU fp32 inference; plain
+      F.linear otherwise). None = when every parameter is CPU fp32 at the time of the call.
+
+    What was replaced, per kind, is `optimization_report(model)`. A model with nothing to replace (or a
+    transformers model of another family) gets a UserWarning, not an error.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if backend is not None and backend not in _backends.BACKENDS:
+        raise ValueError(f"backend must be one of {_backends.BACKENDS} or None, got {backend!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    swap_linear = _cpu_fp32(model) if linear is None else bool(linear)
+    if hf_optimize.is_hf_model(model):
+        counts, notes = _optimize_hf_models([model], backend, swap_linear)
+    else:
+        hf_models = hf_optimize.hf_submodels(model)
+        counts, notes = _optimize_hf_models(hf_models, backend, swap_linear)
+        counts.update(_swap_torch_modules(model, backend, swap_linear, found_already=bool(counts), skip=hf_models))
+    report = dict(+counts)
+    setattr(model, _REPORT_ATTR, report)
+    for note in notes:
+        warnings.warn(f"ff.optimize({type(model).__name__}): {note}", stacklevel=2)
+    if not report:
+        warnings.warn(f"ff.optimize({type(model).__name__}): found nothing to put fastformer kernels into; "
+                      "the model is unchanged", stacklevel=2)
+    return model
+
+
+def optimization_report(model: nn.Module) -> dict:
+    """{kind: count} of what ff.optimize replaced in `model`: "attention" (attention modules on ff.ops.attention),
+    "t5_relative_bias", "layer_norm", "rms_norm", "fused_add_norm" (norms that now take the residual add),
+    "softmax", "multihead_attention", "transformer_encoder_layer", "transformer_decoder_layer", "linear".
+    Kinds with nothing replaced are absent; {} for a model ff.optimize was not called on or found nothing in."""
+    return dict(getattr(model, _REPORT_ATTR, {}))
