@@ -100,9 +100,9 @@ def _bench_models(args) -> int:
             return 2
     dtypes = args.dtype or ["float16" if devices == ["cuda"] else "float32"]
     config = runner.BenchConfig(model=args.model, backends=names, batches=args.batch, seqs=args.seq, dtypes=dtypes,
-                                devices=devices, baseline=args.baseline, reps=args.reps or 20, warmup=args.warmup)
-    rounds = len(devices) * len(dtypes) * len(args.batch) * len(args.seq) * config.reps
-    bar = report.ProgressBar(rounds)
+                                devices=devices, baseline=args.baseline, reps=args.reps or 20, warmup=args.warmup,
+                                budget_s=args.budget or None)
+    bar = report.ProgressBar(len(devices) * len(dtypes) * len(args.batch) * len(args.seq))
     with tempfile.TemporaryDirectory(prefix="fastformer-bench-") as workdir:
         try:
             result = runner.run(config, workdir, torch.get_num_threads(), progress=bar)
@@ -160,6 +160,9 @@ def main(argv=None) -> int:
     models_group.add_argument("--seq", type=_int_list, default=_int_list(DEFAULT_SEQS),
                               help=f"tokens per row, comma-separated (default {DEFAULT_SEQS})")
     models_group.add_argument("--warmup", type=int, default=2, help="untimed rounds after the first call (default 2)")
+    models_group.add_argument("--budget", type=float, default=15.0,
+                              help="seconds of timed rounds per grid point: past it, stop after at least 5 rounds "
+                                   "(default 15; 0: always --reps)")
     models_group.add_argument("--csv", metavar="PATH", help="also write the rows and the run's facts as CSV")
     models_group.add_argument("--plot", metavar="PNG", help="draw median latency per backend vs batch x seq "
                               "(needs matplotlib)")

@@ -13,18 +13,26 @@ VERSION_FIELDS = ("fastformer", "torch", "triton", "transformers", "onnxruntime"
 
 
 class ProgressBar:
-    """One line on stderr, redrawn per timed round; silent when stderr is not a terminal (logs, CI)."""
+    """One line on stderr: grid points done, the current point and its timed round; silent when stderr
+    is not a terminal (logs, CI)."""
 
-    def __init__(self, total: int, stream=sys.stderr, width: int = 30):
-        self.total, self.done, self.stream, self.width = max(total, 1), 0, stream, width
-        self.enabled = stream.isatty()
+    def __init__(self, total_points: int, stream=sys.stderr, width: int = 24):
+        self.total, self.started, self.rounds, self.label = max(total_points, 1), 0, 0, ""
+        self.stream, self.width, self.enabled = stream, width, stream.isatty()
 
-    def __call__(self, label: str):
-        self.done += 1
+    def point(self, label: str):
+        self.started, self.rounds, self.label = self.started + 1, 0, label
+        self._draw()
+
+    def round(self):
+        self.rounds += 1
+        self._draw()
+
+    def _draw(self):
         if self.enabled:
-            filled = self.width * self.done // self.total
-            self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {label}"
-                              .ljust(90)[:90])
+            filled = self.width * (self.started - 1) // self.total
+            line = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.started}/{self.total} {self.label}"
+            self.stream.write(f"\r{line + (f' round {self.rounds}' if self.rounds else ''):<90.90}")
             self.stream.flush()
 
     def close(self):
@@ -42,11 +50,14 @@ def format_table(result: dict) -> str:
     model = meta["model"]
     lines = [f"model {model['name']} ({model['model_type']}, {model['kind']}; weights {model['weights']})",
              f"timed call: {meta['timed_call']}; inputs: {meta['inputs']}",
-             f"{meta['reps']} interleaved timed rounds after {meta['warmup_rounds']} warm-up rounds; speed-up vs "
-             f"{meta['baseline']}; max|diff| vs {meta['reference']}; torch threads {meta['torch_threads']}",
+             f"up to {meta['reps']} interleaved timed rounds per point"
+             + (f" (at least 5, fewer once they pass {meta['budget_s_per_point']:g} s)" if meta['budget_s_per_point']
+                else "")
+             + f" after {meta['warmup_rounds']} warm-up rounds; speed-up vs {meta['baseline']}; max|diff| vs "
+             f"{meta['reference']}; torch threads {meta['torch_threads']}",
              f"peak memory: " + "; ".join(f"{d}: {how}" for d, how in meta["memory"].items())]
-    head = (f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'tokens/s':>10} {'peak MiB':>9} "
-            f"{'speedup':>8} {'max|diff|':>9}")
+    head = (f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'reps':>4} {'tokens/s':>10} "
+            f"{'peak MiB':>9} {'speedup':>8} {'max|diff|':>9}")
     group = None
     for r in rows:
         key = (r["device"], r["dtype"], r["batch"], r["seq"])
@@ -58,7 +69,7 @@ def format_table(result: dict) -> str:
             continue
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         lines.append(f"{r['backend']:<12} {r['median_ms']:>10.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
-                     f"{r['tokens_per_s']:>10.0f} {_fmt(r['peak_mem_MiB'], '9.1f')} {speedup:>8} "
+                     f"{r['reps']:>4} {r['tokens_per_s']:>10.0f} {_fmt(r['peak_mem_MiB'], '9.1f')} {speedup:>8} "
                      f"{_fmt(r['max_abs_diff'], '9.1e')}"
                      + (f"  (no accuracy check: {r['reference_error']})" if r["reference_error"] else ""))
     return "\n".join(lines)

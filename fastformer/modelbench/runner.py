@@ -29,6 +29,7 @@ class BenchConfig:
     baseline: str = "hf-eager"
     reps: int = 20
     warmup: int = 2
+    budget_s: float | None = 15.0  # per grid point: fewer timed rounds (at least 5) past this
 
 
 def _is_out_of_memory(e: Exception) -> bool:
@@ -76,7 +77,7 @@ class _Point:
 
 
 def _measure_point(point: _Point, runners: dict, reference_runner, model_inputs: dict, config: BenchConfig,
-                   device: str, batch: int, seq: int, advance: Callable[[], None]):
+                   device: str, batch: int, seq: int, advance: Callable[[], None] | None):
     reference = None
     if reference_runner is not None:
         try:
@@ -99,7 +100,8 @@ def _measure_point(point: _Point, runners: dict, reference_runner, model_inputs:
     if not calls:
         return
     try:
-        samples = timing.sample_interleaved(list(calls.values()), config.reps, config.warmup, device, advance)
+        samples = timing.sample_interleaved(list(calls.values()), config.reps, config.warmup, device, advance,
+                                            config.budget_s)
     except Exception as e:  # e.g. out of memory with every backend's activations alive at once
         for name in calls:
             point.fail(name, "error", "during the timed runs: " + _error_reason(e, batch, seq))
@@ -127,9 +129,9 @@ def _load_all(names: list[str], ctx: backends.LoadContext) -> tuple[dict, dict]:
     return runners, why_not
 
 
-def run(config: BenchConfig, workdir: str, threads: int, progress: Callable[[str], None] | None = None) -> dict:
+def run(config: BenchConfig, workdir: str, threads: int, progress=None) -> dict:
     """Runs the grid; returns {"meta": ..., "results": rows}. Raises models.ModelSourceError when
-    --model names nothing usable (nothing can run then)."""
+    --model names nothing usable (nothing can run then). progress: a report.ProgressBar or None."""
     source = models.resolve(config.model, workdir)
     tokenizer, why_no_tokenizer = inputs.load_tokenizer(source)
     rows = []
@@ -154,8 +156,8 @@ def run(config: BenchConfig, workdir: str, threads: int, progress: Callable[[str
             shape_problem = _why_not_shape(source, seq)
             for name in point.ok() if shape_problem else []:
                 point.fail(name, "skipped", shape_problem)
-            advance = (lambda label=f"{device} {dtype_name} batch {batch} x seq {seq}": progress(label)) \
-                if progress else None
+            if progress:
+                progress.point(f"{device} {dtype_name} batch {batch} x seq {seq}")
             if point.ok():
                 try:
                     model_inputs = inputs.make_inputs(source, tokenizer, batch, seq, device)
@@ -165,7 +167,7 @@ def run(config: BenchConfig, workdir: str, threads: int, progress: Callable[[str
                 else:
                     with torch.inference_mode():
                         _measure_point(point, runners, reference_runner, model_inputs, config, device, batch, seq,
-                                       advance)
+                                       progress.round if progress else None)
                     del model_inputs
             for row in point.rows.values():
                 row["reference_error"] = point.reference_error if row["status"] == "ok" and \
@@ -183,7 +185,7 @@ def run(config: BenchConfig, workdir: str, threads: int, progress: Callable[[str
             "inputs": inputs.describe_tokens(tokenizer, why_no_tokenizer) + "; every row exactly seq tokens, "
                       "attention mask all ones",
             "timed_call": source.timed_call, "reference": REFERENCE, "baseline": config.baseline,
-            "reps": config.reps, "warmup_rounds": config.warmup,
+            "reps": config.reps, "warmup_rounds": config.warmup, "budget_s_per_point": config.budget_s,
             "timing": "interleaved rounds (one call of each backend per round); CUDA events on GPU, "
                       "time.perf_counter on CPU",
             "memory": {d: timing.MEMORY_METHOD[torch.device(d).type] for d in config.devices},

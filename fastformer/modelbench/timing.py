@@ -15,8 +15,10 @@ def _is_cuda(device) -> bool:
 
 
 def sample_interleaved(fns: Sequence[Callable[[], object]], reps: int, warmup: int = 3, device="cpu",
-                       progress: Callable[[], None] | None = None) -> list[list[float]]:
-    """Seconds per call of each fn, `reps` samples each, after `warmup` untimed rounds.
+                       progress: Callable[[], None] | None = None, budget_s: float | None = None,
+                       min_reps: int = 5) -> list[list[float]]:
+    """Seconds per call of each fn, `reps` samples each, after `warmup` untimed rounds; with budget_s,
+    fewer (at least min_reps) when the timed rounds have already taken budget_s seconds.
 
     On CUDA each call is bracketed by CUDA events (device time between the two records, which includes
     any gap where the GPU waits for the host to launch work); the events are read after each round.
@@ -26,7 +28,10 @@ def sample_interleaved(fns: Sequence[Callable[[], object]], reps: int, warmup: i
             fn()
     samples = [[] for _ in fns]
     cuda = _is_cuda(device)
-    for _ in range(reps):
+    start = time.perf_counter()
+    for done in range(reps):
+        if budget_s is not None and done >= min_reps and time.perf_counter() - start > budget_s:
+            break
         if cuda:
             events = []
             for fn in fns:
