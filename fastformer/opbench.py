@@ -134,8 +134,9 @@ def run(shapes=CPU_SHAPES, dtype=torch.float32, device="cpu", backend=None, reps
 def format_table(rows: list[dict], limits: dict | None = None) -> str:
     lines = []
     if limits:
-        lines.append(f"machine limits measured in this run: copy {limits['copy_GBps']:.1f} GB/s (read + written), "
-                     f"{limits['matmul_dtype']} matmul {limits['matmul_TFLOPs'] * 1e3:.0f} GFLOP/s "
+        lines.append(f"machine limits measured in this run: copy {limits['copy_GBps']:.1f} GB/s (read + written, "
+                     f"{limits['copy_bytes'] >> 20} MiB: memory, not cache; an op whose tensors fit in cache can pass "
+                     f"100%), {limits['matmul_dtype']} matmul {limits['matmul_TFLOPs'] * 1e3:.0f} GFLOP/s "
                      f"({limits['matmul_n']}^3)")
     head = (f"{'op':<22} {'shape':<13} {'ours ms':>9} {'torch ms':>9} {'speedup':>8} {'rate':>13} {'% limit':>8}"
             f"  baseline")
