@@ -46,6 +46,8 @@ def describe() -> dict:
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        # Other work on the machine while the benchmark ran (1-minute load average, at the end of the run).
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cuda": torch.version.cuda, "git_sha": git_sha(),
         "versions": {name: _version(name) for name in _LIBRARIES},

@@ -8,7 +8,7 @@ import sys
 ROW_FIELDS = ("model", "model_type", "device", "dtype", "batch", "seq", "backend", "status", "reason",
               "median_ms", "p90_ms", "p99_ms", "reps", "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup",
               "max_abs_diff", "reference_error")
-META_FIELDS = ("time_utc", "machine", "cpu", "gpu", "torch_threads", "git_sha", "baseline")
+META_FIELDS = ("time_utc", "machine", "cpu", "gpu", "torch_threads", "load_average_1m", "git_sha", "baseline")
 VERSION_FIELDS = ("fastformer", "torch", "triton", "transformers", "onnxruntime")
 
 
@@ -54,7 +54,7 @@ def format_table(result: dict) -> str:
              + (f" (at least 5, fewer once they pass {meta['budget_s_per_point']:g} s)" if meta['budget_s_per_point']
                 else "")
              + f" after {meta['warmup_rounds']} warm-up rounds; speed-up vs {meta['baseline']}; max|diff| vs "
-             f"{meta['reference']}; torch threads {meta['torch_threads']}",
+             f"{meta['reference']}; torch threads {meta['torch_threads']}, load average {meta['load_average_1m']}",
              f"peak memory: " + "; ".join(f"{d}: {how}" for d, how in meta["memory"].items())]
     head = (f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'reps':>4} {'tokens/s':>10} "
             f"{'peak MiB':>9} {'speedup':>8} {'max|diff|':>9}")
