@@ -47,7 +47,7 @@ def describe() -> dict:
         "machine": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         # Other work on the machine while the benchmark ran (1-minute load average, at the end of the run).
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1m": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cuda": torch.version.cuda, "git_sha": git_sha(),
         "versions": {name: _version(name) for name in _LIBRARIES},

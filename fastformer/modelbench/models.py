@@ -28,6 +28,8 @@ PRESETS = {
                                 "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048, "pad_token_id": 58100,
                                 "decoder_start_token_id": 58100}),
 }
+# RoBERTa-style position tables start after the padding index: pad_token_id + 1 rows are never used.
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
 # model_types whose base model is a causal decoder (timed as one prefill forward).
 DECODER_MODEL_TYPES = {"gpt2", "gpt_neo", "gptj", "opt", "bloom", "llama", "mistral", "qwen2", "phi"}
 
@@ -93,9 +95,11 @@ def _describe(name: str, path: str, random_weights: bool) -> ModelSource:
     vocab = hf.get("vocab_size")
     if not isinstance(vocab, int):
         raise ModelSourceError(f"--model {name!r}: {config_file} has no integer vocab_size")
+    max_positions = hf.get("max_position_embeddings", hf.get("n_positions"))
+    if max_positions is not None and hf["model_type"] in PADDING_OFFSET_POSITIONS:
+        max_positions -= hf.get("pad_token_id", 1) + 1
     return ModelSource(name=name, path=path, model_type=hf["model_type"], kind=_kind(hf),
-                       random_weights=random_weights, vocab_size=vocab,
-                       max_positions=hf.get("max_position_embeddings", hf.get("n_positions")))
+                       random_weights=random_weights, vocab_size=vocab, max_positions=max_positions)
 
 
 def _build_preset(name: str, workdir: str) -> str:
