@@ -176,6 +176,13 @@ def test_plot_writes_a_png(tmp_path, checkpoint):
     assert status == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_without_matplotlib_says_how_to_get_it_before_running(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    status, result = _bench(tmp_path, "--model", "no-such-model", "--plot", str(tmp_path / "x.png"))
+    assert status == 2 and result is None
+    assert "pip install matplotlib" in capsys.readouterr().err
+
+
 def test_ops_mode_reports_rates_against_measured_machine_limits(tmp_path):
     out = tmp_path / "ops.json"
     assert cli.main(["bench", "--ops", "--shapes", "16x96", "--reps", "3", "--json", str(out)]) == 0
