@@ -117,6 +117,8 @@ def _bench_models(args) -> int:
     print(report.format_table(result))
     for n, why in result["meta"]["not_in_default_set"].items():
         print(f"({n} is not run by default on CPU: it {why})")
+    if args.baseline not in names:
+        print(f"(no speed-ups: the baseline {args.baseline} is not among --backends; add it or pick --baseline)")
     for path, write in ((args.json, report.write_json), (args.csv, report.write_csv), (args.plot, report.write_plot)):
         if path:
             write(result, path)
