@@ -5,6 +5,7 @@
 #
 #   bash bench/gpu_check.sh          # from the repository root, on a machine with an NVIDIA GPU
 #   STEPS="build models" bash bench/gpu_check.sh    # only some steps (build gpu-tests ops models suite)
+#   FASTFORMER_GIT_SHA=$(git rev-parse --short HEAD)  # set it where the tree is a copy without .git
 #
 # Writes <UTC date>-<gpu>-ops.json / -ops.md (bench/ops_gpu.py), -<model>.json / .csv (fastformer
 # bench), -gpu_check.log (everything printed here) and -build.log to $OUT/bench/results/ when $OUT is

@@ -11,7 +11,8 @@ _LIBRARIES = ("fastformer", "torch", "triton", "transformers", "onnxruntime", "n
 
 
 def git_sha() -> str | None:
-    """The checkout's HEAD (with -dirty when it has uncommitted changes), or None outside a git checkout."""
+    """The checkout's HEAD (with -dirty when it has uncommitted changes); outside a git checkout (a copied
+    tree on a GPU machine) $FASTFORMER_GIT_SHA, else None."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
@@ -19,7 +20,7 @@ def git_sha() -> str | None:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True, check=True, cwd=repo).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("FASTFORMER_GIT_SHA")
     return sha + ("-dirty" if dirty else "")
 
 
