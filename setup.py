@@ -79,7 +79,9 @@ def _extension():
 
 
 setup(
-    packages=["fastformer", "fastformer.ops", "fastformer.nn", "fastformer.models", "fastformer.hf", "fastformer.kernels"],
+    packages=["fastformer", "fastformer.ops", "fastformer.nn", "fastformer.models", "fastformer.hf",
+              "fastformer.modelbench", "fastformer.kernels"],
+    package_data={"fastformer.modelbench": ["sentences.txt"]},  # the main benchmark's input text
     package_dir={"fastformer.kernels": "kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from fastformer.modelbench.machine import git_sha
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("fwd", "t5", "decode", "bert", "bwd")
@@ -230,18 +231,13 @@ def measure(cfg: Config, name: str, impl, inputs, warmup: int, rep: int) -> dict
 
 def environment() -> dict:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = None
-    try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
     return dict(device=torch.cuda.get_device_name(), capability=".".join(map(str, torch.cuda.get_device_capability())),
                 torch=torch.__version__, cuda=torch.version.cuda, triton=triton_version, python=platform.python_version(),
-                git_sha=sha, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                git_sha=git_sha(), time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
 def print_table(records):

@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # The GPU session's one command: build fastformer with its CUDA kernels, run the GPU tests, the op
-# benchmarks and the rest of the test suite natively (Triton compiled, not interpreted).
+# benchmarks, the model benchmarks (`fastformer bench` over the standard GPU grid) and the rest of the
+# test suite natively (Triton compiled, not interpreted).
 #
 #   bash bench/gpu_check.sh          # from the repository root, on a machine with an NVIDIA GPU
+#   STEPS="build models" bash bench/gpu_check.sh    # only some steps (build gpu-tests ops models suite)
+#   FASTFORMER_GIT_SHA=$(git rev-parse --short HEAD)  # set it where the tree is a copy without .git
 #
-# Writes <UTC date>-<gpu>-ops.json / -ops.md (bench/ops_gpu.py), -gpu_check.log (everything printed
-# here) and -build.log to $OUT/bench/results/ when $OUT is set (the device tool copies back only
-# $OUT), else to bench/results/. Order and time caps keep the whole run under ~8 minutes on an H100:
-# build (~2 min, only this GPU's architecture), the GPU tests (GPU_TESTS_TIMEOUT_S), the benchmarks
-# (BENCH_TIMEOUT_S; results are written after every shape, so a cut-off run keeps what it measured),
-# then the rest of the suite with Triton compiled (whatever is left of TOTAL_BUDGET_S, at least 60 s;
-# CPU CI already runs it under the Triton interpreter). A failing step does not stop the later ones;
-# the exit status is non-zero if any step failed.
+# Writes <UTC date>-<gpu>-ops.json / -ops.md (bench/ops_gpu.py), -<model>.json / .csv (fastformer
+# bench), -gpu_check.log (everything printed here) and -build.log to $OUT/bench/results/ when $OUT is
+# set (the device tool copies back only $OUT), else to bench/results/. Time caps: build (~2 min, only
+# this GPU's architecture), the GPU tests (GPU_TESTS_TIMEOUT_S), the op benchmarks (BENCH_TIMEOUT_S;
+# results are written after every shape, so a cut-off run keeps what it measured), each model
+# benchmark (MODEL_BENCH_TIMEOUT_S; torch.compile compiles once per shape), then the rest of the suite
+# with Triton compiled (whatever is left of TOTAL_BUDGET_S, at least 60 s; CPU CI already runs it under
+# the Triton interpreter). All steps take ~13 minutes on an H100: where one command may run 10 minutes
+# at most, run it as two (STEPS="build gpu-tests ops", then STEPS="build models suite"; the build is
+# incremental the second time). A failing step does not stop the later ones; the exit status is
+# non-zero if any step failed.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-480}
 GPU_TESTS_TIMEOUT_S=${GPU_TESTS_TIMEOUT_S:-150}
 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-240}
+MODEL_BENCH_TIMEOUT_S=${MODEL_BENCH_TIMEOUT_S:-150}
+STEPS=${STEPS:-build gpu-tests ops models suite}
 unset TRITON_INTERPRET  # Triton kernels run compiled on the GPU
 export CHECK_CUDA_JOBS=${CHECK_CUDA_JOBS:-$(nproc)}  # tests/ops/test_cuda_build.py runs .ci/check_cuda.sh
 
@@ -31,6 +39,7 @@ exec > >(tee "$log") 2>&1
 
 failed=()
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S), $SECONDS s elapsed)"; }
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 # run_pytest LIMIT_S ARGS...: "no tests collected" (status 5) is not a failure.
 run_pytest() {
   local limit=$1 status=0
@@ -51,35 +60,53 @@ python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version
 python -c 'import triton; print("triton", triton.__version__)'
 nvcc --version | tail -n 2
 
-step "build (FASTFORMER_CUDA=1)"
-# Only the present GPU's architecture: half the device compile time of the default "8.0;9.0".
-arch=${TORCH_CUDA_ARCH_LIST:-$(python -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
-if ! FASTFORMER_CUDA=${FASTFORMER_CUDA:-1} TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-    python -m pip install --no-build-isolation --no-deps -e . >"$results_dir/$stamp-build.log" 2>&1; then
-  tail -n 60 "$results_dir/$stamp-build.log"
-  echo "build failed: nothing else can run (full log: $results_dir/$stamp-build.log)"
-  exit 1
+if wanted build; then
+  step "build (FASTFORMER_CUDA=1)"
+  # Only the present GPU's architecture: half the device compile time of the default "8.0;9.0".
+  arch=${TORCH_CUDA_ARCH_LIST:-$(python -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+  if ! FASTFORMER_CUDA=${FASTFORMER_CUDA:-1} TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+      python -m pip install --no-build-isolation --no-deps -e . >"$results_dir/$stamp-build.log" 2>&1; then
+    tail -n 60 "$results_dir/$stamp-build.log"
+    echo "build failed: nothing else can run (full log: $results_dir/$stamp-build.log)"
+    exit 1
+  fi
+  tail -n 2 "$results_dir/$stamp-build.log"
+  python -c 'import fastformer as ff, pprint; pprint.pprint(ff.available_backends())'
 fi
-tail -n 2 "$results_dir/$stamp-build.log"
-python -c 'import fastformer as ff, pprint; pprint.pprint(ff.available_backends())'
 
-step "GPU tests (pytest -m gpu)"
-run_pytest "$GPU_TESTS_TIMEOUT_S" -m gpu -x tests/
+if wanted gpu-tests; then
+  step "GPU tests (pytest -m gpu)"
+  run_pytest "$GPU_TESTS_TIMEOUT_S" -m gpu -x tests/
+fi
 
-step "op benchmarks"
-bench_status=0
-timeout "$BENCH_TIMEOUT_S" python bench/ops_gpu.py --target-ms 40 --out "$results_dir/$stamp-ops.json" || bench_status=$?
-[ $bench_status -eq 0 ] || failed+=("bench/ops_gpu.py (status $bench_status; 124: cut off after $BENCH_TIMEOUT_S s)")
+if wanted ops; then
+  step "op benchmarks"
+  bench_status=0
+  timeout "$BENCH_TIMEOUT_S" python bench/ops_gpu.py --target-ms 40 --out "$results_dir/$stamp-ops.json" || bench_status=$?
+  [ $bench_status -eq 0 ] || failed+=("bench/ops_gpu.py (status $bench_status; 124: cut off after $BENCH_TIMEOUT_S s)")
+fi
 
-step "ff.optimize on Hugging Face models vs sdpa (bench/optimize_gpu.py)"
-opt_status=0
-timeout "${OPTIMIZE_BENCH_TIMEOUT_S:-90}" python bench/optimize_gpu.py --out "$results_dir/$stamp-optimize.json" \
-  || opt_status=$?
-[ $opt_status -eq 0 ] || failed+=("bench/optimize_gpu.py (status $opt_status; 124: cut off)")
+# model_bench NAME ARGS...: fastformer bench, fp16, every backend, to $stamp-NAME.json / .csv.
+model_bench() {
+  local name=$1 status=0
+  shift
+  step "fastformer bench $name: $*"
+  timeout "$MODEL_BENCH_TIMEOUT_S" python -m fastformer bench --device cuda --dtype float16 --backends all "$@" \
+    --json "$results_dir/$stamp-$name.json" --csv "$results_dir/$stamp-$name.csv" || status=$?
+  [ $status -eq 0 ] || failed+=("fastformer bench $name (status $status; 124: cut off after $MODEL_BENCH_TIMEOUT_S s)")
+}
+if wanted models; then
+  # The standard GPU grid: the real MiniLM, BERT-base at batch 1 and 32 x 128 tokens, GPT-2 prefill 8 x 512.
+  model_bench minilm --batch 1,32 --seq 128
+  model_bench bert-base --model bert-base --batch 1,32 --seq 128
+  model_bench gpt2-prefill --model gpt2 --batch 8 --seq 512
+fi
 
-step "the rest of the test suite, Triton compiled (pytest -m 'not gpu')"
-left=$((TOTAL_BUDGET_S - SECONDS))
-run_pytest $((left > 60 ? left : 60)) -m "not gpu" tests/
+if wanted suite; then
+  step "the rest of the test suite, Triton compiled (pytest -m 'not gpu')"
+  left=$((TOTAL_BUDGET_S - SECONDS))
+  run_pytest $((left > 60 ? left : 60)) -m "not gpu" tests/
+fi
 
 step "done in $SECONDS s; results in $results_dir"
 ls -la "$results_dir"

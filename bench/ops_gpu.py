@@ -19,10 +19,8 @@ import argparse
 import datetime
 import json
 import math
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,8 +31,8 @@ import torch.nn.functional as F
 
 import fastformer as ff
 from fastformer import _backends
+from fastformer.modelbench.machine import git_sha
 
-REPO = Path(__file__).resolve().parent.parent
 GPU_BACKENDS = ("triton", "cuda")
 TORCH_BACKENDS = ("eager", "compile")
 ALL_BACKENDS = GPU_BACKENDS + TORCH_BACKENDS
@@ -343,16 +341,6 @@ def markdown(meta: dict, rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _git_sha() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout
-        return sha.strip() + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("FASTFORMER_GIT_SHA", "unknown")
-
-
 def _metadata(device: torch.device) -> dict:
     try:
         import triton
@@ -362,7 +350,7 @@ def _metadata(device: torch.device) -> dict:
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor()})",
         "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "git_sha": _git_sha(), "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": git_sha(), "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "available_backends": ff.available_backends(),
     }
 

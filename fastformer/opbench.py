@@ -1,10 +1,12 @@
 """Kernel benchmarks: each fused op against the unfused PyTorch expression it replaces, timed
-interleaved in the same run (medians), with effective bandwidth.
+interleaved in the same run (medians), with effective bandwidth (memory-bound ops) or FLOP rate
+(attention) and that rate as a fraction of the machine's limit measured in the same run: the copy
+bandwidth (bytes read + written by `dst.copy_(src)`) and the matmul rate (a square matmul in the
+op's dtype).
 
 Used by `fastformer bench --ops` and by bench/test_ops_cpu.py (pytest-benchmark).
 """
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fastformer import ops
+from fastformer.modelbench.timing import sample_interleaved
 
 # The issue's target shapes: BERT-base tokens x hidden, and a larger [4096, 1024].
 CPU_SHAPES = [(1024, 768), (4096, 1024)]
@@ -28,6 +31,7 @@ class OpCase:
     baseline: Callable[[], object]
     baseline_name: str
     bytes_moved: int  # bytes the ideal fused op reads + writes
+    flops: int | None = None  # compute-bound ops (attention): floating-point operations per call
 
 
 def _norm_cases(shape, dtype, device, backend):
@@ -69,7 +73,8 @@ def _attention_case(shape, dtype, device, backend):
     sdpa_mask = keep[:, None, None, :]  # [B, 1, 1, S], SDPA's bool convention is the same
     return OpCase("attention(padded)", shape, lambda: ops.attention(q, k, v, key_padding_mask=keep, backend=backend),
                   lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask),
-                  "F.scaled_dot_product_attention", 4 * q.numel() * q.element_size())
+                  "F.scaled_dot_product_attention", 4 * q.numel() * q.element_size(),
+                  flops=4 * batch * heads * seq * seq * head_dim)  # QK^T and PV: 2 * S * S * D multiply-adds each
 
 
 def cases(shapes=CPU_SHAPES, dtype=torch.float32, device="cpu", backend=None) -> list[OpCase]:
@@ -79,48 +84,67 @@ def cases(shapes=CPU_SHAPES, dtype=torch.float32, device="cpu", backend=None) ->
     return out + [_attention_case(ATTENTION_SHAPE, dtype, device, backend)]
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+def _median_seconds(fns, reps: int, device) -> list[float]:
+    return [statistics.median(s) for s in sample_interleaved(fns, reps=reps, warmup=5, device=device)]
 
 
-def time_interleaved(fns, reps: int = 50, warmup: int = 5, device="cpu") -> list[float]:
-    """Median seconds per call of each fn, alternating between them so drift hits all equally."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    samples = [[] for _ in fns]
-    for _ in range(reps):
-        for i, fn in enumerate(fns):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            samples[i].append(time.perf_counter() - t0)
-    return [statistics.median(s) for s in samples]
+# Sizes for the machine limits: a copy far larger than the last-level cache (the CPU here has 32 MB of
+# L3, H100 / H200 50 MB of L2) and a matmul large enough to reach the peak rate.
+LIMIT_COPY_BYTES = {"cpu": 128 << 20, "cuda": 1 << 30}
+LIMIT_MATMUL_N = {"cpu": 1024, "cuda": 8192}
 
 
-def run(shapes=CPU_SHAPES, dtype=torch.float32, device="cpu", backend=None, reps=50, progress=None) -> list[dict]:
+def machine_limits(dtype=torch.float32, device="cpu", reps: int = 10) -> dict:
+    """The copy bandwidth (GB/s, bytes read + written) and matmul rate (TFLOP/s, in `dtype`) here, now."""
+    kind = torch.device(device).type
+    src = torch.empty(LIMIT_COPY_BYTES[kind] // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    n = LIMIT_MATMUL_N[kind]
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    copy_s, matmul_s = _median_seconds([lambda: dst.copy_(src), lambda: a @ b], reps, device)
+    copy_bytes = src.numel() * src.element_size()
+    return {"copy_GBps": 2 * copy_bytes / copy_s / 1e9, "matmul_TFLOPs": 2 * n**3 / matmul_s / 1e12,
+            "copy_bytes": copy_bytes, "matmul_n": n, "matmul_dtype": str(dtype).removeprefix("torch.")}
+
+
+def run(shapes=CPU_SHAPES, dtype=torch.float32, device="cpu", backend=None, reps=50, progress=None,
+        limits: dict | None = None) -> list[dict]:
+    """One row per case; with `limits` (machine_limits()) each row also gets its rate as a % of the limit."""
     rows = []
     all_cases = cases(shapes, dtype, device, backend)
     for i, case in enumerate(all_cases):
         if progress:
             progress(i, len(all_cases), case)
-        ours_s, base_s = time_interleaved([case.ours, case.baseline], reps=reps, device=device)
-        rows.append({
+        ours_s, base_s = _median_seconds([case.ours, case.baseline], reps, device)
+        row = {
             "op": case.name, "shape": list(case.shape), "dtype": str(dtype).replace("torch.", ""),
             "device": str(device), "baseline": case.baseline_name,
             "ours_ms": ours_s * 1e3, "baseline_ms": base_s * 1e3, "speedup": base_s / ours_s,
             "ours_GBps": case.bytes_moved / ours_s / 1e9,
-        })
+            "ours_TFLOPs": case.flops / ours_s / 1e12 if case.flops else None,
+            "bound": "compute" if case.flops else "memory",
+        }
+        if limits:
+            row["pct_of_limit"] = 100 * (row["ours_TFLOPs"] / limits["matmul_TFLOPs"] if case.flops
+                                         else row["ours_GBps"] / limits["copy_GBps"])
+        rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    head = f"{'op':<22} {'shape':<13} {'ours ms':>9} {'torch ms':>9} {'speedup':>8} {'GB/s':>7}  baseline"
-    lines = [head, "-" * len(head)]
+def format_table(rows: list[dict], limits: dict | None = None) -> str:
+    lines = []
+    if limits:
+        lines.append(f"machine limits measured in this run: copy {limits['copy_GBps']:.1f} GB/s (read + written, "
+                     f"{limits['copy_bytes'] >> 20} MiB: memory, not cache; an op whose tensors fit in cache can pass "
+                     f"100%), {limits['matmul_dtype']} matmul {limits['matmul_TFLOPs'] * 1e3:.0f} GFLOP/s "
+                     f"({limits['matmul_n']}^3)")
+    head = (f"{'op':<22} {'shape':<13} {'ours ms':>9} {'torch ms':>9} {'speedup':>8} {'rate':>13} {'% limit':>8}"
+            f"  baseline")
+    lines += [head, "-" * len(head)]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
+        rate = f"{r['ours_TFLOPs'] * 1e3:.1f} GFLOP/s" if r["bound"] == "compute" else f"{r['ours_GBps']:.1f} GB/s"
+        pct = f"{r['pct_of_limit']:.0f}%" if "pct_of_limit" in r else "-"
         lines.append(f"{r['op']:<22} {shape:<13} {r['ours_ms']:>9.3f} {r['baseline_ms']:>9.3f} "
-                     f"{r['speedup']:>7.2f}x {r['ours_GBps']:>7.1f}  {r['baseline']}")
+                     f"{r['speedup']:>7.2f}x {rate:>13} {pct:>8}  {r['baseline']}")
     return "\n".join(lines)

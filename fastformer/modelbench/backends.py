@@ -1,0 +1,138 @@
+"""The implementations `fastformer bench --backends` compares. Each loader returns a callable taking
+the benchmark's keyword inputs and returning the last hidden state, or raises BackendUnavailable with
+the exact reason, so a backend that is not in this build, not installed or not applicable reports why
+instead of stopping the run. Backends that depend on work not merged yet (ff.optimize, native
+decoders and encoder-decoders) light up with no change here once it is."""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import fastformer
+from fastformer.modelbench import onnx_runtime
+from fastformer.modelbench.models import ModelSource, import_transformers
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run this model here; str() says why."""
+
+
+@dataclass
+class LoadContext:
+    source: ModelSource
+    device: str
+    dtype: torch.dtype
+    threads: int
+    workdir: str
+    example_inputs: dict  # a small batch in the benchmark's input format (ONNX export traces it)
+
+
+Runner = Callable[..., torch.Tensor]
+
+
+def last_hidden_state(output) -> torch.Tensor:
+    """The hidden states of the last layer from whatever the model returned."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if getattr(output, "last_hidden_state", None) is not None:
+        return output.last_hidden_state
+    if isinstance(output, (tuple, list)):
+        return last_hidden_state(output[0])
+    raise TypeError(f"cannot find the last hidden state in a {type(output).__name__}")
+
+
+def _as_runner(model) -> Runner:
+    return lambda **inputs: last_hidden_state(model(**inputs))
+
+
+def load_hf(ctx: LoadContext, attn_implementation: str | None, dtype: torch.dtype | None = None):
+    """The checkpoint as a Hugging Face base model (AutoModel), in eval mode on ctx.device."""
+    try:
+        transformers = import_transformers()
+    except ImportError:
+        raise BackendUnavailable("transformers is not installed (pip install transformers)") from None
+    try:
+        model = transformers.AutoModel.from_pretrained(ctx.source.path, attn_implementation=attn_implementation,
+                                                       dtype=dtype or ctx.dtype)
+    except Exception as e:
+        raise BackendUnavailable(f"the checkpoint does not load in transformers: {type(e).__name__}: {e}") from None
+    return model.to(ctx.device).eval()
+
+
+def reference(ctx: LoadContext) -> Runner:
+    """The accuracy reference: Hugging Face eager in float32 on the benchmark's device."""
+    return _as_runner(load_hf(ctx, "eager", dtype=torch.float32))
+
+
+def _native(ctx: LoadContext) -> Runner:
+    try:
+        model = fastformer.from_pretrained(ctx.source.path, task="base", dtype=ctx.dtype, device=ctx.device)
+    except ValueError as e:  # unsupported model_type, malformed checkpoint: its message says which
+        raise BackendUnavailable(str(e)) from None
+    return _as_runner(model)
+
+
+def _hf_optimize(ctx: LoadContext) -> Runner:
+    if not hasattr(fastformer, "optimize"):
+        raise BackendUnavailable("fastformer.optimize not available in this build")
+    return _as_runner(fastformer.optimize(load_hf(ctx, None)))
+
+
+def _hf_eager(ctx: LoadContext) -> Runner:
+    return _as_runner(load_hf(ctx, "eager"))
+
+
+def _hf_sdpa(ctx: LoadContext) -> Runner:
+    return _as_runner(load_hf(ctx, "sdpa"))
+
+
+def _hf_compile(ctx: LoadContext) -> Runner:
+    # Compiling happens in the first calls (the warm-up); each new shape compiles again.
+    return _as_runner(torch.compile(load_hf(ctx, "sdpa")))
+
+
+def _onnxruntime(ctx: LoadContext) -> Runner:
+    if torch.device(ctx.device).type != "cpu":
+        raise BackendUnavailable("runs on the CPU execution provider only; use --device cpu")
+    if ctx.dtype != torch.float32:
+        raise BackendUnavailable(f"exported in float32 only, not {str(ctx.dtype).removeprefix('torch.')}")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime onnx)") from None
+    model = load_hf(ctx, "eager", dtype=torch.float32)
+    try:
+        with torch.inference_mode():
+            return onnx_runtime.session_runner(model, ctx.example_inputs,
+                                               onnx_runtime.onnx_file_for(ctx.workdir, ctx.source.name), ctx.threads)
+    except Exception as e:
+        raise BackendUnavailable(f"ONNX export or session failed: {type(e).__name__}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    load: Callable[[LoadContext], Runner]
+
+
+BACKENDS = {b.name: b for b in [
+    Backend("fastformer", "fastformer native model (ff.from_pretrained)", _native),
+    Backend("hf+optimize", "Hugging Face model with fastformer kernels swapped in (ff.optimize)", _hf_optimize),
+    Backend("hf-eager", "Hugging Face, attn_implementation='eager'", _hf_eager),
+    Backend("hf-sdpa", "Hugging Face, attn_implementation='sdpa'", _hf_sdpa),
+    Backend("hf+compile", "torch.compile of the Hugging Face sdpa model", _hf_compile),
+    Backend("onnxruntime", "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", _onnxruntime),
+]}
+
+
+def parse_backends(spec: str) -> list[str]:
+    """A comma-separated list of BACKENDS names, or "all"."""
+    if spec == "all":
+        return list(BACKENDS)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise ValueError(f"--backends: unknown backend(s) {unknown or [spec]}; choose from {', '.join(BACKENDS)} "
+                         "or 'all'")
+    return list(dict.fromkeys(names))

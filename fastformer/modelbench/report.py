@@ -1,0 +1,129 @@
+"""Output of the model benchmark: the terminal table, JSON, CSV, the latency plot and a progress bar."""
+import csv
+import json
+import sys
+
+# CSV columns: the row's own fields, then the run's facts repeated on every row so a CSV alone says
+# where and with what it was measured.
+ROW_FIELDS = ("model", "model_type", "device", "dtype", "batch", "seq", "backend", "status", "reason",
+              "median_ms", "p90_ms", "p99_ms", "reps", "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup",
+              "max_abs_diff", "reference_error")
+META_FIELDS = ("time_utc", "machine", "cpu", "gpu", "torch_threads", "load_average_1m", "git_sha", "baseline")
+VERSION_FIELDS = ("fastformer", "torch", "triton", "transformers", "onnxruntime")
+
+
+class ProgressBar:
+    """One line on stderr: grid points done, the current point and its timed round; silent when stderr
+    is not a terminal (logs, CI)."""
+
+    def __init__(self, total_points: int, stream=sys.stderr, width: int = 24):
+        self.total, self.started, self.rounds, self.label = max(total_points, 1), 0, 0, ""
+        self.stream, self.width, self.enabled = stream, width, stream.isatty()
+
+    def point(self, label: str):
+        self.started, self.rounds, self.label = self.started + 1, 0, label
+        self._draw()
+
+    def round(self):
+        self.rounds += 1
+        self._draw()
+
+    def _draw(self):
+        if self.enabled:
+            filled = self.width * (self.started - 1) // self.total
+            line = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.started}/{self.total} {self.label}"
+            self.stream.write(f"\r{line + (f' round {self.rounds}' if self.rounds else ''):<90.90}")
+            self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\r" + " " * 90 + "\r")
+            self.stream.flush()
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(result: dict) -> str:
+    meta, rows = result["meta"], result["results"]
+    model = meta["model"]
+    lines = [f"model {model['name']} ({model['model_type']}, {model['kind']}; weights {model['weights']})",
+             f"timed call: {meta['timed_call']}; inputs: {meta['inputs']}",
+             f"up to {meta['reps']} interleaved timed rounds per point"
+             + (f" (at least 5, fewer once they pass {meta['budget_s_per_point']:g} s)" if meta['budget_s_per_point']
+                else "")
+             + f" after {meta['warmup_rounds']} warm-up rounds; speed-up vs {meta['baseline']}; max|diff| vs "
+             f"{meta['reference']}; torch threads {meta['torch_threads']}, load average {meta['load_average_1m']}",
+             f"peak memory: " + "; ".join(f"{d}: {how}" for d, how in meta["memory"].items())]
+    head = (f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'reps':>4} {'tokens/s':>10} "
+            f"{'peak MiB':>9} {'speedup':>8} {'max|diff|':>9}")
+    group = None
+    for r in rows:
+        key = (r["device"], r["dtype"], r["batch"], r["seq"])
+        if key != group:
+            group = key
+            lines += ["", f"{r['device']} {r['dtype']} batch {r['batch']} x seq {r['seq']}", head, "-" * len(head)]
+        if r["status"] != "ok":
+            lines.append(f"{r['backend']:<12} {r['status']}: {r['reason']}")
+            continue
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        lines.append(f"{r['backend']:<12} {r['median_ms']:>10.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+                     f"{r['reps']:>4} {r['tokens_per_s']:>10.0f} {_fmt(r['peak_mem_MiB'], '9.1f')} {speedup:>8} "
+                     f"{_fmt(r['max_abs_diff'], '9.1e')}"
+                     + (f"  (no accuracy check: {r['reference_error']})" if r["reference_error"] else ""))
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str):
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+def write_csv(result: dict, path: str):
+    meta = result["meta"]
+    run_facts = {k: meta.get(k) for k in META_FIELDS} | {k: meta["versions"].get(k) for k in VERSION_FIELDS}
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*ROW_FIELDS, *run_facts])
+        writer.writeheader()
+        for r in result["results"]:
+            writer.writerow({**{k: r.get(k) for k in ROW_FIELDS}, **run_facts})
+
+
+def require_matplotlib():
+    """Raises ImportError with the fix when matplotlib is missing (checked before a long run)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib (or the test extras: "
+                          "pip install -e '.[test]')") from None
+
+
+def write_plot(result: dict, path: str):
+    """Median latency per backend against batch x seq (ordered by tokens), one panel per device and dtype."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in result["results"] if r["status"] == "ok"]
+    panels = sorted({(r["device"], r["dtype"]) for r in ok}) or [("no successful runs", "")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (device, dtype) in zip(axes[0], panels):
+        mine = [r for r in ok if (r["device"], r["dtype"]) == (device, dtype)]
+        shapes = sorted({(r["batch"], r["seq"]) for r in mine}, key=lambda s: (s[0] * s[1], s))
+        for backend in dict.fromkeys(r["backend"] for r in mine):
+            points = {(r["batch"], r["seq"]): r["median_ms"] for r in mine if r["backend"] == backend}
+            xs = [i for i, s in enumerate(shapes) if s in points]
+            ax.plot(xs, [points[shapes[i]] for i in xs], marker="o", label=backend)
+        ax.set_xticks(range(len(shapes)), [f"{b}x{s}" for b, s in shapes], rotation=45)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch x seq")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{result['meta']['model']['name']} {device} {dtype}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,206 @@
+"""The model benchmark's grid: for each device and dtype every requested backend is loaded once; at
+each (batch, seq) the backends take the same inputs, are checked against the fp32 reference (Hugging
+Face eager, float32, same device) and are timed interleaved. Every requested backend gets one row per
+grid point: status "ok" with its numbers, or "unavailable" / "error" / "skipped" with the reason."""
+import gc
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from fastformer.modelbench import backends, inputs, machine, models, timing
+
+REFERENCE = "Hugging Face eager, float32, same device"
+UNITS = {"median_ms": "ms", "p90_ms": "ms", "p99_ms": "ms", "tokens_per_s": "input tokens / s",
+         "peak_mem_MiB": "MiB", "first_call_s": "s (includes torch.compile's compilation for hf+compile)",
+         "speedup": "baseline median / this median", "max_abs_diff": "max |output - fp32 reference| over the "
+         "last hidden state"}
+
+
+@dataclass
+class BenchConfig:
+    model: str | None = None  # None: the default checkpoint
+    backends: list[str] = field(default_factory=lambda: list(backends.BACKENDS))
+    batches: list[int] = field(default_factory=lambda: [1])
+    seqs: list[int] = field(default_factory=lambda: [128])
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    baseline: str = "hf-eager"
+    reps: int = 20
+    warmup: int = 1
+    budget_s: float | None = 10.0  # per grid point: fewer timed rounds (at least 5) past this
+
+
+def _is_out_of_memory(e: Exception) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
+
+
+def _error_reason(e: Exception, batch: int, seq: int) -> str:
+    if _is_out_of_memory(e):
+        return f"out of memory at batch {batch} x seq {seq}: {str(e).splitlines()[0]}"
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _free(device: str):
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _why_not_device_dtype(device: str, dtype: torch.dtype) -> str | None:
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device here"
+    if torch.device(device).type == "cpu" and dtype == torch.float16:
+        return "float16 is not a CPU target (use bfloat16)"
+    return None
+
+
+def _why_not_shape(source: models.ModelSource, seq: int) -> str | None:
+    if source.max_positions is not None and seq > source.max_positions:
+        return f"seq {seq} exceeds the model's {source.max_positions} positions"
+    return None
+
+
+class _Point:
+    """One (device, dtype, batch, seq) of the grid: its rows, one per requested backend."""
+
+    def __init__(self, common: dict, names: list[str], reference_error: str | None):
+        self.rows = {name: {**common, "backend": name, "status": "ok", "reason": None} for name in names}
+        self.reference_error = reference_error  # why the accuracy column is empty, if it is
+
+    def fail(self, name: str, status: str, reason: str):
+        self.rows[name].update(status=status, reason=reason)
+
+    def ok(self) -> list[str]:
+        return [name for name, row in self.rows.items() if row["status"] == "ok"]
+
+
+def _measure_point(point: _Point, runners: dict, reference_runner, model_inputs: dict, config: BenchConfig,
+                   device: str, batch: int, seq: int, advance: Callable[[], None] | None):
+    reference = None
+    if reference_runner is not None:
+        try:
+            reference = reference_runner(**model_inputs).float()
+        except Exception as e:  # the backends may still run; their accuracy column says why it is missing
+            point.reference_error = _error_reason(e, batch, seq)
+    calls = {}
+    for name in point.ok():
+        try:
+            out, seconds, peak = timing.call_with_peak_memory(lambda r=runners[name]: r(**model_inputs), device)
+        except Exception as e:
+            point.fail(name, "error", _error_reason(e, batch, seq))
+            _free(device)
+            continue
+        point.rows[name].update(first_call_s=seconds, peak_mem_MiB=peak,
+                                max_abs_diff=None if reference is None else
+                                (out.float().to(reference.device) - reference).abs().max().item())
+        calls[name] = lambda r=runners[name]: r(**model_inputs)
+    del reference
+    if not calls:
+        return
+    try:
+        samples = timing.sample_interleaved(list(calls.values()), config.reps, config.warmup, device, advance,
+                                            config.budget_s)
+    except Exception as e:  # e.g. out of memory with every backend's activations alive at once
+        for name in calls:
+            point.fail(name, "error", "during the timed runs: " + _error_reason(e, batch, seq))
+        return
+    for name, s in zip(calls, samples):
+        stats = timing.summarize(s)
+        point.rows[name].update(stats, tokens_per_s=batch * seq / (stats["median_ms"] / 1e3))
+
+
+def _add_speedups(rows: list[dict], baseline: str):
+    base = next((r for r in rows if r["backend"] == baseline and r["status"] == "ok"), None)
+    for r in rows:
+        r["speedup"] = base["median_ms"] / r["median_ms"] if base and r["status"] == "ok" else None
+
+
+def _load_all(names: list[str], ctx: backends.LoadContext) -> tuple[dict, dict]:
+    runners, why_not = {}, {}
+    for name in names:
+        try:
+            runners[name] = backends.BACKENDS[name].load(ctx)
+        except backends.BackendUnavailable as e:
+            why_not[name] = str(e)
+        except Exception as e:  # a loader bug or an odd checkpoint must not stop the other backends
+            why_not[name] = f"failed to load: {type(e).__name__}: {e}"
+    return runners, why_not
+
+
+def _load(config: BenchConfig, source, tokenizer, device: str, dtype: torch.dtype, threads: int, workdir: str):
+    """Every requested backend and the fp32 reference for one device and dtype:
+    (runners, {backend: why not}, reference runner or None, why no reference or None)."""
+    not_here = _why_not_device_dtype(device, dtype)
+    if not_here:
+        return {}, dict.fromkeys(config.backends, not_here), None, not_here
+    example = inputs.make_inputs(source, tokenizer, 2, min(16, *config.seqs), device)  # [2, <=16] for ONNX export
+    ctx = backends.LoadContext(source, device, dtype, threads, workdir, example)
+    runners, why_not = _load_all(config.backends, ctx)
+    try:
+        return runners, why_not, backends.reference(ctx), None
+    except backends.BackendUnavailable as e:
+        return runners, why_not, None, str(e)
+
+
+def _grid_point(config: BenchConfig, source, tokenizer, device: str, dtype_name: str, batch: int, seq: int,
+                loaded: tuple, progress) -> list[dict]:
+    runners, why_not, reference_runner, reference_error = loaded
+    common = {"model": source.name, "model_type": source.model_type, "device": device, "dtype": dtype_name,
+              "batch": batch, "seq": seq}
+    point = _Point(common, config.backends, reference_error)
+    for name, reason in why_not.items():
+        point.fail(name, "unavailable", reason)
+    shape_problem = _why_not_shape(source, seq)
+    for name in point.ok() if shape_problem else []:
+        point.fail(name, "skipped", shape_problem)
+    if progress:
+        progress.point(f"{device} {dtype_name} batch {batch} x seq {seq}")
+    if point.ok():
+        try:
+            model_inputs = inputs.make_inputs(source, tokenizer, batch, seq, device)
+        except Exception as e:
+            for name in point.ok():
+                point.fail(name, "error", "making the inputs: " + _error_reason(e, batch, seq))
+        else:
+            with torch.inference_mode():
+                _measure_point(point, runners, reference_runner, model_inputs, config, device, batch, seq,
+                               progress.round if progress else None)
+    for row in point.rows.values():
+        no_accuracy = row["status"] == "ok" and row.get("max_abs_diff") is None
+        row["reference_error"] = point.reference_error if no_accuracy else None
+    rows = list(point.rows.values())
+    _add_speedups(rows, config.baseline)
+    return rows
+
+
+def _meta(config: BenchConfig, source, tokenizer, why_no_tokenizer) -> dict:
+    return {**machine.describe(),
+            "model": {"name": source.name, "path": source.path, "model_type": source.model_type, "kind": source.kind,
+                      "weights": "random (latency does not depend on weight values)" if source.random_weights
+                      else "from the checkpoint"},
+            "inputs": inputs.describe_tokens(tokenizer, why_no_tokenizer) + "; every row exactly seq tokens, "
+                      "attention mask all ones",
+            "timed_call": source.timed_call, "reference": REFERENCE, "baseline": config.baseline,
+            "reps": config.reps, "warmup_rounds": config.warmup, "budget_s_per_point": config.budget_s,
+            "timing": "interleaved rounds (one call of each backend per round); CUDA events on GPU, "
+                      "time.perf_counter on CPU",
+            "memory": {d: timing.MEMORY_METHOD[torch.device(d).type] for d in config.devices},
+            "units": UNITS, "backends": {n: backends.BACKENDS[n].description for n in config.backends}}
+
+
+def run(config: BenchConfig, workdir: str, threads: int, progress=None) -> dict:
+    """Runs the grid; returns {"meta": ..., "results": rows}. Raises models.ModelSourceError when
+    --model names nothing usable (nothing can run then). progress: a report.ProgressBar or None."""
+    source = models.resolve(config.model, workdir)
+    tokenizer, why_no_tokenizer = inputs.load_tokenizer(source)
+    rows = []
+    for device, dtype_name in itertools.product(config.devices, config.dtypes):
+        loaded = _load(config, source, tokenizer, device, getattr(torch, dtype_name), threads, workdir)
+        for batch, seq in itertools.product(config.batches, config.seqs):
+            rows += _grid_point(config, source, tokenizer, device, dtype_name, batch, seq, loaded, progress)
+            _free(device)
+        del loaded
+        _free(device)
+    return {"meta": _meta(config, source, tokenizer, why_no_tokenizer), "results": rows}

@@ -1,0 +1,96 @@
+"""Timing and statistics shared by the model and kernel benchmarks: several callables timed
+interleaved (one call of each per round, so load drift on a shared machine hits all of them alike),
+CUDA events on the GPU, wall clock on the CPU, and peak memory of one call."""
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Sequence
+
+import torch
+
+
+def _is_cuda(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def sample_interleaved(fns: Sequence[Callable[[], object]], reps: int, warmup: int = 3, device="cpu",
+                       progress: Callable[[], None] | None = None, budget_s: float | None = None,
+                       min_reps: int = 5) -> list[list[float]]:
+    """Seconds per call of each fn, `reps` samples each, after `warmup` untimed rounds; with budget_s,
+    fewer (at least min_reps) when the timed rounds have already taken budget_s seconds.
+
+    On CUDA each call is bracketed by CUDA events (device time between the two records, which includes
+    any gap where the GPU waits for the host to launch work); the events are read after each round.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    samples = [[] for _ in fns]
+    cuda = _is_cuda(device)
+    start = time.perf_counter()
+    for done in range(reps):
+        if budget_s is not None and done >= min_reps and time.perf_counter() - start > budget_s:
+            break
+        if cuda:
+            events = []
+            for fn in fns:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                events.append((start, end))
+            torch.cuda.synchronize()
+            for s, (start, end) in zip(samples, events):
+                s.append(start.elapsed_time(end) / 1e3)
+        else:
+            for s, fn in zip(samples, fns):
+                t0 = time.perf_counter()
+                fn()
+                s.append(time.perf_counter() - t0)
+        if progress:
+            progress()
+    return samples
+
+
+def summarize(samples: list[float]) -> dict:
+    """median, p90 and p99 in milliseconds (linear interpolation between order statistics)."""
+    if len(samples) < 2:
+        only = samples[0] * 1e3
+        return {"median_ms": only, "p90_ms": only, "p99_ms": only, "reps": len(samples)}
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")  # cuts[k-1] is the k-th percentile
+    return {"median_ms": statistics.median(samples) * 1e3, "p90_ms": cuts[89] * 1e3, "p99_ms": cuts[98] * 1e3,
+            "reps": len(samples)}
+
+
+def _max_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
+
+
+# How peak memory is measured, written next to the numbers in every output.
+MEMORY_METHOD = {
+    "cuda": "torch.cuda.max_memory_allocated() during one call minus what was allocated before it "
+            "(activations and workspace; the weights of every loaded backend stay resident and are not counted)",
+    "cpu": "growth of the process's peak RSS (ru_maxrss) during this backend's first call at this shape; "
+           "process-wide and monotone, so a backend that stays below an earlier peak shows 0: read it as how far "
+           "this backend pushed the process's peak, not as its own footprint",
+}
+
+
+def call_with_peak_memory(fn: Callable[[], object], device) -> tuple[object, float, float]:
+    """Runs fn once: (its output, seconds, peak memory in MiB as MEMORY_METHOD describes)."""
+    if _is_cuda(device):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        return out, seconds, (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = _max_rss_bytes()
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    return out, seconds, (_max_rss_bytes() - before) / 2**20
