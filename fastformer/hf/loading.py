@@ -5,10 +5,12 @@ import warnings
 import torch
 
 from fastformer.hf.checkpoint import CheckpointError, read_config, read_weights
+from fastformer.hf import seq2seq
 from fastformer.hf.encoders import FAMILIES
 from fastformer.hf.keymap import WeightMapError, map_weights
 from fastformer.models import heads
 from fastformer.models.encoder import Encoder
+from fastformer.models.seq2seq import Seq2SeqForConditionalGeneration
 
 TASKS = {
     "base": Encoder,
@@ -18,6 +20,7 @@ TASKS = {
     "masked-lm": heads.EncoderForMaskedLM,
     "sentence-embedding": heads.EncoderForSentenceEmbedding,
 }
+SEQ2SEQ_TASKS = {"seq2seq-lm": Seq2SeqForConditionalGeneration}
 _ARCHITECTURE_SUFFIXES = {
     "ForSequenceClassification": "sequence-classification",
     "ForTokenClassification": "token-classification",
@@ -47,8 +50,11 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
     """
     hf = read_config(path)
     model_type = hf["model_type"]
+    if model_type in seq2seq.FAMILIES:
+        return _seq2seq_from_pretrained(path, hf, task, dtype, device)
     if model_type not in FAMILIES:
-        raise ValueError(f"unsupported model_type {model_type!r} in {path}; supported: {sorted(FAMILIES)}")
+        raise ValueError(f"unsupported model_type {model_type!r} in {path}; supported: "
+                         f"{sorted([*FAMILIES, *seq2seq.FAMILIES])}")
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     adapter, keymap, base_prefix, ignore = FAMILIES[model_type]
@@ -80,6 +86,32 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
         state = {k.removeprefix("encoder."): v for k, v in state.items()}
     model.load_state_dict(state, strict=False)
     model.load_report = {"missing": missing, "unexpected": unexpected, "task": task, "model_type": model_type}
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _seq2seq_from_pretrained(path, hf: dict, task, dtype, device):
+    """Encoder-decoder checkpoints (T5, BART, Marian): one task, "seq2seq-lm"; every weight but a
+    freshly zeroed final_logits_bias (absent from bare *Model checkpoints) must be in the checkpoint."""
+    if task not in (None, *SEQ2SEQ_TASKS):
+        raise ValueError(f"task for a {hf['model_type']} checkpoint must be one of {sorted(SEQ2SEQ_TASKS)}, "
+                         f"got {task!r}")
+    task = "seq2seq-lm"
+    adapter, keymap, base_prefix, ignore = seq2seq.FAMILIES[hf["model_type"]]
+    model = SEQ2SEQ_TASKS[task](adapter(hf))
+    weights = read_weights(path)
+    prefix = base_prefix if any(k.startswith(base_prefix) for k in weights) else ""
+    if model.lm_head is None:
+        ignore = (*ignore, r"^lm_head\.weight$")  # a tied head some checkpoints store anyway
+    state, missing, unexpected = map_weights(keymap, model.state_dict(), weights, prefix, ignore)
+    body_missing = [m for m in missing if m != "final_logits_bias"]
+    if body_missing:
+        raise WeightMapError(f"{path} lacks weights the {hf['model_type']} model needs: {body_missing[:8]}"
+                             f"{' ...' if len(body_missing) > 8 else ''} ({len(body_missing)} in all)")
+    if unexpected:
+        warnings.warn(f"checkpoint weights not used by the {task} model: {unexpected[:8]}"
+                      f"{' ...' if len(unexpected) > 8 else ''}", stacklevel=3)
+    model.load_state_dict(state, strict=False)
+    model.load_report = {"missing": missing, "unexpected": unexpected, "task": task, "model_type": hf["model_type"]}
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -11,6 +11,7 @@ class ModelConfig:
     num_layers: int
     num_heads: int
     intermediate_size: int
+    attention_head_dim: int | None = None  # T5's d_kv where it is not hidden_size // num_heads (t5-3b: 1024 / 32 vs 128)
     activation: str = "gelu"  # gelu (erf) | gelu_tanh | relu | silu
     gated_ffn: bool = False  # T5 v1.1: act(x W_gate) * (x W_up)
     norm: str = "layer"  # layer | rms
@@ -35,4 +36,4 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.attention_head_dim or self.hidden_size // self.num_heads

@@ -1,0 +1,281 @@
+"""Encoder-decoder transformers (T5, BART, Marian) with a language-model head, for generation.
+
+The encoder is a stack of the shared TransformerBlock; a decoder block adds cross-attention
+(fastformer.models.cross_attention) between the causal self-attention and the feed-forward sublayer.
+Position information comes from a learned table (BART, with its offset of 2), a fixed sinusoidal table
+(Marian) or T5's relative bias, which ff.ops.attention evaluates in the kernel (T5RelativeBias) so no
+[H, S, S] bias is ever materialized.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastformer.models.block import TransformerBlock, make_norm
+from fastformer.models.config import ModelConfig
+from fastformer.models.cross_attention import CrossAttention
+from fastformer.models.heads import TaskOutput
+from fastformer.ops import T5RelativeBias
+
+
+@dataclass
+class Seq2SeqConfig:
+    """One ModelConfig per stack (they differ in layers, heads and FFN width) plus what joins them."""
+
+    encoder: ModelConfig
+    decoder: ModelConfig
+    decoder_start_token_id: int
+    eos_token_id: int | None
+    pad_token_id: int
+    embedding_scale: float = 1.0  # token embeddings times sqrt(d_model) with scale_embedding (Marian)
+    position_offset: int = 0  # BART's learned positions start at row 2 of the table
+    share_embeddings: bool = True  # encoder and decoder read one token table
+    tie_lm_head: bool = True  # logits from the decoder's token table (else a separate lm_head)
+    logits_scale: float = 1.0  # T5 with a tied head scales the decoder output by d_model ** -0.5
+    final_logits_bias: bool = False  # BART and Marian add a (checkpoint) bias to the logits
+    relative_buckets: int = 32  # T5 relative position bias
+    relative_max_distance: int = 128
+    generation: dict = field(default_factory=dict)  # the checkpoint's generation defaults (num_beams, ...)
+
+
+def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
+    """[positions, dim] fixed position table, sines in the first half and cosines in the second (Marian),
+    computed in float64 like the numpy original and rounded once."""
+    pos = torch.arange(positions, dtype=torch.float64)[:, None]  # [P, 1]
+    freq = torch.pow(10000.0, -2 * torch.arange(dim // 2 + dim % 2, dtype=torch.float64) / dim)  # [ceil(dim/2)]
+    angles = pos * freq  # [P, ceil(dim/2)]
+    return torch.cat([torch.sin(angles), torch.cos(angles[:, : dim // 2])], dim=1).float()  # [P, dim]
+
+
+class Seq2SeqEmbeddings(nn.Module):
+    """Token embeddings (times embedding_scale) plus absolute positions counted from `start`, then an
+    optional LayerNorm with the add fused into it (BART's layernorm_embedding)."""
+
+    def __init__(self, config: ModelConfig, word: nn.Embedding, seq2seq: Seq2SeqConfig, argument: str):
+        super().__init__()
+        self.word = word
+        self.argument = argument  # the input's name in error messages
+        self.scale = seq2seq.embedding_scale
+        self.offset = seq2seq.position_offset if config.position == "learned" else 0
+        self.max_positions = config.max_positions if config.position in ("learned", "sinusoidal") else None
+        self.position = None
+        if config.position == "learned":
+            self.position = nn.Embedding(config.max_positions + self.offset, config.hidden_size)
+        elif config.position == "sinusoidal":
+            # Fixed, so not part of the state_dict (Marian checkpoints do not store it either).
+            self.register_buffer("sinusoidal", sinusoidal_table(config.max_positions, config.hidden_size),
+                                 persistent=False)
+        self.norm = make_norm(config) if config.embedding_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def check_length(self, length: int) -> None:
+        if self.max_positions is not None and length > self.max_positions:
+            raise ValueError(f"{self.argument} needs {length} positions, the model has {self.max_positions} "
+                             "(max_position_embeddings)")
+
+    def forward(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        x = self.word(input_ids)  # [B, S, hidden]
+        if self.scale != 1.0:
+            x = x * self.scale
+        seq = input_ids.shape[1]
+        self.check_length(start + seq)
+        positions = None
+        if self.position is not None:
+            positions = self.position.weight[self.offset + start: self.offset + start + seq]  # [S, hidden]
+        elif self.max_positions is not None:
+            positions = self.sinusoidal[start: start + seq].to(x.dtype)
+        if self.norm is not None:
+            x = self.norm(x, residual=positions.expand_as(x))[0] if positions is not None else self.norm(x)
+        elif positions is not None:
+            x = x + positions
+        return self.dropout(x)
+
+
+def relative_bias_table(config: ModelConfig, seq2seq: Seq2SeqConfig) -> nn.Embedding | None:
+    """T5's [num_buckets, H] bias table (held by the first layer in Hugging Face, shared by all)."""
+    if config.position != "relative":
+        return None
+    return nn.Embedding(seq2seq.relative_buckets, config.num_heads)
+
+
+class Seq2SeqEncoder(nn.Module):
+    def __init__(self, config: ModelConfig, word: nn.Embedding, seq2seq: Seq2SeqConfig):
+        super().__init__()
+        self.seq2seq = seq2seq
+        self.embeddings = Seq2SeqEmbeddings(config, word, seq2seq, "input_ids")
+        self.relative_bias = relative_bias_table(config, seq2seq)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.final_norm = make_norm(config) if config.pre_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids, key_padding_mask=None):
+        x = self.embeddings(input_ids)
+        bias = None
+        if self.relative_bias is not None:
+            bias = T5RelativeBias(self.relative_bias.weight, self.seq2seq.relative_buckets,
+                                  self.seq2seq.relative_max_distance, bidirectional=True)
+        for layer in self.layers:
+            x = layer(x, key_padding_mask=key_padding_mask, attn_bias=bias)
+        if self.final_norm is not None:
+            x = self.dropout(self.final_norm(x))
+        return x
+
+
+class DecoderBlock(TransformerBlock):
+    """Causal self-attention, cross-attention over the encoder output, feed-forward; pre- or post-norm
+    with every residual add fused into the following norm, as in TransformerBlock."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.cross_attn = CrossAttention(config)
+        self.cross_norm = make_norm(config)
+
+    def forward(self, x, memory, memory_mask=None, attn_bias=None, key_padding_mask=None):
+        """memory: (keys, values) of this block's cross-attention (CrossAttention.project_memory);
+        memory_mask bool [B, Sk_src], True = source token."""
+        keys, values = memory
+        if self.pre_norm:
+            h = self.dropout(self.attn(self.attn_norm(x), key_padding_mask, attn_bias, causal=True))
+            normed, x = self.cross_norm(h, residual=x)
+            h = self.dropout(self.cross_attn(normed, keys, values, memory_mask))
+            normed, x = self.ffn_norm(h, residual=x)
+            return x + self.dropout(self.ffn(normed))
+        x, _ = self.attn_norm(self.dropout(self.attn(x, key_padding_mask, attn_bias, causal=True)), residual=x)
+        x, _ = self.cross_norm(self.dropout(self.cross_attn(x, keys, values, memory_mask)), residual=x)
+        x, _ = self.ffn_norm(self.dropout(self.ffn(x)), residual=x)
+        return x
+
+
+@dataclass
+class EncoderState:
+    """What decoding needs from one encoder pass: the source mask and every decoder block's
+    cross-attention keys and values, computed once per input and reused by every decode step."""
+
+    hidden: torch.Tensor  # [B, S_src, hidden]
+    mask: torch.Tensor | None  # bool [B, S_src], True = token
+    memory: list  # per decoder block: (keys, values) [B, H, S_src, D]
+
+    def select(self, index: torch.Tensor) -> "EncoderState":
+        """The rows `index` (e.g. each input repeated num_beams times)."""
+        return EncoderState(self.hidden.index_select(0, index),
+                            self.mask.index_select(0, index) if self.mask is not None else None,
+                            [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory])
+
+
+class Seq2SeqDecoder(nn.Module):
+    def __init__(self, config: ModelConfig, word: nn.Embedding, seq2seq: Seq2SeqConfig):
+        super().__init__()
+        self.seq2seq = seq2seq
+        self.embeddings = Seq2SeqEmbeddings(config, word, seq2seq, "decoder_input_ids")
+        self.relative_bias = relative_bias_table(config, seq2seq)
+        self.layers = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
+        self.final_norm = make_norm(config) if config.pre_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def project_memory(self, encoder_hidden: torch.Tensor) -> list:
+        return [layer.cross_attn.project_memory(encoder_hidden) for layer in self.layers]
+
+    def forward(self, decoder_input_ids, state: EncoderState, key_padding_mask=None, start: int = 0):
+        x = self.embeddings(decoder_input_ids, start)
+        bias = None
+        if self.relative_bias is not None:
+            bias = T5RelativeBias(self.relative_bias.weight, self.seq2seq.relative_buckets,
+                                  self.seq2seq.relative_max_distance, bidirectional=False)
+        for layer, memory in zip(self.layers, state.memory):
+            x = layer(x, memory, state.mask, attn_bias=bias, key_padding_mask=key_padding_mask)
+        if self.final_norm is not None:
+            x = self.dropout(self.final_norm(x))
+        return x
+
+
+def check_ids(name: str, ids, mask_name: str, mask) -> torch.Tensor | None:
+    """Validates [B, S] token ids and their 0/1 mask; returns the mask as bool (True = token) or None."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int):
+        raise TypeError(f"{name} must be an int64 or int32 torch.Tensor of token ids, got "
+                        f"{ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    if ids.dim() != 2 or ids.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty [batch, seq] tensor, got shape {tuple(ids.shape)}")
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"{mask_name} must be a tensor with the shape of {name} {tuple(ids.shape)}, got "
+                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    return mask.bool()
+
+
+class Seq2SeqForConditionalGeneration(nn.Module):
+    """input_ids [B, S_src] (+ attention_mask) and decoder_input_ids [B, S_tgt] -> logits [B, S_tgt, vocab].
+
+    For generation: encode() runs the encoder once and precomputes the cross-attention keys/values;
+    decode() runs the decoder on the next tokens from position `start` (see fastformer.generation).
+    """
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        self.config = config
+        enc, dec = config.encoder, config.decoder
+        self.shared = nn.Embedding(enc.vocab_size, enc.hidden_size, padding_idx=config.pad_token_id)
+        decoder_word = self.shared if config.share_embeddings else nn.Embedding(
+            dec.vocab_size, dec.hidden_size, padding_idx=config.pad_token_id)
+        self.encoder = Seq2SeqEncoder(enc, self.shared, config)
+        self.decoder = Seq2SeqDecoder(dec, decoder_word, config)
+        self.lm_head = None if config.tie_lm_head else nn.Linear(dec.hidden_size, dec.vocab_size, bias=False)
+        if config.final_logits_bias:
+            self.register_buffer("final_logits_bias", torch.zeros(1, dec.vocab_size))
+        else:
+            self.final_logits_bias = None
+
+    @property
+    def max_source_positions(self) -> int | None:
+        return self.encoder.embeddings.max_positions
+
+    @property
+    def max_target_positions(self) -> int | None:
+        return self.decoder.embeddings.max_positions
+
+    def encode(self, input_ids, attention_mask=None) -> EncoderState:
+        mask = check_ids("input_ids", input_ids, "attention_mask", attention_mask)
+        self.encoder.embeddings.check_length(input_ids.shape[1])
+        hidden = self.encoder(input_ids, key_padding_mask=mask)
+        return EncoderState(hidden, mask, self.decoder.project_memory(hidden))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Decoder output [B, S, hidden] -> [B, S, vocab]."""
+        if self.config.logits_scale != 1.0:
+            hidden = hidden * self.config.logits_scale
+        weight = self.lm_head.weight if self.lm_head is not None else self.decoder.embeddings.word.weight
+        logits = F.linear(hidden, weight)
+        return logits + self.final_logits_bias if self.final_logits_bias is not None else logits
+
+    def decode(self, decoder_input_ids, state: EncoderState, start: int = 0, decoder_attention_mask=None):
+        """Logits [B, S_tgt, vocab] for decoder tokens at positions start .. start + S_tgt - 1."""
+        hidden = self.decoder(decoder_input_ids, state, key_padding_mask=decoder_attention_mask, start=start)
+        return self.logits(hidden)
+
+    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: decoder inputs are the labels delayed by one, starting from decoder_start_token_id."""
+        shifted = labels.new_full(labels.shape, self.config.decoder_start_token_id)  # [B, S]
+        shifted[:, 1:] = labels[:, :-1]
+        return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
+
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                labels=None) -> TaskOutput:
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("pass decoder_input_ids (teacher forcing) or labels (shifted right into decoder inputs)")
+            decoder_input_ids = self.shift_right(labels)
+        decoder_mask = check_ids("decoder_input_ids", decoder_input_ids, "decoder_attention_mask",
+                                 decoder_attention_mask)
+        state = self.encode(input_ids, attention_mask)
+        if decoder_input_ids.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"decoder_input_ids has batch {decoder_input_ids.shape[0]}, input_ids has "
+                             f"{input_ids.shape[0]}")
+        logits = self.decode(decoder_input_ids, state, decoder_attention_mask=decoder_mask)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        return TaskOutput(logits=logits, loss=loss)
+
+
+__all__ = ["DecoderBlock", "EncoderState", "Seq2SeqConfig", "Seq2SeqForConditionalGeneration", "sinusoidal_table"]
