@@ -142,9 +142,11 @@ BART_KEYS = [
 ]
 
 # model_type -> (config adapter, key map, base-model prefix, checkpoint keys that carry nothing we need)
+# (a tied head stored anyway is a copy of the token table; an untied one is mapped before this applies).
+_TIED_HEAD = r"^lm_head\.weight$"
 FAMILIES = {
-    "t5": (t5_config, T5_KEYS, "", (r"EncDecAttention\.relative_attention_bias\.",)),
-    "bart": (bart_config, BART_KEYS, "model.", ()),
+    "t5": (t5_config, T5_KEYS, "", (_TIED_HEAD, r"EncDecAttention\.relative_attention_bias\.")),
+    "bart": (bart_config, BART_KEYS, "model.", (_TIED_HEAD,)),
     # Marian's sinusoidal tables are fixed (some older checkpoints still store them).
-    "marian": (bart_config, BART_KEYS, "model.", (r"embed_positions\.weight$",)),
+    "marian": (bart_config, BART_KEYS, "model.", (_TIED_HEAD, r"embed_positions\.weight$")),
 }

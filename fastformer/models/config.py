@@ -22,7 +22,8 @@ class ModelConfig:
     max_positions: int = 512  # rows of the position table (Hugging Face's max_position_embeddings)
     positions_from_padding: bool = False  # RoBERTa: position ids count from pad_token_id + 1
     type_vocab_size: int = 0  # BERT token types (0: none)
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
+    embedding_padding_idx: bool = True  # the word embedding's pad_token_id row gets no gradient (BERT); GPT-2: no
     bias: bool = True  # biases in the attention and feed-forward projections
     attention_scale: bool = True  # scale scores by 1/sqrt(head_dim) (T5 folds it into the weights)
     layer_norm_bias: bool = True
