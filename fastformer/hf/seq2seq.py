@@ -8,11 +8,18 @@ from fastformer.models.seq2seq import Seq2SeqConfig
 # Generation defaults a checkpoint's config.json may carry (older checkpoints keep them there rather
 # than in generation_config.json).
 _GENERATION_KEYS = ("max_length", "num_beams", "length_penalty", "no_repeat_ngram_size", "early_stopping",
-                    "forced_bos_token_id", "forced_eos_token_id", "min_length", "bad_words_ids")
+                    "forced_bos_token_id", "forced_eos_token_id", "min_length", "bad_words_ids",
+                    "task_specific_params")
 
 
 def _generation(hf: dict) -> dict:
     return {k: hf[k] for k in _GENERATION_KEYS if hf.get(k) is not None}
+
+
+def _eos(hf: dict, default: int) -> int | None:
+    """generate() stops on one EOS token; a config listing several (allowed by transformers) gives its first."""
+    eos = hf.get("eos_token_id", default)
+    return eos[0] if isinstance(eos, list) and eos else eos
 
 
 def _t5_activation(feed_forward_proj: str) -> tuple[str, bool]:
@@ -39,7 +46,7 @@ def t5_config(hf: dict) -> Seq2SeqConfig:
     return Seq2SeqConfig(
         encoder=encoder, decoder=decoder, pad_token_id=encoder.pad_token_id,
         decoder_start_token_id=hf.get("decoder_start_token_id", encoder.pad_token_id) or 0,
-        eos_token_id=hf.get("eos_token_id", 1), tie_lm_head=tied,
+        eos_token_id=_eos(hf, 1), tie_lm_head=tied,
         # transformers 5 writes scale_decoder_outputs; older configs imply it by tie_word_embeddings.
         logits_scale=hf["d_model"] ** -0.5 if hf.get("scale_decoder_outputs", tied) else 1.0,
         relative_buckets=hf.get("relative_attention_num_buckets", 32),
@@ -65,7 +72,7 @@ def bart_config(hf: dict) -> Seq2SeqConfig:
         vocab_size=hf["vocab_size"] if share else (hf.get("decoder_vocab_size") or hf["vocab_size"]))
     return Seq2SeqConfig(
         encoder=encoder, decoder=decoder, pad_token_id=encoder.pad_token_id,
-        decoder_start_token_id=hf.get("decoder_start_token_id", 2), eos_token_id=hf.get("eos_token_id", 2),
+        decoder_start_token_id=hf.get("decoder_start_token_id", 2), eos_token_id=_eos(hf, 2),
         embedding_scale=d_model ** 0.5 if hf.get("scale_embedding", False) else 1.0,
         position_offset=0 if marian else 2, share_embeddings=share,
         tie_lm_head=hf.get("tie_word_embeddings", True) is not False, final_logits_bias=True,

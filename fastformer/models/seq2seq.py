@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastformer import generation
 from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
 from fastformer.models.cross_attention import CrossAttention
@@ -49,7 +50,7 @@ def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
 
 
 class Seq2SeqEmbeddings(nn.Module):
-    """Token embeddings (times embedding_scale) plus absolute positions counted from `start`, then an
+    """Token embeddings (times embedding_scale) plus absolute positions (learned or sinusoidal), then an
     optional LayerNorm with the add fused into it (BART's layernorm_embedding)."""
 
     def __init__(self, config: ModelConfig, word: nn.Embedding, seq2seq: Seq2SeqConfig, argument: str):
@@ -74,19 +75,21 @@ class Seq2SeqEmbeddings(nn.Module):
             raise ValueError(f"{self.argument} needs {length} positions, the model has {self.max_positions} "
                              "(max_position_embeddings)")
 
-    def forward(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """position_ids [B, S] (decode steps: from the KV cache, checked against the table when the cache is
+        made); None: 0 .. S-1, checked here."""
         x = self.word(input_ids)  # [B, S, hidden]
         if self.scale != 1.0:
             x = x * self.scale
-        seq = input_ids.shape[1]
-        self.check_length(start + seq)
         positions = None
-        if self.position is not None:
-            positions = self.position.weight[self.offset + start: self.offset + start + seq]  # [S, hidden]
-        elif self.max_positions is not None:
-            positions = self.sinusoidal[start: start + seq].to(x.dtype)
+        if self.max_positions is not None:
+            if position_ids is None:
+                self.check_length(input_ids.shape[1])
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            table = self.position.weight if self.position is not None else self.sinusoidal.to(x.dtype)
+            positions = F.embedding(position_ids + self.offset, table)  # [B, S, hidden]
         if self.norm is not None:
-            x = self.norm(x, residual=positions.expand_as(x))[0] if positions is not None else self.norm(x)
+            x = self.norm(x, residual=positions)[0] if positions is not None else self.norm(x)
         elif positions is not None:
             x = x + positions
         return self.dropout(x)
@@ -131,36 +134,29 @@ class DecoderBlock(TransformerBlock):
         self.cross_attn = CrossAttention(config)
         self.cross_norm = make_norm(config)
 
-    def forward(self, x, memory, memory_mask=None, attn_bias=None, key_padding_mask=None):
-        """memory: (keys, values) of this block's cross-attention (CrossAttention.project_memory);
-        memory_mask bool [B, Sk_src], True = source token."""
+    def forward(self, x, memory, memory_mask=None, attn_bias=None, key_padding_mask=None, cache=None, layer=0):
+        """memory: (keys, values) [B, H, S_src, D] of this block's cross-attention (CrossAttention.project_memory);
+        memory_mask bool [B, S_src], True = source token; cache, layer: the self-attention KV cache (see
+        SelfAttention)."""
         keys, values = memory
         if self.pre_norm:
-            h = self.dropout(self.attn(self.attn_norm(x), key_padding_mask, attn_bias, causal=True))
+            h = self.dropout(self.attn(self.attn_norm(x), key_padding_mask, attn_bias, True, cache, layer))
             normed, x = self.cross_norm(h, residual=x)
             h = self.dropout(self.cross_attn(normed, keys, values, memory_mask))
             normed, x = self.ffn_norm(h, residual=x)
             return x + self.dropout(self.ffn(normed))
-        x, _ = self.attn_norm(self.dropout(self.attn(x, key_padding_mask, attn_bias, causal=True)), residual=x)
+        x, _ = self.attn_norm(self.dropout(self.attn(x, key_padding_mask, attn_bias, True, cache, layer)), residual=x)
         x, _ = self.cross_norm(self.dropout(self.cross_attn(x, keys, values, memory_mask)), residual=x)
         x, _ = self.ffn_norm(self.dropout(self.ffn(x)), residual=x)
         return x
 
 
 @dataclass
-class EncoderState:
-    """What decoding needs from one encoder pass: the source mask and every decoder block's
-    cross-attention keys and values, computed once per input and reused by every decode step."""
+class EncoderOutput:
+    """What encode() returns and new_cache() takes: the encoder's output and the source mask."""
 
     hidden: torch.Tensor  # [B, S_src, hidden]
     mask: torch.Tensor | None  # bool [B, S_src], True = token
-    memory: list  # per decoder block: (keys, values) [B, H, S_src, D]
-
-    def select(self, index: torch.Tensor) -> "EncoderState":
-        """The rows `index` (e.g. each input repeated num_beams times)."""
-        return EncoderState(self.hidden.index_select(0, index),
-                            self.mask.index_select(0, index) if self.mask is not None else None,
-                            [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory])
 
 
 class Seq2SeqDecoder(nn.Module):
@@ -174,16 +170,22 @@ class Seq2SeqDecoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def project_memory(self, encoder_hidden: torch.Tensor) -> list:
+        """Every block's cross-attention (keys, values) [B, H, S_src, D] for one encoder output."""
         return [layer.cross_attn.project_memory(encoder_hidden) for layer in self.layers]
 
-    def forward(self, decoder_input_ids, state: EncoderState, key_padding_mask=None, start: int = 0):
-        x = self.embeddings(decoder_input_ids, start)
+    def forward(self, decoder_input_ids, memory: list, memory_mask=None, key_padding_mask=None, position_ids=None,
+                cache=None):
+        """memory: project_memory's (keys, values) per block; with a cache (fastformer.generation.KVCache)
+        the tokens are appended to it and key_padding_mask / position_ids come from cache.begin_step."""
+        x = self.embeddings(decoder_input_ids, position_ids)
         bias = None
         if self.relative_bias is not None:
+            # Bottom-right aligned in the kernel: with a cache the queries sit at the end of the cached keys.
             bias = T5RelativeBias(self.relative_bias.weight, self.seq2seq.relative_buckets,
                                   self.seq2seq.relative_max_distance, bidirectional=False)
-        for layer, memory in zip(self.layers, state.memory):
-            x = layer(x, memory, state.mask, attn_bias=bias, key_padding_mask=key_padding_mask)
+        for i, (layer, layer_memory) in enumerate(zip(self.layers, memory)):
+            x = layer(x, layer_memory, memory_mask, attn_bias=bias, key_padding_mask=key_padding_mask, cache=cache,
+                      layer=i)
         if self.final_norm is not None:
             x = self.dropout(self.final_norm(x))
         return x
@@ -207,9 +209,13 @@ def check_ids(name: str, ids, mask_name: str, mask) -> torch.Tensor | None:
 class Seq2SeqForConditionalGeneration(nn.Module):
     """input_ids [B, S_src] (+ attention_mask) and decoder_input_ids [B, S_tgt] -> logits [B, S_tgt, vocab].
 
-    For generation: encode() runs the encoder once and precomputes the cross-attention keys/values;
-    decode() runs the decoder on the next tokens from position `start` (see fastformer.generation).
+    Implements fastformer.generation's protocol (encode, new_cache, step), so `model.generate(...)` and
+    `model.stream(...)` work as fastformer.generation.generate / stream: the encoder runs once per input,
+    new_cache computes every block's cross-attention K/V once, and each step runs the new decoder tokens
+    against the preallocated self-attention KV cache.
     """
+
+    is_encoder_decoder = True
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
@@ -225,20 +231,14 @@ class Seq2SeqForConditionalGeneration(nn.Module):
             self.register_buffer("final_logits_bias", torch.zeros(1, dec.vocab_size))
         else:
             self.final_logits_bias = None
+        self.decoder_start_token_id = config.decoder_start_token_id
+        self.eos_token_id = config.eos_token_id
+        self.pad_token_id = config.pad_token_id
+        self.max_positions = self.decoder.embeddings.max_positions  # None: T5's relative positions have no limit
 
-    @property
-    def max_source_positions(self) -> int | None:
-        return self.encoder.embeddings.max_positions
-
-    @property
-    def max_target_positions(self) -> int | None:
-        return self.decoder.embeddings.max_positions
-
-    def encode(self, input_ids, attention_mask=None) -> EncoderState:
+    def encode(self, input_ids, attention_mask=None) -> EncoderOutput:
         mask = check_ids("input_ids", input_ids, "attention_mask", attention_mask)
-        self.encoder.embeddings.check_length(input_ids.shape[1])
-        hidden = self.encoder(input_ids, key_padding_mask=mask)
-        return EncoderState(hidden, mask, self.decoder.project_memory(hidden))
+        return EncoderOutput(self.encoder(input_ids, key_padding_mask=mask), mask)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Decoder output [B, S, hidden] -> [B, S, vocab]."""
@@ -248,10 +248,37 @@ class Seq2SeqForConditionalGeneration(nn.Module):
         logits = F.linear(hidden, weight)
         return logits + self.final_logits_bias if self.final_logits_bias is not None else logits
 
-    def decode(self, decoder_input_ids, state: EncoderState, start: int = 0, decoder_attention_mask=None):
-        """Logits [B, S_tgt, vocab] for decoder tokens at positions start .. start + S_tgt - 1."""
-        hidden = self.decoder(decoder_input_ids, state, key_padding_mask=decoder_attention_mask, start=start)
-        return self.logits(hidden)
+    def new_cache(self, batch_size: int, max_length: int, encoder_output: EncoderOutput) -> generation.KVCache:
+        """A KV cache for max_length decoder tokens per row, holding every block's cross-attention K/V of
+        encoder_output (B inputs; batch_size = B * n repeats each input's rows n times, for beams)."""
+        inputs = encoder_output.hidden.shape[0]
+        if batch_size % inputs != 0:
+            raise ValueError(f"batch_size={batch_size} is not a multiple of the {inputs} encoded inputs")
+        if self.max_positions is not None and max_length > self.max_positions:
+            raise ValueError(f"max_length={max_length} decoder tokens do not fit the model's {self.max_positions} "
+                             "positions (max_position_embeddings)")
+        dec = self.config.decoder
+        weight = self.decoder.embeddings.word.weight
+        cache = generation.KVCache(dec.num_layers, batch_size, max_length, dec.num_heads, dec.head_dim, weight.dtype,
+                                   weight.device)
+        rows = torch.arange(inputs, device=weight.device).repeat_interleave(batch_size // inputs)  # [B * n]
+        memory = self.decoder.project_memory(encoder_output.hidden)  # L x ([B, H, S_src, D], [B, H, S_src, D])
+        cache.cross_keys = torch.stack([k for k, _ in memory]).index_select(1, rows)  # [L, B * n, H, S_src, D]
+        cache.cross_values = torch.stack([v for _, v in memory]).index_select(1, rows)
+        mask = encoder_output.mask
+        cache.cross_mask = mask.index_select(0, rows) if mask is not None else None  # [B * n, S_src]
+        return cache
+
+    def step(self, input_ids, cache: generation.KVCache, attention_mask=None, last_only=False):
+        """Runs T new decoder tokens [B, T] against the cache; logits [B, T or 1, vocab]."""
+        position_ids, key_padding_mask = cache.begin_step(input_ids, attention_mask)
+        memory = list(zip(cache.cross_keys, cache.cross_values))
+        hidden = self.decoder(input_ids, memory, cache.cross_mask, key_padding_mask, position_ids, cache)
+        cache.end_step(input_ids.shape[1])
+        return self.logits(hidden[:, -1:] if last_only else hidden)
+
+    generate = generation.generate
+    stream = generation.stream
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: decoder inputs are the labels delayed by one, starting from decoder_start_token_id."""
@@ -267,15 +294,17 @@ class Seq2SeqForConditionalGeneration(nn.Module):
             decoder_input_ids = self.shift_right(labels)
         decoder_mask = check_ids("decoder_input_ids", decoder_input_ids, "decoder_attention_mask",
                                  decoder_attention_mask)
-        state = self.encode(input_ids, attention_mask)
+        encoded = self.encode(input_ids, attention_mask)
         if decoder_input_ids.shape[0] != input_ids.shape[0]:
             raise ValueError(f"decoder_input_ids has batch {decoder_input_ids.shape[0]}, input_ids has "
                              f"{input_ids.shape[0]}")
-        logits = self.decode(decoder_input_ids, state, decoder_attention_mask=decoder_mask)
+        hidden = self.decoder(decoder_input_ids, self.decoder.project_memory(encoded.hidden), encoded.mask,
+                              key_padding_mask=decoder_mask)
+        logits = self.logits(hidden)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
         return TaskOutput(logits=logits, loss=loss)
 
 
-__all__ = ["DecoderBlock", "EncoderState", "Seq2SeqConfig", "Seq2SeqForConditionalGeneration", "sinusoidal_table"]
+__all__ = ["DecoderBlock", "EncoderOutput", "Seq2SeqConfig", "Seq2SeqForConditionalGeneration", "sinusoidal_table"]

@@ -4,59 +4,7 @@ import pytest
 import torch
 
 import fastformer as ff
-
-transformers = pytest.importorskip("transformers")
-
-VOCAB = 99
-FAMILIES = {  # name -> (config class, config kwargs, model class)
-    # 8 buckets reaching 20 tokens: the sequences below use the exact and the logarithmic buckets.
-    "t5": ("T5Config", dict(vocab_size=VOCAB, d_model=64, d_kv=32, d_ff=37, num_layers=2, num_decoder_layers=3,
-                            num_heads=2, relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                            dropout_rate=0.0, decoder_start_token_id=0), "T5ForConditionalGeneration"),
-    # v1.1: gated tanh-GELU, untied head, inner attention width (2 x 32) != d_model (48).
-    "t5-gated": ("T5Config", dict(vocab_size=VOCAB, d_model=48, d_kv=32, d_ff=37, num_layers=2, num_heads=2,
-                                  relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                                  feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
-                                  decoder_start_token_id=0), "T5ForConditionalGeneration"),
-    "bart": ("BartConfig", dict(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
-                                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37,
-                                decoder_ffn_dim=41, max_position_embeddings=40, dropout=0.0, pad_token_id=1,
-                                bos_token_id=0, eos_token_id=2, decoder_start_token_id=2),
-             "BartForConditionalGeneration"),
-    "marian": ("MarianConfig", dict(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
-                                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37,
-                                    decoder_ffn_dim=37, max_position_embeddings=40, activation_function="swish",
-                                    scale_embedding=True, dropout=0.0, pad_token_id=VOCAB - 1, eos_token_id=0,
-                                    decoder_start_token_id=VOCAB - 1, forced_eos_token_id=0),
-               "MarianMTModel"),
-}
-
-
-def save_tiny(tmp_path, family: str, **overrides):
-    config_cls, kwargs, model_cls = FAMILIES[family]
-    torch.manual_seed(0)
-    config = getattr(transformers, config_cls)(**{**kwargs, **overrides})
-    model = getattr(transformers, model_cls)(config).eval()
-    with torch.no_grad():  # fresh values for what HF initializes to constants (norms, biases, final_logits_bias)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        if hasattr(model, "final_logits_bias"):
-            model.final_logits_bias.add_(0.5 * torch.randn_like(model.final_logits_bias))
-    path = tmp_path / family
-    model.save_pretrained(path)
-    return model, path
-
-
-def source_batch(family: str, padded: bool, lengths=(13, 7, 1)):
-    pad = FAMILIES[family][1].get("pad_token_id", 0)
-    seq = max(lengths)
-    ids = torch.randint(3, VOCAB - 1, (len(lengths), seq))
-    mask = torch.ones(len(lengths), seq, dtype=torch.long)
-    if padded:
-        for row, length in enumerate(lengths):
-            ids[row, length:] = pad
-            mask[row, length:] = 0
-    return ids, mask
+from tests.seq2seq_checkpoints import FAMILIES, VOCAB, save_tiny, source_batch
 
 
 def assert_close_rel(ours, theirs, rel=1e-4):
@@ -67,7 +15,8 @@ def assert_close_rel(ours, theirs, rel=1e-4):
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_teacher_forced_logits_match_transformers_fp32(tmp_path, family, padded):
-    theirs, path = save_tiny(tmp_path, family)
+    # T5 with more decoder than encoder layers (transformers' generate cannot run that one).
+    theirs, path = save_tiny(tmp_path, family, **({"num_decoder_layers": 3} if family == "t5" else {}))
     ours = ff.from_pretrained(path)
     assert ours.load_report["task"] == "seq2seq-lm" and not ours.load_report["missing"]
     assert not ours.load_report["unexpected"]
@@ -91,3 +40,88 @@ def test_labels_give_transformers_loss(tmp_path, family):
         got = ours(ids, attention_mask=mask, labels=labels)
     assert_close_rel(got.logits, want.logits)
     assert_close_rel(got.loss, want.loss)
+
+
+# The shared generate() applies no forced-EOS/BOS processors: the generation checkpoints leave them unset.
+NO_FORCED = dict(forced_eos_token_id=None)
+
+
+def generation_pair(tmp_path, family):
+    theirs, path = save_tiny(tmp_path, family, **(NO_FORCED if family in ("bart", "marian") else {}))
+    return theirs, ff.from_pretrained(path)
+
+
+def greedy_eos(theirs, ids, mask):
+    """An EOS token that ends row 0 after 3 tokens, so finished rows are padded while others go on."""
+    return int(theirs.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)[0, 3])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_matches_transformers(tmp_path, family):
+    theirs, ours = generation_pair(tmp_path, family)
+    ids, mask = source_batch(family, padded=True)
+    eos = greedy_eos(theirs, ids, mask)
+    for settings in (dict(max_new_tokens=12), dict(max_new_tokens=12, eos_token_id=eos)):
+        want = theirs.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1, **settings)
+        got = ours.generate(ids, mask, **settings)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_beam_search_matches_transformers(tmp_path, family):
+    theirs, ours = generation_pair(tmp_path, family)
+    ids, mask = source_batch(family, padded=True)
+    eos = greedy_eos(theirs, ids, mask)
+    settings = dict(max_new_tokens=10, num_beams=3, eos_token_id=eos, length_penalty=0.8)
+    want = theirs.generate(input_ids=ids, attention_mask=mask, do_sample=False, **settings)
+    got = ours.generate(ids, mask, **settings)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_stream_and_sampling(tmp_path):
+    _, ours = generation_pair(tmp_path, "t5")
+    ids, mask = source_batch("t5", padded=True)
+    greedy = ours.generate(ids, mask, max_new_tokens=6)
+    streamed = torch.stack(list(ours.stream(ids, mask, max_new_tokens=6)), dim=1)
+    torch.testing.assert_close(streamed, greedy[:, 1:], rtol=0, atol=0)
+    sampled = [ours.generate(ids, mask, max_new_tokens=6, do_sample=True, seed=7, top_p=0.9) for _ in range(2)]
+    torch.testing.assert_close(sampled[0], sampled[1], rtol=0, atol=0)
+    top1 = ours.generate(ids, mask, max_new_tokens=6, do_sample=True, top_k=1, seed=3)
+    torch.testing.assert_close(top1, greedy, rtol=0, atol=0)
+
+
+def test_cross_attention_keys_are_computed_once_per_input(tmp_path, monkeypatch):
+    _, ours = generation_pair(tmp_path, "bart")
+    ids, mask = source_batch("bart", padded=True)
+    calls = []
+    for layer in ours.decoder.layers:
+        original = layer.cross_attn.project_memory
+        monkeypatch.setattr(layer.cross_attn, "project_memory",
+                            lambda memory, original=original: calls.append(memory.shape) or original(memory))
+    ours.generate(ids, mask, max_new_tokens=5, num_beams=2)
+    assert calls == [(3, ids.shape[1], 64)] * len(ours.decoder.layers)  # once per block, for the 3 inputs
+
+
+@pytest.mark.parametrize("family", ["bart", "marian"])
+def test_source_longer_than_positions_is_rejected(tmp_path, family):
+    _, ours = generation_pair(tmp_path, family)
+    ids = torch.randint(3, VOCAB - 1, (1, 41))
+    with pytest.raises(ValueError, match="input_ids needs 41 positions"):
+        ours.generate(ids, max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens=40"):
+        ours.generate(ids[:, :5], max_new_tokens=40)
+
+
+def test_bad_inputs_name_the_argument(tmp_path):
+    _, ours = generation_pair(tmp_path, "t5")
+    ids, mask = source_batch("t5", padded=True)
+    with pytest.raises(ValueError, match="input_ids is empty"):
+        ours.generate(ids[:, :0])
+    with pytest.raises(ValueError, match="attention_mask"):
+        ours.generate(ids, mask[:, :3])
+    with pytest.raises(ValueError, match=r"decoder_input_ids \(teacher forcing\) or labels"):
+        ours(ids, mask)
+    with pytest.raises(TypeError, match="decoder_input_ids must be an int64"):
+        ours(ids, mask, decoder_input_ids=ids.float())
+    with pytest.raises(ValueError, match="num_beams"):
+        ours.generate(ids, num_beams=0)
