@@ -57,6 +57,9 @@ def bart_config(hf: dict) -> Seq2SeqConfig:
     """BART and Marian: post-norm LayerNorm blocks; BART has learned positions (offset 2) and a
     LayerNorm on the embeddings, Marian fixed sinusoidal positions and scaled embeddings."""
     marian = hf["model_type"] == "marian"
+    for key in ("normalize_before", "add_final_layer_norm"):  # mBART-style pre-norm variants of old configs
+        if hf.get(key):
+            raise ValueError(f"{hf['model_type']} with {key}=true in config.json is not supported")
     d_model = hf["d_model"]
     encoder = ModelConfig(
         model_type=hf["model_type"], vocab_size=hf["vocab_size"], hidden_size=d_model,

@@ -95,34 +95,42 @@ class Seq2SeqEmbeddings(nn.Module):
         return self.dropout(x)
 
 
-def relative_bias_table(config: ModelConfig, seq2seq: Seq2SeqConfig) -> nn.Embedding | None:
-    """T5's [num_buckets, H] bias table (held by the first layer in Hugging Face, shared by all)."""
-    if config.position != "relative":
-        return None
-    return nn.Embedding(seq2seq.relative_buckets, config.num_heads)
+class Seq2SeqStack(nn.Module):
+    """What the encoder and decoder share: embeddings, a stack of blocks, T5's relative bias table (held by
+    the first layer in Hugging Face, used by all) and the final norm of pre-norm models."""
 
-
-class Seq2SeqEncoder(nn.Module):
-    def __init__(self, config: ModelConfig, word: nn.Embedding, seq2seq: Seq2SeqConfig):
+    def __init__(self, config: ModelConfig, word: nn.Embedding, seq2seq: Seq2SeqConfig, argument: str, block):
         super().__init__()
         self.seq2seq = seq2seq
-        self.embeddings = Seq2SeqEmbeddings(config, word, seq2seq, "input_ids")
-        self.relative_bias = relative_bias_table(config, seq2seq)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.embeddings = Seq2SeqEmbeddings(config, word, seq2seq, argument)
+        relative = config.position == "relative"
+        self.relative_bias = nn.Embedding(seq2seq.relative_buckets, config.num_heads) if relative else None
+        self.layers = nn.ModuleList(block(config) for _ in range(config.num_layers))
         self.final_norm = make_norm(config) if config.pre_norm else None
         self.dropout = nn.Dropout(config.dropout)
 
+    def position_bias(self, bidirectional: bool) -> T5RelativeBias | None:
+        """T5's bias as ff.ops.attention's in-kernel spec; bottom-right aligned there, so with a KV cache
+        the new queries sit after the cached keys."""
+        if self.relative_bias is None:
+            return None
+        return T5RelativeBias(self.relative_bias.weight, self.seq2seq.relative_buckets,
+                              self.seq2seq.relative_max_distance, bidirectional=bidirectional)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.final_norm(x)) if self.final_norm is not None else x
+
+
+class Seq2SeqEncoder(Seq2SeqStack):
+    def __init__(self, config: ModelConfig, word: nn.Embedding, seq2seq: Seq2SeqConfig):
+        super().__init__(config, word, seq2seq, "input_ids", TransformerBlock)
+
     def forward(self, input_ids, key_padding_mask=None):
         x = self.embeddings(input_ids)
-        bias = None
-        if self.relative_bias is not None:
-            bias = T5RelativeBias(self.relative_bias.weight, self.seq2seq.relative_buckets,
-                                  self.seq2seq.relative_max_distance, bidirectional=True)
+        bias = self.position_bias(bidirectional=True)
         for layer in self.layers:
             x = layer(x, key_padding_mask=key_padding_mask, attn_bias=bias)
-        if self.final_norm is not None:
-            x = self.dropout(self.final_norm(x))
-        return x
+        return self.finish(x)
 
 
 class DecoderBlock(TransformerBlock):
@@ -159,15 +167,9 @@ class EncoderOutput:
     mask: torch.Tensor | None  # bool [B, S_src], True = token
 
 
-class Seq2SeqDecoder(nn.Module):
+class Seq2SeqDecoder(Seq2SeqStack):
     def __init__(self, config: ModelConfig, word: nn.Embedding, seq2seq: Seq2SeqConfig):
-        super().__init__()
-        self.seq2seq = seq2seq
-        self.embeddings = Seq2SeqEmbeddings(config, word, seq2seq, "decoder_input_ids")
-        self.relative_bias = relative_bias_table(config, seq2seq)
-        self.layers = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
-        self.final_norm = make_norm(config) if config.pre_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config, word, seq2seq, "decoder_input_ids", DecoderBlock)
 
     def project_memory(self, encoder_hidden: torch.Tensor) -> list:
         """Every block's cross-attention (keys, values) [B, H, S_src, D] for one encoder output."""
@@ -178,17 +180,11 @@ class Seq2SeqDecoder(nn.Module):
         """memory: project_memory's (keys, values) per block; with a cache (fastformer.generation.KVCache)
         the tokens are appended to it and key_padding_mask / position_ids come from cache.begin_step."""
         x = self.embeddings(decoder_input_ids, position_ids)
-        bias = None
-        if self.relative_bias is not None:
-            # Bottom-right aligned in the kernel: with a cache the queries sit at the end of the cached keys.
-            bias = T5RelativeBias(self.relative_bias.weight, self.seq2seq.relative_buckets,
-                                  self.seq2seq.relative_max_distance, bidirectional=False)
+        bias = self.position_bias(bidirectional=False)
         for i, (layer, layer_memory) in enumerate(zip(self.layers, memory)):
             x = layer(x, layer_memory, memory_mask, attn_bias=bias, key_padding_mask=key_padding_mask, cache=cache,
                       layer=i)
-        if self.final_norm is not None:
-            x = self.dropout(self.final_norm(x))
-        return x
+        return self.finish(x)
 
 
 def check_ids(name: str, ids, mask_name: str, mask) -> torch.Tensor | None:
@@ -294,10 +290,10 @@ class Seq2SeqForConditionalGeneration(nn.Module):
             decoder_input_ids = self.shift_right(labels)
         decoder_mask = check_ids("decoder_input_ids", decoder_input_ids, "decoder_attention_mask",
                                  decoder_attention_mask)
-        encoded = self.encode(input_ids, attention_mask)
-        if decoder_input_ids.shape[0] != input_ids.shape[0]:
+        if isinstance(input_ids, torch.Tensor) and decoder_input_ids.shape[0] != input_ids.shape[0]:
             raise ValueError(f"decoder_input_ids has batch {decoder_input_ids.shape[0]}, input_ids has "
                              f"{input_ids.shape[0]}")
+        encoded = self.encode(input_ids, attention_mask)
         hidden = self.decoder(decoder_input_ids, self.decoder.project_memory(encoded.hidden), encoded.mask,
                               key_padding_mask=decoder_mask)
         logits = self.logits(hidden)
