@@ -217,9 +217,11 @@ class Seq2SeqForConditionalGeneration(nn.Module):
         super().__init__()
         self.config = config
         enc, dec = config.encoder, config.decoder
-        self.shared = nn.Embedding(enc.vocab_size, enc.hidden_size, padding_idx=config.pad_token_id)
+        # T5's table trains its padding row (the decoder start token is the padding token), BART's does not.
+        padding_idx = config.pad_token_id if enc.embedding_padding_idx else None
+        self.shared = nn.Embedding(enc.vocab_size, enc.hidden_size, padding_idx=padding_idx)
         decoder_word = self.shared if config.share_embeddings else nn.Embedding(
-            dec.vocab_size, dec.hidden_size, padding_idx=config.pad_token_id)
+            dec.vocab_size, dec.hidden_size, padding_idx=padding_idx)
         self.encoder = Seq2SeqEncoder(enc, self.shared, config)
         self.decoder = Seq2SeqDecoder(dec, decoder_word, config)
         self.lm_head = None if config.tie_lm_head else nn.Linear(dec.hidden_size, dec.vocab_size, bias=False)

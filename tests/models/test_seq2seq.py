@@ -125,3 +125,27 @@ def test_bad_inputs_name_the_argument(tmp_path):
         ours(ids, mask, decoder_input_ids=ids.float())
     with pytest.raises(ValueError, match="num_beams"):
         ours.generate(ids, num_beams=0)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_gradients_match_transformers(tmp_path, family):
+    """Training: the loss gradients reach every weight as in transformers (T5's bias table through the
+    in-kernel relative bias, the tied embeddings through encoder, decoder and head)."""
+    theirs, path = save_tiny(tmp_path, family)
+    ours = ff.from_pretrained(path).train()
+    theirs.train()
+    ids, mask = source_batch(family, padded=True)
+    labels = torch.randint(3, VOCAB - 1, (3, 6))
+    ours(ids, attention_mask=mask, labels=labels).loss.backward()
+    theirs(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    pairs = {"shared.weight": "shared.weight",
+             "encoder.layers.1.ffn.down.weight": ("encoder.block.1.layer.1.DenseReluDense.wo.weight"
+                                                  if family == "t5" else "model.encoder.layers.1.fc2.weight")}
+    if family == "t5":
+        pairs["encoder.relative_bias.weight"] = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        pairs["decoder.relative_bias.weight"] = "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    else:
+        pairs["shared.weight"] = "model.shared.weight"
+    ours_params, their_params = dict(ours.named_parameters()), dict(theirs.named_parameters())
+    for mine, their in pairs.items():
+        assert_close_rel(ours_params[mine].grad, their_params[their].grad, rel=1e-4)
