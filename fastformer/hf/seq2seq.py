@@ -106,13 +106,15 @@ def _stack_keys(ours: str, theirs: str, self_attn: str, cross_attn: str | None, 
     return lines
 
 
-def _shared_embedding_keys(prefix_theirs: str) -> list:
-    """Our three names of the one token table (shared, encoder's, decoder's): the checkpoint may store
-    it under `shared` or, untied, under each stack's embed_tokens."""
+def _embedding_keys(prefix_theirs: str) -> list:
+    """Our names of the token tables (shared, encoder's, decoder's) and the LM head, which alias one
+    another when tied: the checkpoint may store the table under `shared` or, untied, under each stack's
+    embed_tokens, and the head as lm_head (untied) or not at all (tied to the decoder's table)."""
     shared, enc, dec = (f"{prefix_theirs}{n}.weight" for n in ("shared", "encoder.embed_tokens", "decoder.embed_tokens"))
     return [("shared.weight", shared), ("shared.weight", enc),
             ("encoder.embeddings.word.weight", enc), ("encoder.embeddings.word.weight", shared),
-            ("decoder.embeddings.word.weight", dec), ("decoder.embeddings.word.weight", shared)]
+            ("decoder.embeddings.word.weight", dec), ("decoder.embeddings.word.weight", shared),
+            ("lm_head.weight", "lm_head.weight"), ("lm_head.weight", dec), ("lm_head.weight", shared)]
 
 
 _T5_PROJECTIONS = ("q", "k", "v", "o")
@@ -125,7 +127,7 @@ def _t5_ffn(sublayer: int) -> tuple:
 
 
 T5_KEYS = [
-    *_shared_embedding_keys("{p}"),
+    *_embedding_keys("{p}"),
     ("encoder.relative_bias.weight", "{p}encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
     ("decoder.relative_bias.weight", "{p}decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
     *_stack_keys("encoder", "{p}encoder.block.{i}.", "layer.0.SelfAttention", None, _t5_ffn(1),
@@ -134,12 +136,11 @@ T5_KEYS = [
                  _t5_ffn(2), ("layer.0.layer_norm", "layer.1.layer_norm", "layer.2.layer_norm"), _T5_PROJECTIONS),
     ("encoder.final_norm.weight", "{p}encoder.final_layer_norm.weight"),
     ("decoder.final_norm.weight", "{p}decoder.final_layer_norm.weight"),
-    ("lm_head.weight", "lm_head.weight"),
 ]
 
 _BART_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 BART_KEYS = [
-    *_shared_embedding_keys("{p}"),
+    *_embedding_keys("{p}"),
     ("encoder.embeddings.position.weight", "{p}encoder.embed_positions.weight"),
     ("decoder.embeddings.position.weight", "{p}decoder.embed_positions.weight"),
     ("encoder.embeddings.norm.{w}", "{p}encoder.layernorm_embedding.{w}"),
@@ -148,16 +149,13 @@ BART_KEYS = [
                  ("self_attn_layer_norm", "final_layer_norm"), _BART_PROJECTIONS),
     *_stack_keys("decoder", "{p}decoder.layers.{i}.", "self_attn", "encoder_attn", ("fc1", None, "fc2"),
                  ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"), _BART_PROJECTIONS),
-    ("lm_head.weight", "lm_head.weight"),
     ("final_logits_bias", "final_logits_bias"),
 ]
 
 # model_type -> (config adapter, key map, base-model prefix, checkpoint keys that carry nothing we need)
-# (a tied head stored anyway is a copy of the token table; an untied one is mapped before this applies).
-_TIED_HEAD = r"^lm_head\.weight$"
 FAMILIES = {
-    "t5": (t5_config, T5_KEYS, "", (_TIED_HEAD, r"EncDecAttention\.relative_attention_bias\.")),
-    "bart": (bart_config, BART_KEYS, "model.", (_TIED_HEAD,)),
+    "t5": (t5_config, T5_KEYS, "", (r"EncDecAttention\.relative_attention_bias\.",)),
+    "bart": (bart_config, BART_KEYS, "model.", ()),
     # Marian's sinusoidal tables are fixed (some older checkpoints still store them).
-    "marian": (bart_config, BART_KEYS, "model.", (_TIED_HEAD, r"embed_positions\.weight$")),
+    "marian": (bart_config, BART_KEYS, "model.", (r"embed_positions\.weight$",)),
 }

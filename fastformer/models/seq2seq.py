@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastformer import generation
+from fastformer import nn as ffnn
 from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
 from fastformer.models.cross_attention import CrossAttention
@@ -32,7 +33,7 @@ class Seq2SeqConfig:
     embedding_scale: float = 1.0  # token embeddings times sqrt(d_model) with scale_embedding (Marian)
     position_offset: int = 0  # BART's learned positions start at row 2 of the table
     share_embeddings: bool = True  # encoder and decoder read one token table
-    tie_lm_head: bool = True  # logits from the decoder's token table (else a separate lm_head)
+    tie_lm_head: bool = True  # the LM head is the decoder's token table (else its own weight)
     logits_scale: float = 1.0  # T5 with a tied head scales the decoder output by d_model ** -0.5
     final_logits_bias: bool = False  # BART and Marian add a (checkpoint) bias to the logits
     relative_buckets: int = 32  # T5 relative position bias
@@ -224,7 +225,10 @@ class Seq2SeqForConditionalGeneration(nn.Module):
             dec.vocab_size, dec.hidden_size, padding_idx=padding_idx)
         self.encoder = Seq2SeqEncoder(enc, self.shared, config)
         self.decoder = Seq2SeqDecoder(dec, decoder_word, config)
-        self.lm_head = None if config.tie_lm_head else nn.Linear(dec.hidden_size, dec.vocab_size, bias=False)
+        # fastformer's Linear: the [hidden x vocab] projection is most of a decode step's matmul work on CPU.
+        self.lm_head = ffnn.Linear(dec.hidden_size, dec.vocab_size, bias=False)
+        if config.tie_lm_head:
+            self.lm_head.weight = decoder_word.weight
         if config.final_logits_bias:
             self.register_buffer("final_logits_bias", torch.zeros(1, dec.vocab_size))
         else:
@@ -242,8 +246,7 @@ class Seq2SeqForConditionalGeneration(nn.Module):
         """Decoder output [B, S, hidden] -> [B, S, vocab]."""
         if self.config.logits_scale != 1.0:
             hidden = hidden * self.config.logits_scale
-        weight = self.lm_head.weight if self.lm_head is not None else self.decoder.embeddings.word.weight
-        logits = F.linear(hidden, weight)
+        logits = self.lm_head(hidden)
         return logits + self.final_logits_bias if self.final_logits_bias is not None else logits
 
     def new_cache(self, batch_size: int, max_length: int, encoder_output: EncoderOutput) -> generation.KVCache:
