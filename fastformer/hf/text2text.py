@@ -7,15 +7,24 @@ start from the checkpoint's defaults (config.json, then its task_specific_params
 transformers' pipelines do) and are overridden by keyword arguments; the settings fastformer.generation
 has no equivalent for (min_length, no_repeat_ngram_size, forced BOS/EOS) are not applied.
 """
+import json
 import os
 
-import torch
 
 from fastformer import generation
 
 # Checkpoint generation defaults that map onto fastformer.generation's settings.
 _CHECKPOINT_SETTINGS = ("num_beams", "length_penalty", "early_stopping")
 _DEFAULT_MAX_NEW_TOKENS = 64
+
+
+def _generation_config(path: str) -> dict:
+    """generation_config.json's settings (newer checkpoints keep them there rather than in config.json)."""
+    file = os.path.join(path, "generation_config.json")
+    if not os.path.isfile(file):
+        return {}
+    with open(file) as f:
+        return {k: v for k, v in json.load(f).items() if v is not None}
 
 
 def _load(model, tokenizer):
@@ -26,6 +35,7 @@ def _load(model, tokenizer):
 
         path = os.fspath(model)
         model = from_pretrained(path)
+        model.config.generation.update(_generation_config(path))
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(path)  # a local folder: no network
     elif tokenizer is None:
