@@ -39,8 +39,7 @@ def t5_config(hf: dict) -> Seq2SeqConfig:
         num_heads=hf["num_heads"], intermediate_size=hf["d_ff"], attention_head_dim=hf["d_kv"],
         activation=activation, gated_ffn=gated, norm="rms", norm_eps=hf.get("layer_norm_epsilon", 1e-6),
         pre_norm=True, embedding_norm=False, position="relative", pad_token_id=hf.get("pad_token_id", 0) or 0,
-        embedding_padding_idx=False,
-        bias=False, attention_scale=False, dropout=hf.get("dropout_rate", 0.1),
+        embedding_padding_idx=False, bias=False, attention_scale=False, dropout=hf.get("dropout_rate", 0.1),
         attention_dropout=hf.get("dropout_rate", 0.1))
     decoder = dataclasses.replace(encoder, num_layers=hf.get("num_decoder_layers") or hf["num_layers"])
     tied = hf.get("tie_word_embeddings", True) is not False
