@@ -236,7 +236,9 @@ class Seq2SeqForConditionalGeneration(nn.Module):
         self.decoder_start_token_id = config.decoder_start_token_id
         self.eos_token_id = config.eos_token_id
         self.pad_token_id = config.pad_token_id
-        self.max_positions = self.decoder.embeddings.max_positions  # None: T5's relative positions have no limit
+        # None: T5's relative positions have no limit.
+        self.max_positions = self.decoder.embeddings.max_positions
+        self.max_source_positions = self.encoder.embeddings.max_positions
 
     def encode(self, input_ids, attention_mask=None) -> EncoderOutput:
         mask = check_ids("input_ids", input_ids, "attention_mask", attention_mask)

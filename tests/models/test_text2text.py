@@ -1,9 +1,8 @@
-"""translate / summarize / bleu from strings, with tiny word-level tokenizers built here (no downloads),
-against transformers' generate on the same tokens."""
+"""Translator / Summarizer (strings in and out) and BLEU, with tiny word-level tokenizers built here and
+saved beside tiny checkpoints (no downloads), against transformers' generate on the same tokens."""
 import pytest
-import torch
 
-import fastformer as ff
+from fastformer.models import Summarizer, Translator, bleu, evaluate_bleu
 from tests.seq2seq_checkpoints import VOCAB, save_tiny
 
 transformers = pytest.importorskip("transformers")
@@ -39,59 +38,63 @@ def their_texts(theirs, tokenizer, texts, prefix, **settings):
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-@pytest.fixture
-def t5_folder(tmp_path):
-    theirs, path = save_tiny(tmp_path, "t5", task_specific_params=TASKS)
+@pytest.fixture(scope="module")
+def t5_folder(tmp_path_factory):
+    theirs, path = save_tiny(tmp_path_factory.mktemp("t5-text"), "t5", task_specific_params=TASKS)
     return theirs, path, save_tokenizer(path, pad=0, eos=1, unk=2)
+
+
+@pytest.fixture(scope="module")
+def marian_folder(tmp_path_factory):
+    theirs, path = save_tiny(tmp_path_factory.mktemp("marian-text"), "marian", forced_eos_token_id=None)
+    return theirs, path, save_tokenizer(path, pad=VOCAB - 1, eos=0, unk=1)
 
 
 def test_t5_translate_and_summarize_match_transformers(t5_folder):
     theirs, path, tokenizer = t5_folder
-    got = ff.hf.translate(TEXTS, path, source_lang="en", target_lang="de")
+    got = Translator(path, source_lang="en", target_lang="de")(TEXTS)  # the task's prefix, 2 beams, 7 tokens
     assert got == their_texts(theirs, tokenizer, TEXTS, "translate English to German: ", num_beams=2, max_new_tokens=7)
     assert all(isinstance(t, str) for t in got)
-    model = ff.from_pretrained(path)
-    summary = ff.hf.summarize(TEXTS[1], model, tokenizer, num_beams=1)
+    summary = Summarizer(path)(TEXTS[1])
     assert summary == their_texts(theirs, tokenizer, TEXTS[1:], "summarize: ", max_new_tokens=5)[0]
 
 
-def test_marian_translate_and_bleu(tmp_path):
-    theirs, path = save_tiny(tmp_path, "marian", forced_eos_token_id=None)
-    tokenizer = save_tokenizer(path, pad=VOCAB - 1, eos=0, unk=1)
-    got = ff.hf.translate(TEXTS, path, max_new_tokens=6, batch_size=1)
+def test_marian_translate_stream_and_bleu(marian_folder):
+    theirs, path, tokenizer = marian_folder
+    translator = Translator(path)
+    got = translator(TEXTS, max_new_tokens=6, batch_size=1)
     assert got == their_texts(theirs, tokenizer, TEXTS, "", max_new_tokens=6)
-    result = ff.hf.evaluate_bleu(TEXTS, [got[0], "w1 w2"], path, max_new_tokens=6)
+    pieces = list(translator.stream(TEXTS[1], max_new_tokens=6))
+    assert "".join(pieces).strip() == got[1]
+    result = evaluate_bleu(translator, TEXTS, [got[0], "w1 w2"], max_new_tokens=6)
     assert result["translations"] == got
-    assert result["bleu"] == pytest.approx(ff.hf.bleu(got, [got[0], "w1 w2"]))
+    assert result["bleu"] == pytest.approx(bleu(got, [got[0], "w1 w2"]))
     with pytest.raises(ValueError, match=r"texts\[1\] is 41 tokens long, more than the model's 40"):
-        ff.hf.translate(["w3", " ".join(["w4"] * 40)], path)
+        translator(["w3", " ".join(["w4"] * 40)])
 
 
 def test_bleu():
-    assert ff.hf.bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
-    two_refs = ff.hf.bleu(["the cat sat on the mat"], [["a dog ran", "the cat sat on the mat"]])
-    assert two_refs == pytest.approx(100.0)
-    assert ff.hf.bleu(["the cat"], ["a dog ran far away"]) < 1.0
+    assert bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
+    assert bleu(["the cat sat on the mat"], [["a dog ran", "the cat sat on the mat"]]) == pytest.approx(100.0)
+    assert bleu(["the cat"], ["a dog ran far away"]) < 1.0
     with pytest.raises(ValueError, match="one entry per hypothesis"):
-        ff.hf.bleu(["a", "b"], ["a"])
+        bleu(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="hypotheses"):
-        ff.hf.bleu([], [])
+        bleu([], [])
 
 
 def test_bad_text_inputs_name_the_argument(t5_folder):
-    _, path, tokenizer = t5_folder
-    model = ff.from_pretrained(path)
+    _, path, _ = t5_folder
+    summarizer = Summarizer(path)
     with pytest.raises(ValueError, match="texts is empty"):
-        ff.hf.translate([], model, tokenizer, source_lang="en", target_lang="de")
+        summarizer([])
     with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
-        ff.hf.summarize(["w3", "  "], model, tokenizer)
+        summarizer(["w3", "  "])
     with pytest.raises(TypeError, match=r"texts\[0\] must be a string"):
-        ff.hf.summarize([3], model, tokenizer)
-    with pytest.raises(ValueError, match="source_lang and target_lang"):
-        ff.hf.translate("w3", model, tokenizer)
-    with pytest.raises(ValueError, match="translation_en_to_fr"):
-        ff.hf.translate("w3", model, tokenizer, source_lang="en", target_lang="fr")
-    with pytest.raises(ValueError, match="tokenizer is required"):
-        ff.hf.summarize("w3", model)
+        summarizer([3])
     with pytest.raises(ValueError, match="batch_size"):
-        ff.hf.summarize("w3", model, tokenizer, batch_size=0)
+        summarizer("w3", batch_size=0)
+    with pytest.raises(ValueError, match="source_lang and target_lang"):
+        Translator(path)
+    with pytest.raises(ValueError, match="translation_en_to_fr"):
+        Translator(path, source_lang="en", target_lang="fr")
