@@ -13,9 +13,9 @@ Latency does not depend on weight values; no EOS is set, so every call makes exa
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
+from generation_cpu import _timed  # bench/ is the script's folder, so on sys.path
 
 import fastformer as ff
 
@@ -45,16 +45,6 @@ def _sources(batch, device):
     ids = torch.randint(100, 1000, (batch, int(lengths.max())))
     mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
     return (ids * mask).to(device), mask.to(device)
-
-
-def _timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def bench(name, path, batch, new_tokens, reps, device, dtype):
