@@ -10,6 +10,7 @@ import json
 import os
 
 from fastformer import generation
+from fastformer.models.text_generation import text_pieces
 
 # Checkpoint generation defaults that map onto fastformer.generation's settings.
 _CHECKPOINT_SETTINGS = ("num_beams", "length_penalty", "early_stopping")
@@ -106,13 +107,7 @@ class Text2Text:
         chosen = self._settings(settings)
         if "num_beams" not in settings:  # the checkpoint's beam default; a caller's num_beams > 1 is an error
             chosen.pop("num_beams", None)
-        new, decoded = [], ""
-        for token in generation.stream(self.model, ids, mask, **chosen):
-            new.append(int(token[0]))
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            if len(text) > len(decoded):  # a token can add no text yet (part of a multi-byte character)
-                yield text[len(decoded):]
-                decoded = text
+        yield from text_pieces(self.tokenizer, generation.stream(self.model, ids, mask, **chosen))
 
 
 class Translator(Text2Text):

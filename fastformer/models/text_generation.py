@@ -48,10 +48,16 @@ class TextGenerator:
     def stream(self, prompt: str, **settings):
         """Yields the continuation of one prompt piece by piece as its tokens are generated."""
         ids, mask = self._encode([prompt])
-        new, text = [], ""
-        for token in generation.stream(self.model, ids, mask, **self._settings(settings)):
-            new.append(int(token[0]))
-            decoded = self.tokenizer.decode(new, skip_special_tokens=True)
-            if len(decoded) > len(text):  # a token can add no text yet (part of a multi-byte character)
-                yield decoded[len(text):]
-                text = decoded
+        yield from text_pieces(self.tokenizer, generation.stream(self.model, ids, mask, **self._settings(settings)))
+
+
+def text_pieces(tokenizer, tokens):
+    """The text that each streamed token (long [1]) adds to those before it, decoded as a whole so pieces
+    join up exactly; a token that adds no text yet (part of a multi-byte character) yields nothing."""
+    new, text = [], ""
+    for token in tokens:
+        new.append(int(token[0]))
+        decoded = tokenizer.decode(new, skip_special_tokens=True)
+        if len(decoded) > len(text):
+            yield decoded[len(text):]
+            text = decoded
