@@ -57,7 +57,12 @@ def bart_config(hf: dict) -> Seq2SeqConfig:
     """BART and Marian: post-norm LayerNorm blocks; BART has learned positions (offset 2) and a
     LayerNorm on the embeddings, Marian fixed sinusoidal positions and scaled embeddings."""
     marian = hf["model_type"] == "marian"
-    for key in ("normalize_before", "add_final_layer_norm"):  # mBART-style pre-norm variants of old configs
+    # Flags of older configs (fairseq ports) for variants these classes no longer build: pre-norm (mBART),
+    # a final LayerNorm, a separate logits bias, a LayerNorm on Marian's embeddings.
+    unsupported = ["normalize_before", "add_final_layer_norm", "add_bias_logits"]
+    if marian:
+        unsupported.append("normalize_embedding")
+    for key in unsupported:
         if hf.get(key):
             raise ValueError(f"{hf['model_type']} with {key}=true in config.json is not supported")
     d_model = hf["d_model"]

@@ -148,3 +148,14 @@ def test_gradients_match_transformers(tmp_path, family):
     ours_params, their_params = dict(ours.named_parameters()), dict(theirs.named_parameters())
     for mine, their in pairs.items():
         assert_close_rel(ours_params[mine].grad, their_params[their].grad, rel=1e-4)
+
+
+@pytest.mark.parametrize("family, flag", [("bart", "normalize_before"), ("marian", "normalize_embedding")])
+def test_unsupported_config_variants_are_rejected(tmp_path, family, flag):
+    import json
+
+    _, path = save_tiny(tmp_path, family)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, flag: True}))
+    with pytest.raises(ValueError, match=f"{flag}=true"):
+        ff.from_pretrained(path)
