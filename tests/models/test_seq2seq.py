@@ -1,5 +1,7 @@
 """Native T5 (v1.0 and gated v1.1), BART and Marian against Hugging Face transformers, loaded from tiny
 random checkpoints saved with save_pretrained (no network)."""
+import json
+
 import pytest
 import torch
 
@@ -152,8 +154,6 @@ def test_gradients_match_transformers(tmp_path, family):
 
 @pytest.mark.parametrize("family, flag", [("bart", "normalize_before"), ("marian", "normalize_embedding")])
 def test_unsupported_config_variants_are_rejected(tmp_path, family, flag):
-    import json
-
     _, path = save_tiny(tmp_path, family)
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, flag: True}))
