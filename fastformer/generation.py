@@ -182,7 +182,7 @@ class GenerationSettings:
         number("top_p")
         number("length_penalty")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (use do_sample=False for greedy decoding), got {self.temperature}")
+            raise ValueError(f"temperature must be > 0 (do_sample=False decodes greedily), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.do_sample, bool):
@@ -383,7 +383,8 @@ def stream(model, input_ids: Tensor, attention_mask: Tensor | None = None, **set
     chosen; stops when every row has produced EOS or after max_new_tokens steps."""
     config = _settings(model, settings)
     if config.num_beams != 1:
-        raise ValueError(f"stream() yields one token per step and cannot do beam search; got num_beams={config.num_beams}")
+        raise ValueError(f"stream() yields one token per step, so it cannot do beam search; got "
+                         f"num_beams={config.num_beams}")
     with torch.inference_mode():  # the prompt is checked and prefilled here, before the first token is asked for
         _, cache, logits = _start(model, input_ids, attention_mask, config)
     return _inference_steps(_next_tokens(model, cache, logits, config))

@@ -8,5 +8,5 @@ from fastformer.models.text_generation import TextGenerator
 from fastformer.models.training import freeze
 
 __all__ = ["Decoder", "DecoderForCausalLM", "DecoderForSequenceClassification", "Encoder", "EncoderForMaskedLM",
-           "EncoderForQuestionAnswering", "EncoderForSentenceEmbedding", "EncoderForSequenceClassification", "EncoderForTokenClassification", "ModelConfig", "TextGenerator",
-           "freeze"]
+           "EncoderForQuestionAnswering", "EncoderForSentenceEmbedding", "EncoderForSequenceClassification",
+           "EncoderForTokenClassification", "ModelConfig", "TextGenerator", "freeze"]

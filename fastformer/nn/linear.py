@@ -28,7 +28,8 @@ class Linear(_DropIn, nn.Linear):
     def _use_packed(self, x) -> bool:
         needs_grad = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
         return (_HAS_MKLDNN and self.backend in (None, "cpu") and not needs_grad and x.device.type == "cpu"
-                and x.dtype == torch.float32 and self.weight.dtype == torch.float32 and x.numel() > x.shape[-1]  # more than one row
+                and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and x.numel() > x.shape[-1]  # more than one row
                 and not torch.compiler.is_compiling())
 
     def _packed_weight(self) -> torch.Tensor:
