@@ -296,7 +296,9 @@ def _beam_search(model, input_ids, attention_mask, settings: GenerationSettings)
     hypotheses with score sum(log p) / generated_length ** length_penalty; the rest stay live.
     early_stopping True stops an input once it has n finished hypotheses, False once the best live
     beam at its current length cannot beat the worst finished one, "never" once it could not even
-    at the longest length (or the current one when length_penalty <= 0)."""
+    at the longest length (or the current one when length_penalty <= 0). Positions after a
+    hypothesis ends hold pad_token_id (transformers' beam search puts the EOS token there when
+    pad_token_id is 0)."""
     beams, eos, fill = settings.num_beams, settings.eos_token_id, settings.pad_token_id
     prompt, cache, logits = _start(model, input_ids, attention_mask, settings)
     batch, device = input_ids.shape[0], prompt.device
