@@ -320,7 +320,7 @@ def _beam_search(model, input_ids, attention_mask, settings: GenerationSettings)
         log_probs = torch.log_softmax(logits.float(), dim=-1).view(batch, beams, vocab) + live_scores[:, :, None]
         cand_scores, cand_index = torch.topk(log_probs.view(batch, beams * vocab), keep)  # [B, 2n]
         cand_beam, cand_token = cand_index // vocab, cand_index % vocab
-        cand = live.gather(1, cand_beam[:, :, None].expand(-1, -1, max_len)).clone()  # [B, 2n, max_len]
+        cand = live.gather(1, cand_beam[:, :, None].expand(-1, -1, max_len))  # [B, 2n, max_len], a copy
         cand[:, :, cur] = cand_token
         ended = torch.full_like(cand_token, cur + 1 >= max_len, dtype=torch.bool)  # [B, 2n]
         if eos is not None:
