@@ -182,7 +182,7 @@ class GenerationSettings:
         number("top_p")
         number("length_penalty")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (use do_sample=False for greedy decoding), got {self.temperature}")
+            raise ValueError(f"temperature must be > 0 (do_sample=False decodes greedily), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.do_sample, bool):
@@ -296,7 +296,9 @@ def _beam_search(model, input_ids, attention_mask, settings: GenerationSettings)
     hypotheses with score sum(log p) / generated_length ** length_penalty; the rest stay live.
     early_stopping True stops an input once it has n finished hypotheses, False once the best live
     beam at its current length cannot beat the worst finished one, "never" once it could not even
-    at the longest length (or the current one when length_penalty <= 0)."""
+    at the longest length (or the current one when length_penalty <= 0). Positions after a
+    hypothesis ends hold pad_token_id (transformers' beam search puts the EOS token there when
+    pad_token_id is 0)."""
     beams, eos, fill = settings.num_beams, settings.eos_token_id, settings.pad_token_id
     prompt, cache, logits = _start(model, input_ids, attention_mask, settings)
     batch, device = input_ids.shape[0], prompt.device
@@ -318,7 +320,7 @@ def _beam_search(model, input_ids, attention_mask, settings: GenerationSettings)
         log_probs = torch.log_softmax(logits.float(), dim=-1).view(batch, beams, vocab) + live_scores[:, :, None]
         cand_scores, cand_index = torch.topk(log_probs.view(batch, beams * vocab), keep)  # [B, 2n]
         cand_beam, cand_token = cand_index // vocab, cand_index % vocab
-        cand = live.gather(1, cand_beam[:, :, None].expand(-1, -1, max_len)).clone()  # [B, 2n, max_len]
+        cand = live.gather(1, cand_beam[:, :, None].expand(-1, -1, max_len))  # [B, 2n, max_len], a copy
         cand[:, :, cur] = cand_token
         ended = torch.full_like(cand_token, cur + 1 >= max_len, dtype=torch.bool)  # [B, 2n]
         if eos is not None:
@@ -383,7 +385,8 @@ def stream(model, input_ids: Tensor, attention_mask: Tensor | None = None, **set
     chosen; stops when every row has produced EOS or after max_new_tokens steps."""
     config = _settings(model, settings)
     if config.num_beams != 1:
-        raise ValueError(f"stream() yields one token per step and cannot do beam search; got num_beams={config.num_beams}")
+        raise ValueError(f"stream() yields one token per step, so it cannot do beam search; got "
+                         f"num_beams={config.num_beams}")
     with torch.inference_mode():  # the prompt is checked and prefilled here, before the first token is asked for
         _, cache, logits = _start(model, input_ids, attention_mask, config)
     return _inference_steps(_next_tokens(model, cache, logits, config))

@@ -132,3 +132,18 @@ def test_cache_rejects_overflow():
     cache.end_step(2)
     with pytest.raises(ValueError, match="do not fit"):
         cache.begin_step(torch.zeros(1, 2, dtype=torch.long), None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_cuda_matches_transformers(tmp_path, num_beams):
+    theirs = save_tiny_gpt2(tmp_path, noise=0.3).cuda()
+    ours = ff.from_pretrained(tmp_path, device="cuda")
+    ids, mask = (t.cuda() for t in left_padded_prompts([6, 2, 4], 6, pad=PAD))
+    eos = frequent_token(theirs, ids, mask, 10)
+    settings = dict(max_new_tokens=10, num_beams=num_beams, eos_token_id=eos)
+    assert torch.equal(ours.generate(ids, mask, pad_token_id=PAD, **settings), hf_generate(theirs, ids, mask, **settings))
+    half = ff.from_pretrained(tmp_path, device="cuda", dtype=torch.float16)
+    out = half.generate(ids, mask, pad_token_id=PAD, **settings)
+    assert out.shape[0] == 3 and torch.equal(out[:, :6], ids)

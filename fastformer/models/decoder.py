@@ -21,6 +21,11 @@ def _check_inputs(input_ids, attention_mask, position_ids) -> None:
             raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(t.shape)}")
 
 
+def _check_positions(position_ids, max_positions: int) -> None:
+    if position_ids is not None and not (0 <= int(position_ids.min()) and int(position_ids.max()) < max_positions):
+        raise ValueError(f"position_ids must lie in [0, {max_positions}) (the model's n_positions)")
+
+
 class Decoder(nn.Module):
     """input_ids [B, S] (+ attention_mask [B, S], 1 = token, 0 = padding) -> hidden states [B, S, hidden].
 
@@ -38,10 +43,13 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
         _check_inputs(input_ids, attention_mask, position_ids)
-        if cache is not None:
-            position_ids, key_padding_mask = cache.begin_step(input_ids, attention_mask)
-        else:
+        if cache is None:
+            _check_positions(position_ids, self.config.max_positions)
             key_padding_mask = attention_mask.bool() if attention_mask is not None else None
+        elif position_ids is not None:
+            raise ValueError("position_ids cannot be given with a cache: the cache counts the positions")
+        else:
+            position_ids, key_padding_mask = cache.begin_step(input_ids, attention_mask)
         x = self.embeddings(input_ids, position_ids=position_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, key_padding_mask=key_padding_mask, causal=True, cache=cache, layer=i)

@@ -96,5 +96,7 @@ def test_bad_inputs(tmp_path):
         model(torch.zeros(1, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
         model(torch.randint(3, 97, (2, 5)), attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="position_ids"):
+        model(torch.randint(3, 97, (1, 4)), position_ids=torch.tensor([[0, 1, 2, 48]]))
     with pytest.raises(ValueError, match="task must be one of"):
         ff.from_pretrained(tmp_path, task="masked-lm")
