@@ -37,6 +37,15 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+def interleaved_medians(runners: dict, reps: int, device) -> dict:
+    """Median seconds of each runner over reps rounds, every round running each runner once in turn."""
+    samples = {k: [] for k in runners}
+    for _ in range(reps):
+        for k, fn in runners.items():
+            samples[k].append(_timed(fn, device))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def bench(path, batch, prompt_len, new_tokens, reps, device, dtype):
     import transformers
 
@@ -57,11 +66,7 @@ def bench(path, batch, prompt_len, new_tokens, reps, device, dtype):
         same = torch.equal(runners["hf", new_tokens](), runners["fastformer", new_tokens]())
         for fn in runners.values():  # warm-up: oneDNN weight packing, allocator, CUDA kernels
             fn()
-        samples = {k: [] for k in runners}
-        for _ in range(reps):
-            for k, fn in runners.items():
-                samples[k].append(_timed(fn, device))
-    med = {k: statistics.median(v) for k, v in samples.items()}
+        med = interleaved_medians(runners, reps, device)
     print(f"\nGPT-2-small greedy, batch {batch}, {prompt_len}-token prompt, {new_tokens} new tokens, {dtype}, "
           f"{device.type}, {torch.get_num_threads()} threads, {reps} interleaved reps (medians); same tokens: {same}")
     results = {}

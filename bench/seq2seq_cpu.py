@@ -11,11 +11,10 @@ Helsinki-NLP/opus-mt-en-de (6+6 layers, d_model 512, swish, sinusoidal positions
 Latency does not depend on weight values; no EOS is set, so every call makes exactly --new tokens.
 """
 import argparse
-import statistics
 import tempfile
 
 import torch
-from generation_cpu import _timed  # bench/ is the script's folder, so on sys.path
+from generation_cpu import interleaved_medians  # bench/ is the script's folder, so on sys.path
 
 import fastformer as ff
 
@@ -63,11 +62,7 @@ def bench(name, path, batch, new_tokens, reps, device, dtype):
     with torch.inference_mode():
         outputs = {k: f() for k, f in runners.items()}
         same = torch.equal(outputs["hf"].cpu(), outputs["fastformer"].cpu())
-        samples = {k: [] for k in runners}
-        for _ in range(reps):
-            for k, f in runners.items():
-                samples[k].append(_timed(f, device))
-    medians = {k: statistics.median(v) for k, v in samples.items()}
+        medians = interleaved_medians(runners, reps, device)
     print(f"\n{name}: batch {batch} sources of 8-24 tokens, {new_tokens} new tokens, greedy, {dtype}, {device}, "
           f"{torch.get_num_threads()} threads, {reps} interleaved reps (medians); same tokens: {same}")
     for k, m in medians.items():
