@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cmath>
@@ -51,13 +52,20 @@ constexpr int64_t kMaxFusedDqElements = int64_t(1) << 20;
 
 int64_t round_up(int64_t x, int64_t multiple) { return at::divup(x, multiple) * multiple; }
 
-// Runs body(task, workspace) for every task in [0, num_tasks) on the intra-op threads, handing tasks out one at a
-// time from a shared counter (each worker builds one workspace). Tasks write disjoint outputs, so the result does
-// not depend on which thread ran which task.
+// A forward call with less work than this many multiply-adds per extra thread runs on fewer threads. KV-cache decode
+// (one query row per head: B 1, H 12, Sk ~100, D 64 is ~150K) takes ~30 us on one core, and an OpenMP hand-off costs
+// ~1 us on an idle machine but was measured at 9-17 ms per call (a scheduler slice) on the 2-core development
+// machine under load, where it made attention half of GPT-2-small's decode time.
+constexpr int64_t kMinMultiplyAddsPerWorker = int64_t(1) << 18;
+
+// Runs body(task, workspace) for every task in [0, num_tasks) on at most max_workers intra-op threads, handing tasks
+// out one at a time from a shared counter (each worker builds one workspace). Tasks write disjoint outputs, so the
+// result does not depend on which thread ran which task.
 template <typename MakeWorkspace, typename Body>
-void run_tasks(int64_t num_tasks, const MakeWorkspace& make_workspace, const Body& body) {
+void run_tasks(int64_t num_tasks, const MakeWorkspace& make_workspace, const Body& body,
+               int64_t max_workers = std::numeric_limits<int64_t>::max()) {
   std::atomic<int64_t> next_task{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_tasks);
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), num_tasks, max_workers}));
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     auto workspace = make_workspace();
     for (int64_t task = next_task++; task < num_tasks; task = next_task++) body(task, workspace);
@@ -136,11 +144,12 @@ class AttentionKernel {
     float* lse_ptr = lse.data_ptr<float>();
     const int64_t num_query_tiles = at::divup(Sq_, kQueryTile);
     const auto make_workspace = [&] { return ForwardWorkspace(D_); };
+    const int64_t multiply_adds = 2 * B_ * H_ * Sq_ * Sk_ * D_;  // q.k and p.v
     run_tasks(B_ * H_ * num_query_tiles, make_workspace, [&](int64_t task, ForwardWorkspace& ws) {
       // Last query tiles first: under causal masking they see the most keys.
       const int64_t bh = task / num_query_tiles, tile = num_query_tiles - 1 - task % num_query_tiles;
       forward_query_tile(bh / H_, bh % H_, tile * kQueryTile, ws, out_ptr, lse_ptr);
-    });
+    }, multiply_adds / kMinMultiplyAddsPerWorker);
   }
 
   // grad_bias (written when it has elements, i.e. bias_needs_grad) and grad_rel_table_f64 (fp64, with rel_table) must

@@ -3,7 +3,9 @@
 A map is a list of (ours, theirs) patterns. `{i}` matches a layer number and `{w}` a parameter kind
 (weight / bias); `{p}` in theirs is the checkpoint's base-model prefix ("bert.", "roberta.", ... or ""
 for a bare base model). `theirs` may be a tuple: those tensors are concatenated along dim 0 (e.g. the
-separate query/key/value projections into our fused QKV projection).
+separate query/key/value projections into our fused QKV projection). A source wrapped in
+`Transposed(...)` stores a 2-D weight as [in, out] (GPT-2's Conv1D) and is transposed to nn.Linear's
+[out, in] on load; 1-D tensors (biases) are taken as they are.
 """
 import re
 
@@ -12,6 +14,15 @@ import torch
 
 class WeightMapError(ValueError):
     """Weights that the model needs are missing from the checkpoint, or do not fit."""
+
+
+class Transposed(str):
+    """A source key pattern whose 2-D tensor is stored [in, out] rather than nn.Linear's [out, in]."""
+
+
+def _load(theirs: dict, key: str, source: str) -> torch.Tensor:
+    tensor = theirs[key]
+    return tensor.t() if isinstance(source, Transposed) and tensor.dim() == 2 else tensor
 
 
 def _pattern(ours: str) -> re.Pattern:
@@ -30,7 +41,8 @@ def map_weights(keymap, ours: dict, theirs: dict, prefix: str, ignore=()) -> tup
                 continue
             keys = [s.format(p=prefix, **match.groupdict()) for s in sources]
             if all(k in theirs for k in keys):
-                tensor = torch.cat([theirs[k] for k in keys]) if len(keys) > 1 else theirs[keys[0]]
+                tensors = [_load(theirs, k, s) for k, s in zip(keys, sources)]
+                tensor = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
                 if tensor.shape != param.shape:
                     raise WeightMapError(f"{' + '.join(keys)} has shape {tuple(tensor.shape)} but {name} needs "
                                          f"{tuple(param.shape)}: the config does not describe these weights")

@@ -5,9 +5,10 @@ import warnings
 import torch
 
 from fastformer.hf.checkpoint import CheckpointError, read_config, read_weights
-from fastformer.hf.encoders import FAMILIES
+from fastformer.hf import encoders, gpt2, seq2seq
 from fastformer.hf.keymap import WeightMapError, map_weights
-from fastformer.models import heads
+from fastformer.models import decoder, heads
+from fastformer.models.seq2seq import Seq2SeqForConditionalGeneration
 from fastformer.models.encoder import Encoder
 
 TASKS = {
@@ -18,11 +19,29 @@ TASKS = {
     "masked-lm": heads.EncoderForMaskedLM,
     "sentence-embedding": heads.EncoderForSentenceEmbedding,
 }
+DECODER_TASKS = {
+    "base": decoder.Decoder,
+    "causal-lm": decoder.DecoderForCausalLM,
+    "sequence-classification": decoder.DecoderForSequenceClassification,
+}
+SEQ2SEQ_TASKS = {"seq2seq-lm": Seq2SeqForConditionalGeneration}
+# A family kind: its model_types (-> adapter, key map, prefix, ignored keys), its tasks, and the attribute
+# that holds the body in its task models (a bare body's own parameters are mapped under that name;
+# encoder-decoders have no bare-body task, and every weight but the LM head's bias is their body).
+KINDS = [
+    (encoders.FAMILIES, TASKS, "encoder."),
+    (gpt2.FAMILIES, DECODER_TASKS, "decoder."),
+    (seq2seq.FAMILIES, SEQ2SEQ_TASKS, ("shared.", "encoder.", "decoder.")),
+]
 _ARCHITECTURE_SUFFIXES = {
     "ForSequenceClassification": "sequence-classification",
     "ForTokenClassification": "token-classification",
     "ForQuestionAnswering": "question-answering",
     "ForMaskedLM": "masked-lm",
+    "ForCausalLM": "causal-lm",
+    "ForConditionalGeneration": "seq2seq-lm",
+    "MTModel": "seq2seq-lm",  # MarianMTModel, before "Model"
+    "LMHeadModel": "causal-lm",  # before "Model": GPT2LMHeadModel ends with both
     "Model": "base",
 }
 
@@ -47,26 +66,32 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
     """
     hf = read_config(path)
     model_type = hf["model_type"]
-    if model_type not in FAMILIES:
-        raise ValueError(f"unsupported model_type {model_type!r} in {path}; supported: {sorted(FAMILIES)}")
-    if task is not None and task not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
-    adapter, keymap, base_prefix, ignore = FAMILIES[model_type]
+    kind = next((k for k in KINDS if model_type in k[0]), None)
+    if kind is None:
+        raise ValueError(f"unsupported model_type {model_type!r} in {path}; supported: "
+                         f"{sorted(t for families, _, _ in KINDS for t in families)}")
+    families, tasks, body = kind
+    if task is not None and task not in tasks:
+        raise ValueError(f"task must be one of {sorted(tasks)} for {model_type}, got {task!r}")
+    adapter, keymap, base_prefix, ignore = families[model_type]
     config = adapter(hf)
     task = task or _task_from_checkpoint(hf, path)
-    model = TASKS[task](config, **task_options)
+    if task not in tasks:
+        raise ValueError(f"{path} is a {task} checkpoint, which {model_type} models do not support; pass task= one "
+                         f"of {sorted(tasks)}")
+    model = tasks[task](config, **task_options)
     weights = read_weights(path)
     prefix = base_prefix if any(k.startswith(base_prefix) for k in weights) else ""
     ours = model.state_dict()
-    # A bare Encoder's parameters carry no "encoder." prefix; map them as the task models' are.
-    named = {("encoder." + k if task == "base" else k): v for k, v in ours.items()}
+    # A bare body's parameters carry no "encoder." / "decoder." prefix; map them as the task models' are.
+    named = {(body + k if task == "base" else k): v for k, v in ours.items()}
     if task_options.get("pooling", "cls") != "cls":
         # The checkpoint's pooler / classifier expect the first token alone; other poolings get a fresh head.
         named = {k: v for k, v in named.items() if not k.startswith("head.")}
     if task not in ("sequence-classification",):
         ignore = (*ignore, r"pooler\.")  # only the BERT classification head uses the pooler
     state, missing, unexpected = map_weights(keymap, named, weights, prefix, ignore)
-    body_missing = [m for m in missing if m.startswith("encoder.")]
+    body_missing = [m for m in missing if m.startswith(body)]
     if body_missing:
         raise WeightMapError(f"{path} lacks weights the {model_type} body needs: {body_missing[:8]}"
                              f"{' ...' if len(body_missing) > 8 else ''} ({len(body_missing)} in all)")
@@ -77,10 +102,10 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
         warnings.warn(f"checkpoint weights not used by the {task} model: {unexpected[:8]}"
                       f"{' ...' if len(unexpected) > 8 else ''}", stacklevel=2)
     if task == "base":
-        state = {k.removeprefix("encoder."): v for k, v in state.items()}
+        state = {k.removeprefix(body): v for k, v in state.items()}
     model.load_state_dict(state, strict=False)
     model.load_report = {"missing": missing, "unexpected": unexpected, "task": task, "model_type": model_type}
     return model.to(device=device, dtype=dtype).eval()
 
 
-__all__ = ["CheckpointError", "TASKS", "WeightMapError", "from_pretrained"]
+__all__ = ["CheckpointError", "DECODER_TASKS", "SEQ2SEQ_TASKS", "TASKS", "WeightMapError", "from_pretrained"]

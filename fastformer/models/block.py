@@ -35,10 +35,14 @@ class SelfAttention(nn.Module):
         self.qkv = ffnn.Linear(config.hidden_size, 3 * config.num_heads * config.head_dim, bias=config.bias)
         self.out = ffnn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=config.bias)
 
-    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False):
+    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0):
+        """cache (a fastformer.generation.KVCache): the new k, v are written into it as layer `layer`'s
+        and attention runs over every cached key; key_padding_mask then covers them all."""
         batch, seq, _ = x.shape
         qkv = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim)  # [B, S, 3, H, D]
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, S, D] strided views
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # [B, H, cached + S, D]
         attn = ops.attention(q, k, v, attn_bias=attn_bias, key_padding_mask=key_padding_mask, causal=causal,
                              scale=self.scale, dropout_p=self.dropout if self.training else 0.0)
         return self.out(attn.transpose(1, 2).reshape(batch, seq, -1))  # [B, S, H*D]
@@ -75,12 +79,12 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False):
+    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0):
         if self.pre_norm:
-            h = self.dropout(self.attn(self.attn_norm(x), key_padding_mask, attn_bias, causal))
+            h = self.dropout(self.attn(self.attn_norm(x), key_padding_mask, attn_bias, causal, cache, layer))
             normed, x = self.ffn_norm(h, residual=x)
             return x + self.dropout(self.ffn(normed))
-        h = self.dropout(self.attn(x, key_padding_mask, attn_bias, causal))
+        h = self.dropout(self.attn(x, key_padding_mask, attn_bias, causal, cache, layer))
         x, _ = self.attn_norm(h, residual=x)
         x, _ = self.ffn_norm(self.dropout(self.ffn(x)), residual=x)
         return x

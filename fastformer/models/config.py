@@ -11,6 +11,7 @@ class ModelConfig:
     num_layers: int
     num_heads: int
     intermediate_size: int
+    attention_head_dim: int | None = None  # T5's d_kv where it is not hidden_size // num_heads (t5-3b: 1024 / 32 vs 128)
     activation: str = "gelu"  # gelu (erf) | gelu_tanh | relu | silu
     gated_ffn: bool = False  # T5 v1.1: act(x W_gate) * (x W_up)
     norm: str = "layer"  # layer | rms
@@ -21,7 +22,8 @@ class ModelConfig:
     max_positions: int = 512  # rows of the position table (Hugging Face's max_position_embeddings)
     positions_from_padding: bool = False  # RoBERTa: position ids count from pad_token_id + 1
     type_vocab_size: int = 0  # BERT token types (0: none)
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
+    embedding_padding_idx: bool = True  # the word embedding's pad_token_id row gets no gradient (BERT); GPT-2: no
     bias: bool = True  # biases in the attention and feed-forward projections
     attention_scale: bool = True  # scale scores by 1/sqrt(head_dim) (T5 folds it into the weights)
     layer_norm_bias: bool = True
@@ -35,4 +37,4 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.attention_head_dim or self.hidden_size // self.num_heads

@@ -13,7 +13,8 @@ class Embeddings(nn.Module):
         super().__init__()
         self.pad_token_id = config.pad_token_id
         self.positions_from_padding = config.positions_from_padding
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size,
+                                 padding_idx=config.pad_token_id if config.embedding_padding_idx else None)
         self.position = nn.Embedding(config.max_positions, config.hidden_size) if config.position == "learned" else None
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
         self.norm = make_norm(config) if config.embedding_norm else None
@@ -26,16 +27,20 @@ class Embeddings(nn.Module):
             return torch.cumsum(not_pad, dim=1) * not_pad + self.pad_token_id  # [B, S]
         return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # [B, S]
 
-    def forward(self, input_ids, token_type_ids=None):
+    def forward(self, input_ids, token_type_ids=None, position_ids=None):
+        """position_ids [B, S] (the decoder's, counted past a KV cache) replace the ones from the shape;
+        whoever passes them has checked they fit the position table."""
         x = self.word(input_ids)  # [B, S, hidden]
         extra = None
-        if self.position is not None:
+        if self.position is not None and position_ids is None:
             # Known from the shape alone (no device sync): RoBERTa's positions run up to S + pad_token_id.
             needed = input_ids.shape[1] + (self.pad_token_id + 1 if self.positions_from_padding else 0)
             if needed > self.position.num_embeddings:
                 raise ValueError(f"input_ids of length {input_ids.shape[1]} need {needed} positions, the model has "
                                  f"{self.position.num_embeddings}")
-            extra = self.position(self.position_ids(input_ids))
+            position_ids = self.position_ids(input_ids)
+        if self.position is not None:
+            extra = self.position(position_ids)
         if self.token_type is not None:
             types = self.token_type(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
             extra = types if extra is None else extra + types

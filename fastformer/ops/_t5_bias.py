@@ -27,9 +27,17 @@ def t5_bucket_lut(num_buckets: int, max_distance: int, bidirectional: bool, devi
     max_distance (what the kernels do) gives T5's bucket for every distance.
     """
     key = (num_buckets, max_distance, bidirectional, torch.device(device))
-    compiling = torch.compiler.is_compiling()
-    if not compiling and key in _LUT_CACHE:
-        return _LUT_CACHE[key]
+    if torch.compiler.is_compiling():
+        return _bucket_lut(num_buckets, max_distance, bidirectional, device)
+    if key not in _LUT_CACHE:
+        # A normal tensor even when first asked for under inference_mode (generation): an inference
+        # tensor in the cache could not be saved for backward by a later training step.
+        with torch.inference_mode(False):
+            _LUT_CACHE[key] = _bucket_lut(num_buckets, max_distance, bidirectional, device)
+    return _LUT_CACHE[key]
+
+
+def _bucket_lut(num_buckets: int, max_distance: int, bidirectional: bool, device) -> Tensor:
     half = num_buckets // 2 if bidirectional else num_buckets
     max_exact = half // 2
     n = torch.arange(max_distance + 1, device=device)  # [L]
@@ -38,10 +46,7 @@ def t5_bucket_lut(num_buckets: int, max_distance: int, bidirectional: bool, devi
     log_ratio = torch.log(n.float() / max_exact) / math.log(max_distance / max_exact)
     large = max_exact + (log_ratio * (half - max_exact)).to(torch.long)
     large = torch.minimum(large, torch.full_like(large, half - 1))
-    lut = torch.where(n < max_exact, n, large).to(torch.int32)
-    if not compiling:
-        _LUT_CACHE[key] = lut
-    return lut
+    return torch.where(n < max_exact, n, large).to(torch.int32)
 
 
 def distance_buckets(rel_lut: Tensor, num_buckets: int, bidirectional: bool, seq_q: int, seq_k: int) -> Tensor:

@@ -1,0 +1,63 @@
+"""Text generation: strings in, strings out, with a causal LM and the Hugging Face tokenizer saved in
+the same checkpoint folder."""
+from fastformer import generation
+
+
+class TextGenerator:
+    """TextGenerator(path)(prompts, **settings) -> the continuation of each prompt.
+
+    path: a local Hugging Face checkpoint folder holding a causal LM (GPT-2) and its tokenizer.
+    settings: those of fastformer.generation.generate (max_new_tokens, do_sample, num_beams, ...).
+    Prompts of different lengths are padded on the left; a tokenizer without a padding token pads
+    with its EOS token, as GPT-2 users usually do.
+    """
+
+    def __init__(self, path, dtype=None, device=None):
+        from transformers import AutoTokenizer
+
+        from fastformer.hf.loading import from_pretrained  # imported here: fastformer.hf imports the models
+
+        self.model = from_pretrained(path, task="causal-lm", dtype=dtype, device=device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _encode(self, prompts: list) -> tuple:
+        if not prompts or any(not isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a string or a non-empty list of strings")
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        mask = batch["attention_mask"]
+        empty = [i for i, n in enumerate(mask.sum(dim=1).tolist()) if n == 0]
+        if empty:
+            raise ValueError(f"prompts {empty} are empty (no tokens); every prompt needs at least one token")
+        device = self.model.lm_head.weight.device
+        return batch["input_ids"].to(device), mask.to(device)
+
+    def _settings(self, settings: dict) -> dict:
+        defaults = {"eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id}
+        return {**{k: v for k, v in defaults.items() if v is not None}, **settings}
+
+    def __call__(self, prompts, **settings):
+        single = isinstance(prompts, str)
+        ids, mask = self._encode([prompts] if single else list(prompts))
+        out = generation.generate(self.model, ids, mask, **self._settings(settings))
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        return texts[0] if single else texts
+
+    def stream(self, prompt: str, **settings):
+        """Yields the continuation of one prompt piece by piece as its tokens are generated."""
+        ids, mask = self._encode([prompt])
+        yield from text_pieces(self.tokenizer, generation.stream(self.model, ids, mask, **self._settings(settings)))
+
+
+def text_pieces(tokenizer, tokens):
+    """The text that each streamed token (long [1]) adds to those before it, decoded as a whole so pieces
+    join up exactly; a token that adds no text yet (part of a multi-byte character) yields nothing."""
+    new, text = [], ""
+    for token in tokens:
+        new.append(int(token[0]))
+        decoded = tokenizer.decode(new, skip_special_tokens=True)
+        if len(decoded) > len(text):
+            yield decoded[len(text):]
+            text = decoded

@@ -1,0 +1,28 @@
+"""Tiny random GPT-2 checkpoints saved with save_pretrained (no network), shared by the GPT-2 model
+and generation tests."""
+import torch
+
+TINY_GPT2 = dict(vocab_size=97, n_embd=64, n_layer=2, n_head=2, n_positions=48, resid_pdrop=0.0, embd_pdrop=0.0,
+                 attn_pdrop=0.0, summary_first_dropout=0.0, bos_token_id=1, eos_token_id=2)
+
+
+def save_tiny_gpt2(path, head: str = "LMHeadModel", noise: float = 0.02, **overrides):
+    """A transformers GPT2<head> with fresh values in every parameter, saved to path. Returns it (eval)."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = getattr(transformers, "GPT2" + head)(transformers.GPT2Config(**{**TINY_GPT2, **overrides})).eval()
+    with torch.no_grad():  # LayerNorms and biases start as constants in transformers
+        for p in model.parameters():
+            p.add_(noise * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model
+
+
+def left_padded_prompts(lengths, seq: int, pad: int = 0, low: int = 3, high: int = 97):
+    """input_ids [B, seq] with row b's prompt in its last lengths[b] slots, and the attention mask."""
+    ids = torch.randint(low, high, (len(lengths), seq))
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, seq - length:] = 1
+    return ids.masked_fill(mask == 0, pad), mask

@@ -1,0 +1,53 @@
+"""TextGenerator: strings in and out with a tiny GPT-2 and a tiny word-level tokenizer saved beside it."""
+import pytest
+import torch
+
+from fastformer.models import TextGenerator
+from tests.gpt2_tiny import TINY_GPT2, save_tiny_gpt2
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt2-text")
+    theirs = save_tiny_gpt2(path, noise=0.3)
+    vocab = {"<unk>": 0, "<pad>": 3, "<bos>": 1, "<eos>": 2}
+    vocab.update({f"w{i}": i for i in range(4, TINY_GPT2["vocab_size"])})
+    word_level = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>",
+                                                     eos_token="<eos>", bos_token="<bos>")  # no pad token
+    tokenizer.save_pretrained(path)
+    return path, theirs, tokenizer
+
+
+def test_batch_of_strings_matches_transformers(folder):
+    path, theirs, tokenizer = folder
+    generator = TextGenerator(path)
+    prompts = ["w5 w9 w17 w4", "w30", "w8 w8"]
+    got = generator(prompts, max_new_tokens=6, num_beams=2)
+    tokenizer.padding_side, tokenizer.pad_token = "left", "<eos>"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    out = theirs.generate(**batch, max_new_tokens=6, num_beams=2, do_sample=False, pad_token_id=2, eos_token_id=2)
+    assert got == tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert all(isinstance(t, str) and t for t in got)
+    assert generator("w5 w9 w17 w4", max_new_tokens=6, num_beams=2) == got[0]
+
+
+def test_stream_pieces_add_up_to_the_text(folder):
+    generator = TextGenerator(folder[0])
+    pieces = list(generator.stream("w5 w9", max_new_tokens=5))
+    assert pieces and "".join(pieces) == generator("w5 w9", max_new_tokens=5)
+
+
+def test_empty_prompts(folder):
+    generator = TextGenerator(folder[0])
+    with pytest.raises(ValueError, match="empty"):
+        generator(["w5", ""])
+    with pytest.raises(ValueError, match="prompts"):
+        generator([])
+    with pytest.raises(ValueError, match="top_p"):
+        generator("w5", top_p=2.0)
+    assert torch.is_grad_enabled()  # inference_mode does not leak out of generation
