@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 
 import fastformer
+from fastformer.hf import seq2seq as hf_seq2seq
+from fastformer.hf.checkpoint import read_config
 from fastformer.modelbench import onnx_runtime
 from fastformer.modelbench.models import ModelSource, import_transformers
 
@@ -65,11 +67,15 @@ def reference(ctx: LoadContext) -> Runner:
 
 
 def _native(ctx: LoadContext) -> Runner:
+    # Encoder-decoders have no bare-body task: their LM model's teacher-forced decoder output is what
+    # Hugging Face's T5Model / BartModel / MarianModel return as last_hidden_state.
     try:
-        model = fastformer.from_pretrained(ctx.source.path, task="base", dtype=ctx.dtype, device=ctx.device)
+        seq2seq = read_config(ctx.source.path).get("model_type") in hf_seq2seq.FAMILIES
+        model = fastformer.from_pretrained(ctx.source.path, task="seq2seq-lm" if seq2seq else "base", dtype=ctx.dtype,
+                                           device=ctx.device)
     except ValueError as e:  # unsupported model_type, malformed checkpoint: its message says which
         raise BackendUnavailable(str(e)) from None
-    return _as_runner(model)
+    return (lambda **inputs: model.decoder_hidden(**inputs)) if seq2seq else _as_runner(model)
 
 
 def _hf_optimize(ctx: LoadContext) -> Runner:

@@ -289,21 +289,25 @@ class Seq2SeqForConditionalGeneration(nn.Module):
         shifted[:, 1:] = labels[:, :-1]
         return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
 
+    def decoder_hidden(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask=None):
+        """Teacher-forced decoder output [B, S_dec, hidden] (Hugging Face's T5Model / BartModel /
+        MarianModel last_hidden_state): the encoder runs on input_ids, the decoder on decoder_input_ids."""
+        decoder_mask = check_ids("decoder_input_ids", decoder_input_ids, "decoder_attention_mask",
+                                 decoder_attention_mask)
+        encoded = self.encode(input_ids, attention_mask)
+        return self.decoder(decoder_input_ids, self.decoder.project_memory(encoded.hidden), encoded.mask,
+                            key_padding_mask=decoder_mask)
+
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 labels=None) -> TaskOutput:
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("pass decoder_input_ids (teacher forcing) or labels (shifted right into decoder inputs)")
             decoder_input_ids = self.shift_right(labels)
-        decoder_mask = check_ids("decoder_input_ids", decoder_input_ids, "decoder_attention_mask",
-                                 decoder_attention_mask)
         if isinstance(input_ids, torch.Tensor) and decoder_input_ids.shape[0] != input_ids.shape[0]:
             raise ValueError(f"decoder_input_ids has batch {decoder_input_ids.shape[0]}, input_ids has "
                              f"{input_ids.shape[0]}")
-        encoded = self.encode(input_ids, attention_mask)
-        hidden = self.decoder(decoder_input_ids, self.decoder.project_memory(encoded.hidden), encoded.mask,
-                              key_padding_mask=decoder_mask)
-        logits = self.logits(hidden)
+        logits = self.logits(self.decoder_hidden(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
