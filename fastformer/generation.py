@@ -163,6 +163,13 @@ class GenerationSettings:
     early_stopping: bool | str = False
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # Logits processors, with transformers' semantics (real BART / Marian checkpoints set several):
+    min_length: int = 0  # no EOS while the sequence (prompt or decoder start included) is shorter
+    min_new_tokens: int = 0  # no EOS before this many new tokens
+    no_repeat_ngram_size: int = 0  # no n-gram of this size occurs twice in a sequence (prompt included)
+    bad_words_ids: tuple | None = None  # single-token entries [[id], ...]: those ids are never generated
+    forced_bos_token_id: int | None = None  # the first new token of an encoder-decoder (sequence length 1)
+    forced_eos_token_id: int | None = None  # the token at the last position the length limit allows
 
     def __post_init__(self):
         def integer(name, low):
@@ -176,6 +183,9 @@ class GenerationSettings:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
 
         integer("max_new_tokens", 0)
+        integer("min_length", 0)
+        integer("min_new_tokens", 0)
+        integer("no_repeat_ngram_size", 0)
         integer("top_k", 0)
         integer("num_beams", 1)
         number("temperature")
@@ -191,7 +201,13 @@ class GenerationSettings:
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if self.do_sample and self.num_beams > 1:
             raise ValueError(f"num_beams={self.num_beams} with do_sample=True (beam sampling) is not supported")
-        for name in ("eos_token_id", "pad_token_id", "seed"):
+        if self.bad_words_ids is not None and not (
+                isinstance(self.bad_words_ids, (list, tuple))
+                and all(isinstance(w, (list, tuple)) and len(w) == 1 and isinstance(w[0], int) and not isinstance(w[0], bool)
+                        and w[0] >= 0 for w in self.bad_words_ids)):
+            raise ValueError(f"bad_words_ids must be a list of single-token lists [[id], ...] (multi-token bad words "
+                             f"are not supported), got {self.bad_words_ids!r}")
+        for name in ("eos_token_id", "pad_token_id", "seed", "forced_bos_token_id", "forced_eos_token_id"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}")
@@ -266,7 +282,36 @@ def _filter_logits(logits: Tensor, settings: GenerationSettings) -> Tensor:
     return logits
 
 
-def _next_tokens(model, cache, logits: Tensor, settings: GenerationSettings):
+def _process_scores(scores: Tensor, length: int, sequences: Tensor | None, max_length: int, prompt_length: int,
+                    settings: GenerationSettings) -> Tensor:
+    """transformers' logits processors, in its order: scores [rows, V] (logits, or log-probabilities in
+    beam search) for the token after `length` tokens (prompt or decoder start included; sequences
+    [rows, length] holds them when no_repeat_ngram_size needs them); removed tokens get -inf, a forced
+    token gets 0 and every other token -inf."""
+    n = settings.no_repeat_ngram_size
+    if 0 < n <= length:
+        # A token is banned where the last n - 1 tokens already occurred followed by it.
+        windows = sequences.unfold(1, n, 1)  # [rows, length - n + 1, n]
+        prefix = sequences[:, length - n + 1:]  # [rows, n - 1]
+        seen = (windows[:, :, :-1] == prefix[:, None, :]).all(dim=-1)  # [rows, length - n + 1]
+        vocab = scores.shape[-1]
+        banned = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
+        banned.scatter_(1, torch.where(seen, windows[:, :, -1].clamp(max=vocab), vocab), True)
+        scores = scores.masked_fill(banned[:, :vocab], float("-inf"))
+    if settings.bad_words_ids:
+        scores = scores.index_fill(-1, torch.tensor([w[0] for w in settings.bad_words_ids], device=scores.device),
+                                   float("-inf"))
+    eos = settings.eos_token_id
+    if eos is not None and (length < settings.min_length or length - prompt_length < settings.min_new_tokens):
+        scores = scores.index_fill(-1, torch.tensor([eos], device=scores.device), float("-inf"))
+    for forced, at_length in ((settings.forced_bos_token_id, 1), (settings.forced_eos_token_id, max_length - 1)):
+        if forced is not None and length == at_length:
+            scores = torch.full_like(scores, float("-inf")).index_fill(
+                -1, torch.tensor([forced], device=scores.device), 0.0)
+    return scores
+
+
+def _next_tokens(model, cache, logits: Tensor, settings: GenerationSettings, prompt: Tensor):
     """Greedy or sampled decoding after the prefill (logits of the last prompt token [B, V]): yields
     each step's tokens [B] (pad_token_id in finished rows)."""
     generator = None
@@ -274,7 +319,11 @@ def _next_tokens(model, cache, logits: Tensor, settings: GenerationSettings):
         generator = torch.Generator(device=logits.device)
         generator.manual_seed(settings.seed if settings.seed is not None else int(torch.randint(2**62, ()).item()))
     unfinished = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)  # [B]
+    prompt_length = prompt.shape[1]
+    max_length = prompt_length + settings.max_new_tokens
+    sequences = prompt if settings.no_repeat_ngram_size > 0 else None  # [B, L], only when a processor reads it
     for step in range(settings.max_new_tokens):
+        logits = _process_scores(logits, prompt_length + step, sequences, max_length, prompt_length, settings)
         if settings.do_sample:
             probs = _filter_logits(logits.float(), settings).softmax(dim=-1)
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # [B]
@@ -283,6 +332,8 @@ def _next_tokens(model, cache, logits: Tensor, settings: GenerationSettings):
         if settings.eos_token_id is not None:
             tokens = torch.where(unfinished, tokens, settings.pad_token_id)
             unfinished &= tokens.ne(settings.eos_token_id)
+        if sequences is not None:
+            sequences = torch.cat([sequences, tokens[:, None]], dim=1)
         yield tokens
         # The one device sync per token: whether every row has finished.
         if step + 1 == settings.max_new_tokens or (settings.eos_token_id is not None and not bool(unfinished.any())):
@@ -317,7 +368,9 @@ def _beam_search(model, input_ids, attention_mask, settings: GenerationSettings)
     row_offset = torch.arange(batch, device=device)[:, None] * beams  # [B, 1]
     for cur in range(prompt_len, max_len):
         vocab = logits.shape[-1]
-        log_probs = torch.log_softmax(logits.float(), dim=-1).view(batch, beams, vocab) + live_scores[:, :, None]
+        log_probs = _process_scores(torch.log_softmax(logits.float(), dim=-1), cur, live[:, :, :cur].reshape(-1, cur),
+                                    max_len, prompt_len, settings)
+        log_probs = log_probs.view(batch, beams, vocab) + live_scores[:, :, None]
         cand_scores, cand_index = torch.topk(log_probs.view(batch, beams * vocab), keep)  # [B, 2n]
         cand_beam, cand_token = cand_index // vocab, cand_index % vocab
         cand = live.gather(1, cand_beam[:, :, None].expand(-1, -1, max_len))  # [B, 2n, max_len], a copy
@@ -376,7 +429,7 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, **s
         if config.num_beams > 1:
             return _beam_search(model, input_ids, attention_mask, config)
         prompt, cache, logits = _start(model, input_ids, attention_mask, config)
-        tokens = list(_next_tokens(model, cache, logits, config))
+        tokens = list(_next_tokens(model, cache, logits, config, prompt))
         return torch.cat([prompt, *(t[:, None] for t in tokens)], dim=1)
 
 
@@ -388,8 +441,8 @@ def stream(model, input_ids: Tensor, attention_mask: Tensor | None = None, **set
         raise ValueError(f"stream() yields one token per step, so it cannot do beam search; got "
                          f"num_beams={config.num_beams}")
     with torch.inference_mode():  # the prompt is checked and prefilled here, before the first token is asked for
-        _, cache, logits = _start(model, input_ids, attention_mask, config)
-    return _inference_steps(_next_tokens(model, cache, logits, config))
+        prompt, cache, logits = _start(model, input_ids, attention_mask, config)
+    return _inference_steps(_next_tokens(model, cache, logits, config, prompt))
 
 
 def _inference_steps(tokens):

@@ -76,6 +76,22 @@ def test_beam_search_matches_transformers(models, num_beams, length_penalty, ear
     assert torch.equal(got, want), f"ours\n{got}\ntransformers\n{want}"
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("processors", [
+    dict(no_repeat_ngram_size=2),
+    dict(min_new_tokens=7, forced_eos_token_id=4),
+    dict(min_length=12, no_repeat_ngram_size=3, bad_words_ids=[[7], [9]]),
+], ids=["no-repeat-2", "min-new+forced-eos", "min-length+no-repeat-3+bad-words"])
+def test_logits_processors_match_transformers(models, num_beams, processors):
+    theirs, ours = models
+    ids, mask = left_padded_prompts([6, 2, 4], 6, pad=PAD)
+    eos = frequent_token(theirs, ids, mask, 10)
+    settings = dict(max_new_tokens=10, num_beams=num_beams, eos_token_id=eos, **processors)
+    want = hf_generate(theirs, ids, mask, **settings)
+    got = ours.generate(ids, mask, pad_token_id=PAD, **settings)
+    assert torch.equal(got, want), f"ours\n{got}\ntransformers\n{want}"
+
+
 def test_sampling_is_reproducible_and_filters(models):
     _, ours = models
     ids, mask = left_padded_prompts([5, 2], 5)
@@ -101,7 +117,8 @@ def test_stream_yields_the_generated_tokens(models):
 @pytest.mark.parametrize("setting, value", [
     ("top_p", 0.0), ("top_p", 1.5), ("temperature", 0.0), ("temperature", -1.0), ("top_k", -1), ("num_beams", 0),
     ("max_new_tokens", -1), ("max_new_tokens", 2.5), ("early_stopping", "sometimes"), ("length_penalty", float("nan")),
-    ("eos_token_id", -3)])
+    ("eos_token_id", -3), ("min_length", -1), ("no_repeat_ngram_size", 1.5), ("forced_eos_token_id", -1),
+    ("bad_words_ids", [[3, 4]]), ("bad_words_ids", [3])])
 def test_invalid_settings_name_the_argument(models, setting, value):
     _, ours = models
     with pytest.raises(ValueError, match=setting):

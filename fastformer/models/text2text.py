@@ -3,8 +3,8 @@ Marian) and the Hugging Face tokenizer saved in the same folder; BLEU on sacrebl
 
 Generation settings start from the checkpoint's defaults (config.json and generation_config.json, then
 the task's entry in task_specific_params, as transformers' pipelines do) and are overridden by keyword
-arguments. Settings fastformer.generation has no equivalent for (min_length, no_repeat_ngram_size,
-forced BOS/EOS tokens) are not applied.
+arguments: beams, length penalty, early stopping, min_length, no_repeat_ngram_size, single-token
+bad_words_ids and forced BOS/EOS tokens, all with transformers' semantics.
 """
 import json
 import os
@@ -13,7 +13,8 @@ from fastformer import generation
 from fastformer.models.text_generation import text_pieces
 
 # Checkpoint generation defaults that map onto fastformer.generation's settings.
-_CHECKPOINT_SETTINGS = ("num_beams", "length_penalty", "early_stopping")
+_CHECKPOINT_SETTINGS = ("num_beams", "length_penalty", "early_stopping", "min_length", "no_repeat_ngram_size",
+                        "bad_words_ids", "forced_bos_token_id", "forced_eos_token_id")
 _DEFAULT_MAX_NEW_TOKENS = 64
 
 

@@ -45,7 +45,8 @@ def test_labels_give_transformers_loss(tmp_path, family):
     assert_close_rel(got.loss, want.loss)
 
 
-# The shared generate() applies no forced-EOS/BOS processors: the generation checkpoints leave them unset.
+# The tiny checkpoints' own forced EOS is switched off so that the plain greedy / beam tests see rows
+# end early; test_checkpoint_logits_processors_match_transformers covers the processors.
 NO_FORCED = dict(forced_eos_token_id=None)
 
 
@@ -75,6 +76,20 @@ def test_beam_search_matches_transformers(tmp_path, family):
     ids, mask = source_batch(family, padded=True)
     eos = greedy_eos(theirs, ids, mask)
     settings = dict(max_new_tokens=8, num_beams=3, eos_token_id=eos, length_penalty=0.8)
+    want = theirs.generate(input_ids=ids, attention_mask=mask, do_sample=False, **settings)
+    got = ours.generate(ids, mask, **settings)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_checkpoint_logits_processors_match_transformers(tmp_path, num_beams):
+    """The processors real BART / Marian checkpoints set: forced BOS and EOS, min_length, no-repeat n-grams,
+    a banned token."""
+    theirs, ours = generation_pair(tmp_path, "bart")
+    ids, mask = source_batch("bart", padded=True)
+    settings = dict(max_new_tokens=9, num_beams=num_beams, eos_token_id=greedy_eos(theirs, ids, mask),
+                    forced_bos_token_id=5, forced_eos_token_id=6, min_length=5, no_repeat_ngram_size=2,
+                    bad_words_ids=[[7]])
     want = theirs.generate(input_ids=ids, attention_mask=mask, do_sample=False, **settings)
     got = ours.generate(ids, mask, **settings)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
