@@ -1,14 +1,17 @@
 """Linear: torch.nn.Linear that runs CPU fp32 inference on oneDNN's prepacked matmul.
 
 Measured on the 2-core development machine (DESIGN.md): F.linear [128x768]x[768x3072] ~160 GFLOP/s,
-the oneDNN (mkldnn) prepacked linear from the same torch install ~400 GFLOP/s. The packed weight is
+the oneDNN (mkldnn) prepacked linear from the same torch install ~400 GFLOP/s (on a 2-core AVX-512
+VM, 2 threads: 88 vs 153 GFLOP/s). The packed weight is
 a cache beside the parameter (not in the state_dict), rebuilt when the weight changes; whenever a
-gradient is needed, off CPU fp32, or for a single row, forward is plain F.linear.
+gradient is needed, or off CPU fp32, forward is plain F.linear.
 
-A single row (KV-cache decoding) is a matrix-vector product that streams the weight once, as fast
-through F.linear as through oneDNN (1 thread, [1x768]x[768x2304]: 0.22 vs 0.25 ms), and oneDNN's
-OpenMP region then only costs: measured on the 2-core machine under load, 12-16 ms per call with
-2 threads, against 0.2-0.3 ms for F.linear.
+Single rows (KV-cache decoding) take the packed path too. A matrix-vector product streams the weight
+once, so its speed is memory bandwidth; measured on a quiet 2-core AVX-512 development VM (torch
+2.13.0, GPT-2-small's 48 layer matrices, 340 MB): F.linear reads 10.1 GB/s with 2 threads (11.0 with
+1: no gain from the second core), the packed oneDNN product 18.4 GB/s with 2 threads (10.6 with 1).
+On a machine whose cores are busy with other processes any OpenMP region waits for descheduled
+threads (seen: 12-16 ms per call); there, run with torch.set_num_threads(1).
 """
 import torch
 import torch.nn.functional as F
@@ -29,7 +32,6 @@ class Linear(_DropIn, nn.Linear):
         needs_grad = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
         return (_HAS_MKLDNN and self.backend in (None, "cpu") and not needs_grad and x.device.type == "cpu"
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and x.numel() > x.shape[-1]  # more than one row
                 and not torch.compiler.is_compiling())
 
     def _packed_weight(self) -> torch.Tensor:

@@ -22,6 +22,20 @@ def test_inference_matches_and_follows_weight_updates():
     assert ours(torch.randn(0, 96)).shape == (0, 200)
 
 
+def test_single_rows_match():
+    """Decoding feeds one row at a time ([1, 1, K] or [K]); it takes the packed path too."""
+    theirs = nn.Linear(768, 2304)
+    ours = ff.nn.Linear(768, 2304)
+    ours.load_state_dict(theirs.state_dict())
+    with torch.inference_mode():
+        for x in (torch.randn(1, 1, 768), torch.randn(768), torch.randn(4, 1, 768)[1]):
+            ref = torch.nn.functional.linear(x.double(), theirs.weight.double(), theirs.bias.double())
+            base_err = (theirs(x).double() - ref).abs().max()
+            got = ours(x)
+            assert got.shape == ref.shape
+            assert (got.double() - ref).abs().max() <= 4 * base_err + 1e-5
+
+
 def test_training_uses_autograd_path():
     ours = ff.nn.Linear(32, 8)
     x = torch.randn(4, 32, requires_grad=True)
