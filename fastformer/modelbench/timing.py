@@ -28,21 +28,21 @@ def sample_interleaved(fns: Sequence[Callable[[], object]], reps: int, warmup: i
             fn()
     samples = [[] for _ in fns]
     cuda = _is_cuda(device)
-    start = time.perf_counter()
+    timed_since = time.perf_counter()
     for done in range(reps):
-        if budget_s is not None and done >= min_reps and time.perf_counter() - start > budget_s:
+        if budget_s is not None and done >= min_reps and time.perf_counter() - timed_since > budget_s:
             break
         if cuda:
             events = []
             for fn in fns:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
+                before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                before.record()
                 fn()
-                end.record()
-                events.append((start, end))
+                after.record()
+                events.append((before, after))
             torch.cuda.synchronize()
-            for s, (start, end) in zip(samples, events):
-                s.append(start.elapsed_time(end) / 1e3)
+            for s, (before, after) in zip(samples, events):
+                s.append(before.elapsed_time(after) / 1e3)
         else:
             for s, fn in zip(samples, fns):
                 t0 = time.perf_counter()
