@@ -7,11 +7,12 @@
 #   STEPS="build models" bash bench/gpu_check.sh    # only some steps (build gpu-tests ops models suite)
 #   FASTFORMER_GIT_SHA=$(git rev-parse --short HEAD)  # set it where the tree is a copy without .git
 #
-# Writes <UTC date>-<gpu>-ops.json / -ops.md (bench/ops_gpu.py), -<model>.json / .csv (fastformer
-# bench), -gpu_check.log (everything printed here) and -build.log to $OUT/bench/results/ when $OUT is
-# set (the device tool copies back only $OUT), else to bench/results/. Time caps: build (~2 min, only
-# this GPU's architecture), the GPU tests (GPU_TESTS_TIMEOUT_S), the op benchmarks (BENCH_TIMEOUT_S;
-# results are written after every shape, so a cut-off run keeps what it measured), each model
+# Writes <UTC date>-<gpu>-ops.json / -ops.md (bench/ops_gpu.py), -kernel-mode.json (fastformer bench
+# --ops), -<model>.json / .csv (fastformer bench), -gpu_check.log (everything printed here) and
+# -build.log to $OUT/bench/results/ when $OUT is set (the device tool copies back only $OUT), else to
+# bench/results/. Time caps: build (~2 min, only this GPU's architecture), the GPU tests
+# (GPU_TESTS_TIMEOUT_S), the op benchmarks (BENCH_TIMEOUT_S; results are written after every shape, so
+# a cut-off run keeps what it measured), kernel mode (KERNEL_MODE_TIMEOUT_S), each model
 # benchmark (MODEL_BENCH_TIMEOUT_S; torch.compile compiles once per shape), then the rest of the suite
 # with Triton compiled (whatever is left of TOTAL_BUDGET_S, at least 60 s; CPU CI already runs it under
 # the Triton interpreter). All steps take ~13 minutes on an H100: where one command may run 10 minutes
@@ -24,6 +25,7 @@ cd "$(dirname "$0")/.."
 TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-480}
 GPU_TESTS_TIMEOUT_S=${GPU_TESTS_TIMEOUT_S:-150}
 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-240}
+KERNEL_MODE_TIMEOUT_S=${KERNEL_MODE_TIMEOUT_S:-90}
 MODEL_BENCH_TIMEOUT_S=${MODEL_BENCH_TIMEOUT_S:-150}
 STEPS=${STEPS:-build gpu-tests ops models suite}
 unset TRITON_INTERPRET  # Triton kernels run compiled on the GPU
@@ -40,6 +42,17 @@ exec > >(tee "$log") 2>&1
 failed=()
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S), $SECONDS s elapsed)"; }
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+# timed LIMIT_S WHAT COMMAND...: runs COMMAND under a time limit; a failure is recorded, not fatal.
+timed() {
+  local limit=$1 what=$2 status=0
+  shift 2
+  timeout "$limit" "$@" || status=$?
+  case $status in
+    0) ;;
+    124) failed+=("$what (cut off after $limit s)") ;;
+    *) failed+=("$what (status $status)") ;;
+  esac
+}
 # run_pytest LIMIT_S ARGS...: "no tests collected" (status 5) is not a failure.
 run_pytest() {
   local limit=$1 status=0
@@ -58,7 +71,15 @@ nvidia-smi
 python --version
 python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())'
 python -c 'import triton; print("triton", triton.__version__)'
-nvcc --version | tail -n 2
+# The toolkit the build uses is torch's CUDA_HOME, which need not be on PATH (e.g. /usr/local/cuda):
+# put it there so the build and .ci/check_cuda.sh (run by the test suite) find the same nvcc.
+cuda_home=$(python -c 'from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or "")')
+if [ -n "$cuda_home" ]; then
+  export CUDA_HOME=$cuda_home PATH="$cuda_home/bin:$PATH"
+  nvcc --version | tail -n 2
+else
+  echo "nvcc: not found (torch.utils.cpp_extension.CUDA_HOME is unset): the CUDA kernels cannot be built"
+fi
 
 if wanted build; then
   step "build (FASTFORMER_CUDA=1)"
@@ -81,19 +102,20 @@ fi
 
 if wanted ops; then
   step "op benchmarks"
-  bench_status=0
-  timeout "$BENCH_TIMEOUT_S" python bench/ops_gpu.py --target-ms 40 --out "$results_dir/$stamp-ops.json" || bench_status=$?
-  [ $bench_status -eq 0 ] || failed+=("bench/ops_gpu.py (status $bench_status; 124: cut off after $BENCH_TIMEOUT_S s)")
+  timed "$BENCH_TIMEOUT_S" bench/ops_gpu.py python bench/ops_gpu.py --target-ms 40 --out "$results_dir/$stamp-ops.json"
+  # Kernel mode: the CPU runs' shapes plus a large one, as a fraction of this GPU's copy and matmul rates.
+  step "fastformer bench --ops (kernel mode)"
+  timed "$KERNEL_MODE_TIMEOUT_S" "fastformer bench --ops" python -m fastformer bench --ops --device cuda \
+    --dtype float16 --shapes 1024x768,4096x1024,32768x1024 --reps 100 --json "$results_dir/$stamp-kernel-mode.json"
 fi
 
 # model_bench NAME ARGS...: fastformer bench, fp16, every backend, to $stamp-NAME.json / .csv.
 model_bench() {
-  local name=$1 status=0
+  local name=$1
   shift
   step "fastformer bench $name: $*"
-  timeout "$MODEL_BENCH_TIMEOUT_S" python -m fastformer bench --device cuda --dtype float16 --backends all "$@" \
-    --json "$results_dir/$stamp-$name.json" --csv "$results_dir/$stamp-$name.csv" || status=$?
-  [ $status -eq 0 ] || failed+=("fastformer bench $name (status $status; 124: cut off after $MODEL_BENCH_TIMEOUT_S s)")
+  timed "$MODEL_BENCH_TIMEOUT_S" "fastformer bench $name" python -m fastformer bench --device cuda --dtype float16 \
+    --backends all "$@" --json "$results_dir/$stamp-$name.json" --csv "$results_dir/$stamp-$name.csv"
 }
 if wanted models; then
   # The standard GPU grid: the real MiniLM, BERT-base at batch 1 and 32 x 128 tokens, GPT-2 prefill 8 x 512.

@@ -19,14 +19,21 @@ DEFAULT_SEQS = "128"
 SLOW_ON_CPU = ("hf+compile",)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
+        return [_positive_int(v) for v in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
 
 
 def _choice_list(choices):
@@ -39,32 +46,50 @@ def _choice_list(choices):
     return parse
 
 
-def _progress_line(i, n, case):
-    print(f"\r[{i + 1}/{n}] {case.name} {'x'.join(map(str, case.shape))}".ljust(60), end="", file=sys.stderr,
-          flush=True)
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _default_dtype(devices: list[str]) -> str:
+    return "float16" if devices == ["cuda"] else "float32"
 
 
 def _bench_ops(args) -> int:
     from fastformer import _backends, opbench
-    from fastformer.modelbench import machine
+    from fastformer.modelbench import machine, report, runner
 
-    device = args.device[0] if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = args.dtype[0] if args.dtype else "float32"
     if len(args.device or []) > 1 or len(args.dtype or []) > 1:
         print("--ops takes one --device and one --dtype", file=sys.stderr)
         return 2
+    device = args.device[0] if args.device else _default_device()
+    dtype_name = args.dtype[0] if args.dtype else _default_dtype([device])
     dtype = getattr(torch, dtype_name)
-    if device == "cpu" and dtype == torch.float16:
-        print("fp16 is not a CPU target; use float32 or bfloat16", file=sys.stderr)
+    # Checked before the machine limits are measured: a missing GPU or kernel backend would otherwise
+    # surface as a traceback from the first tensor or op.
+    problem = runner.why_not_device_dtype(device, dtype)
+    if problem is None and args.backend:
+        backend_problem = _backends.why_not(args.backend, torch.device(device))
+        if backend_problem:
+            problem = f"--backend {args.backend}: {backend_problem}"
+    if problem:
+        print(f"fastformer bench --ops --device {device} --dtype {dtype_name}: {problem}", file=sys.stderr)
         return 2
     reps = args.reps or 50
     print(f"fastformer bench --ops: device={device} dtype={dtype_name} threads={torch.get_num_threads()} "
           f"reps={reps} (medians, ours and PyTorch interleaved in the same run)")
     limits = opbench.machine_limits(dtype, device)
     shapes = [tuple(s) for s in args.shapes] if args.shapes else opbench.CPU_SHAPES
-    rows = opbench.run(shapes, dtype=dtype, device=device, backend=args.backend, reps=reps, progress=_progress_line,
-                       limits=limits)
-    print("\r".ljust(61), end="\r", file=sys.stderr)
+    bar = report.ProgressBar(total_points=1)
+
+    def show(i, n, case):
+        bar.total = n  # the case count is known once opbench has built the cases
+        bar.point(f"{case.name} {'x'.join(map(str, case.shape))}")
+
+    try:
+        rows = opbench.run(shapes, dtype=dtype, device=device, backend=args.backend, reps=reps, progress=show,
+                           limits=limits)
+    finally:
+        bar.close()
     print(opbench.format_table(rows, limits))
     if args.json:
         meta = {**machine.describe(), "device": device, "limits": limits, "backends": _backends.available_backends(),
@@ -80,7 +105,7 @@ def _bench_ops(args) -> int:
 def _bench_models(args) -> int:
     from fastformer.modelbench import backends, models, report, runner
 
-    devices = args.device or ["cuda" if torch.cuda.is_available() else "cpu"]
+    devices = args.device or [_default_device()]
     if args.backends:
         try:
             names = backends.parse_backends(args.backends)
@@ -98,7 +123,7 @@ def _bench_models(args) -> int:
         except ImportError as e:
             print(e, file=sys.stderr)
             return 2
-    dtypes = args.dtype or ["float16" if devices == ["cuda"] else "float32"]
+    dtypes = args.dtype or [_default_dtype(devices)]
     config = runner.BenchConfig(model=args.model, backends=names, batches=args.batch, seqs=args.seq, dtypes=dtypes,
                                 devices=devices, baseline=args.baseline, reps=args.reps or 20, warmup=args.warmup,
                                 budget_s=args.budget or None)
@@ -178,8 +203,8 @@ def main(argv=None) -> int:
                        help="cpu, cuda or both comma-separated (default: cuda if present, else cpu)")
     bench.add_argument("--dtype", type=_choice_list(["float32", "bfloat16", "float16"]), default=None,
                        help="comma-separated (default: float16 on cuda, float32 on cpu)")
-    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    bench.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20 models, 50 ops)")
+    bench.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    bench.add_argument("--reps", type=_positive_int, default=None, help="timed repetitions (default 20 models, 50 ops)")
     bench.add_argument("--json", metavar="PATH", help="also write results and machine facts as JSON")
     args = parser.parse_args(argv)
     return _bench(args)

@@ -2,6 +2,8 @@
 requested backend reporting a result or the reason it has none, bad input, and kernel mode."""
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from fastformer import cli
-from fastformer.modelbench import backends, inputs, models
+from fastformer.modelbench import backends, inputs, models, timing
 
 transformers = pytest.importorskip("transformers")
 
@@ -23,7 +25,9 @@ TINY = {
     "t5": lambda: transformers.T5Model(transformers.T5Config(
         vocab_size=100, d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2)),
 }
-QUICK = ["--reps", "3", "--warmup", "1", "--threads", "2"]
+# Every run starts from these; a test's own options come after them and win (argparse keeps the last).
+# The CPU is pinned so that a GPU machine checks the same numbers as CI (fp32, ONNX Runtime present).
+QUICK = ["--device", "cpu", "--reps", "3", "--warmup", "1", "--threads", "2"]
 ROW_FIELDS = {"model", "model_type", "device", "dtype", "batch", "seq", "backend", "status", "reason"}
 NUMBER_FIELDS = {"median_ms", "p90_ms", "p99_ms", "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup",
                  "max_abs_diff"}
@@ -46,7 +50,7 @@ def checkpoint(tmp_path_factory):
 def _bench(tmp_path, *args):
     """Runs `fastformer bench ... --json` in-process: (exit status, parsed JSON)."""
     out = tmp_path / "out.json"
-    status = cli.main(["bench", *args, *QUICK, "--json", str(out)])
+    status = cli.main(["bench", *QUICK, *args, "--json", str(out)])
     return status, json.loads(out.read_text()) if out.exists() else None
 
 
@@ -129,15 +133,38 @@ def test_unknown_model_and_backend_say_what_is_valid(tmp_path, capsys):
     assert "tensorrt" in err and "onnxruntime" in err
 
 
-def test_checkpoint_that_fails_to_load_is_reported_per_backend(tmp_path):
+@pytest.mark.parametrize("damage", ["no weights", "truncated weights"])
+def test_checkpoint_that_fails_to_load_is_reported_per_backend(tmp_path, checkpoint, damage):
     broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 100}))  # no weights
-    status, result = _bench(tmp_path, "--model", str(broken), "--backends", "fastformer,hf-eager", "--seq", "8",
+    shutil.copytree(checkpoint("bert"), broken)
+    weights = broken / "model.safetensors"
+    if damage == "no weights":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:1000])
+    names = ["fastformer", "hf-eager", "onnxruntime"]
+    status, result = _bench(tmp_path, "--model", str(broken), "--backends", ",".join(names), "--seq", "8",
                             "--batch", "1")
     assert status == 1  # nothing ran, but every backend says why
+    assert [r["backend"] for r in result["results"]] == names
     for r in result["results"]:
         assert r["status"] == "unavailable" and r["reason"], r
+
+
+def test_folder_that_is_not_a_checkpoint_says_so(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a model")
+    status, result = _bench(tmp_path, "--model", str(tmp_path))
+    assert status == 2 and result is None
+    assert "no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "x"])
+def test_reps_and_threads_must_be_positive(value, capsys):
+    for option in ("--reps", "--threads"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["bench", option, value])
+        assert exit_info.value.code == 2
+        assert option in capsys.readouterr().err
 
 
 def test_shape_too_long_and_out_of_memory_leave_the_others_reporting(tmp_path, checkpoint, monkeypatch):
@@ -153,6 +180,57 @@ def test_shape_too_long_and_out_of_memory_leave_the_others_reporting(tmp_path, c
     assert by_key["hf-sdpa", 8]["status"] == "error" and "out of memory" in by_key["hf-sdpa", 8]["reason"]
     for name in ("hf-eager", "hf-sdpa"):
         assert by_key[name, 65]["status"] == "skipped" and "64 positions" in by_key[name, 65]["reason"]
+
+
+class _FakeCudaEvent:
+    """A CUDA event on a fake device clock that the timed functions advance."""
+    clock_ms = 0.0
+
+    def __init__(self, enable_timing):
+        assert enable_timing
+
+    def record(self):
+        self.at_ms = _FakeCudaEvent.clock_ms
+
+    def elapsed_time(self, end):
+        return end.at_ms - self.at_ms
+
+
+def test_cuda_timing_brackets_each_call_with_events_and_keeps_the_budget(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Event", _FakeCudaEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+    def kernel(ms):
+        def run():
+            _FakeCudaEvent.clock_ms += ms
+        return run
+
+    device_ms = [2.0, 5.0]  # what each function takes on the fake device
+    fns = [kernel(ms) for ms in device_ms]
+    samples = timing.sample_interleaved(fns, reps=7, warmup=2, device="cuda")
+    assert samples == [[ms / 1e3] * 7 for ms in device_ms]
+    # A spent budget stops the rounds at min_reps.
+    samples = timing.sample_interleaved(fns, reps=50, warmup=0, device="cuda", budget_s=0.0, min_reps=5)
+    assert [len(s) for s in samples] == [5, 5]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_run_reports_latency_and_accuracy(tmp_path, checkpoint):
+    # A budget this small stops every point at the 5-round minimum: the budget path is taken on CUDA.
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "fastformer,hf-eager,hf-sdpa",
+                            "--device", "cuda", "--dtype", "float16", "--batch", "2", "--seq", "16", "--reps", "8",
+                            "--budget", "1e-9")
+    assert status == 0
+    assert result["meta"]["gpu"]
+    for r in result["results"]:
+        assert r["status"] == "ok", r
+        assert r["reps"] == 5 and r["median_ms"] > 0 and r["peak_mem_MiB"] >= 0
+    # Accuracy against the fp32 reference: within 2x Hugging Face's own fp16 error, plus a small atol.
+    hf_error = _rows(result, "hf-eager")[0]["max_abs_diff"]
+    assert 0 < hf_error < 5e-2
+    for r in result["results"]:
+        assert r["max_abs_diff"] <= 2 * hf_error + 1e-3, r
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report for a missing GPU")
@@ -193,7 +271,32 @@ def test_ops_mode_reports_rates_against_measured_machine_limits(tmp_path):
         assert (r["ours_TFLOPs"] is not None) == (r["bound"] == "compute")
 
 
-def test_console_entry_point_runs_as_a_module():
-    done = subprocess.run([sys.executable, "-m", "fastformer", "bench", "--help"], capture_output=True, text=True,
-                          timeout=120)
+@pytest.mark.parametrize("args, expected", [
+    pytest.param(["--device", "cuda"], "no CUDA device", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="checks the message for a missing GPU")),
+    (["--device", "cpu", "--backend", "cuda"], "--backend cuda"),
+    (["--device", "cpu", "--dtype", "float16"], "float16 is not a CPU target"),
+])
+def test_ops_mode_that_cannot_run_here_says_why_before_measuring(tmp_path, capsys, args, expected):
+    out = tmp_path / "ops.json"
+    assert cli.main(["bench", "--ops", "--shapes", "16x96", "--reps", "3", *args, "--json", str(out)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_module_entry_point_runs_a_benchmark(tmp_path, checkpoint):
+    out = tmp_path / "out.json"
+    done = subprocess.run([sys.executable, "-m", "fastformer", "bench", *QUICK, "--model", checkpoint("bert"),
+                           "--backends", "hf-eager", "--batch", "1", "--seq", "8", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "cpu float32 batch 1 x seq 8" in done.stdout
+    assert [r["status"] for r in json.loads(out.read_text())["results"]] == ["ok"]
+
+
+def test_console_script_is_installed():
+    script = shutil.which("fastformer", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip(f"no fastformer console script next to {sys.executable} (not pip-installed into it)")
+    done = subprocess.run([script, "bench", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--backends" in done.stdout and "--ops" in done.stdout

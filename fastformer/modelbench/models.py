@@ -85,6 +85,8 @@ def _kind(hf_config: dict) -> str:
 
 def _describe(name: str, path: str, random_weights: bool) -> ModelSource:
     config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise ModelSourceError(f"--model {name!r} is not a Hugging Face checkpoint folder: it has no config.json")
     try:
         with open(config_file) as f:
             hf = json.load(f)
@@ -103,7 +105,11 @@ def _describe(name: str, path: str, random_weights: bool) -> ModelSource:
 
 
 def _build_preset(name: str, workdir: str) -> str:
-    transformers = import_transformers()
+    try:
+        transformers = import_transformers()
+    except ImportError:
+        raise ModelSourceError(f"--model {name}: presets are built with transformers' config classes, and "
+                               "transformers is not installed (pip install transformers)") from None
     class_name, sizes = PRESETS[name]
     config = getattr(transformers, class_name)(**sizes)
     path = os.path.join(workdir, name)

@@ -32,8 +32,14 @@ class BenchConfig:
     budget_s: float | None = 10.0  # per grid point: fewer timed rounds (at least 5) past this
 
 
+# How an allocation failure reads where it is not a torch.OutOfMemoryError: torch's CPU allocator, and
+# ONNX Runtime's arena.
+_OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "failed to allocate memory")
+
+
 def _is_out_of_memory(e: Exception) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
+    message = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or any(m in message for m in _OUT_OF_MEMORY_MESSAGES)
 
 
 def _error_reason(e: Exception, batch: int, seq: int) -> str:
@@ -48,7 +54,8 @@ def _free(device: str):
         torch.cuda.empty_cache()
 
 
-def _why_not_device_dtype(device: str, dtype: torch.dtype) -> str | None:
+def why_not_device_dtype(device: str, dtype: torch.dtype) -> str | None:
+    """None if this device and dtype can be benchmarked here, else the reason."""
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device here"
     if torch.device(device).type == "cpu" and dtype == torch.float16:
@@ -132,7 +139,7 @@ def _load_all(names: list[str], ctx: backends.LoadContext) -> tuple[dict, dict]:
 def _load(config: BenchConfig, source, tokenizer, device: str, dtype: torch.dtype, threads: int, workdir: str):
     """Every requested backend and the fp32 reference for one device and dtype:
     (runners, {backend: why not}, reference runner or None, why no reference or None)."""
-    not_here = _why_not_device_dtype(device, dtype)
+    not_here = why_not_device_dtype(device, dtype)
     if not_here:
         return {}, dict.fromkeys(config.backends, not_here), None, not_here
     example = inputs.make_inputs(source, tokenizer, 2, min(16, *config.seqs), device)  # [2, <=16] for ONNX export
