@@ -65,8 +65,8 @@ def test_json_and_csv_report_every_backend_at_every_grid_point(tmp_path, checkpo
                             "--batch", "1,2", "--seq", "8,17", "--csv", str(csv_path))
     assert status == 0
     meta, rows = result["meta"], result["results"]
-    assert {"machine", "cpu", "git_sha", "versions", "time_utc", "torch_threads", "units", "memory", "reference",
-            "timed_call", "inputs"} <= set(meta)
+    assert {"machine", "cpu", "cpu_isa", "git_sha", "versions", "time_utc", "torch_threads", "units", "memory",
+            "reference", "timed_call", "inputs"} <= set(meta)
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["units"]["median_ms"] == "ms" and meta["units"]["peak_mem_MiB"] == "MiB"
     assert "random token ids" in meta["inputs"]

@@ -47,6 +47,9 @@ def describe() -> dict:
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        # The vector ISA torch's kernels use ("AVX512", "AVX2", ...): development VMs named alike ("AMD
+        # EPYC", 2 cores) have come with and without AVX-512, which moves every CPU number.
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         # Other work on the machine while the benchmark ran (1-minute load average, at the end of the run).
         "load_average_1m": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
