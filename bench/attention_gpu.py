@@ -14,9 +14,14 @@ table with each implementation's TFLOP/s and the ratio ours / best SDPA backend.
 
     python bench/attention_gpu.py [--sections fwd,t5,...] [--out bench/results/attention_gpu.json]
     python bench/attention_gpu.py --smoke     # one small shape per section; without a GPU: says so, exits 0
+
+The JSON is rewritten after every config, so a run cut off by a time limit keeps what it measured. The
+default --out is bench/results/attention_gpu.json under $OUT when $OUT is set (on the device machine only
+$OUT comes back), else under the repository.
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -199,6 +204,10 @@ def median_ms(fn, warmup: int, rep: int) -> float:
     return statistics.median(times)
 
 
+def default_out() -> Path:
+    return (Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT) / "bench/results/attention_gpu.json"
+
+
 def measure(cfg: Config, name: str, impl, inputs, warmup: int, rep: int) -> dict:
     record = dict(section=cfg.section, dtype=cfg.dtype, batch=cfg.batch, heads=cfg.heads, seqlen_q=cfg.seqlen_q,
                   seqlen_k=cfg.seqlen_k, head_dim=cfg.head_dim, causal=cfg.causal, impl=name)
@@ -213,7 +222,7 @@ def measure(cfg: Config, name: str, impl, inputs, warmup: int, rep: int) -> dict
         fn()
         torch.cuda.synchronize()
         ms = median_ms(fn, warmup, rep)
-    except (RuntimeError, NotImplementedError, ValueError) as e:  # unsupported shape/backend, OOM
+    except Exception as e:  # unsupported shape/backend, OOM, a Triton compile error: report, measure the rest
         torch.cuda.empty_cache()
         record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         return record
@@ -265,7 +274,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="one small shape per section, short timing")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    parser.add_argument("--out", default=str(ROOT / "bench/results/attention_gpu.json"), help="JSON output path")
+    parser.add_argument("--out", type=Path, default=default_out(), help="JSON output path")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("attention_gpu: no CUDA GPU is visible to torch "
@@ -276,6 +285,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"--sections: unknown {sorted(unknown)}; choose from {SECTIONS}")
     warmup, rep = (5, 20) if args.smoke else (25, 100)
+    env = environment()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     records = []
     for cfg in configs(sections, args.smoke):
         torch.manual_seed(0)
@@ -287,14 +298,11 @@ def main(argv=None) -> int:
             print(f"{cfg.label():<58} {name:<15} {status}", file=sys.stderr, flush=True)
         del inputs
         torch.cuda.empty_cache()
-    env = environment()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(environment=env, records=records), indent=1) + "\n")
+        args.out.write_text(json.dumps(dict(environment=env, records=records), indent=1) + "\n")
     print(f"\n{env['device']} (sm_{env['capability']}), torch {env['torch']}, CUDA {env['cuda']}, "
           f"triton {env['triton']}, git {env['git_sha']}")
     print_table(records)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {args.out}")
     return 0
 
 
