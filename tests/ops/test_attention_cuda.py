@@ -99,6 +99,8 @@ def test_same_seed_same_dropout_and_other_seed_differs():
 def test_runs_on_a_side_stream():
     inputs = make_inputs(C(seqlen_q=130, seqlen_k=70), torch.float16, "cuda")
     stream = torch.cuda.Stream()
+    # The inputs were copied and cast on the default stream; a fresh stream does not wait for it.
+    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         out, lse = run_cuda(inputs)
     check_against_reference(out, lse, inputs)
