@@ -12,6 +12,8 @@ import tempfile
 
 import torch
 
+from fastformer.modelbench.models import DEFAULT_MODEL, PRESETS
+
 DEFAULT_BATCHES = "1,8"
 DEFAULT_SEQS = "128"
 # torch.compile's first calls compile for ~a minute per shape on a 2-core CPU, which alone would break
@@ -175,9 +177,8 @@ def main(argv=None) -> int:
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models_group = bench.add_argument_group("model mode (the default)")
     models_group.add_argument("--model", default=None,
-                              help="a local Hugging Face checkpoint folder or a preset: all-MiniLM-L6-v2 (default, "
-                                   "real weights), bert-base, roberta-base, distilbert, gpt2, t5-small, bart-base, "
-                                   "marian (random weights)")
+                              help=f"a local Hugging Face checkpoint folder or a preset: {DEFAULT_MODEL} (default, "
+                                   f"real weights), {', '.join(PRESETS)} (random weights)")
     models_group.add_argument("--backends", default=None,
                               help="comma-separated: fastformer, hf+optimize, hf-eager, hf-sdpa, hf+compile, "
                                    "onnxruntime, or 'all' (default: all; on CPU all but hf+compile)")

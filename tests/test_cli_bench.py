@@ -300,3 +300,13 @@ def test_console_script_is_installed():
         pytest.skip(f"no fastformer console script next to {sys.executable} (not pip-installed into it)")
     done = subprocess.run([script, "bench", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--backends" in done.stdout and "--ops" in done.stdout
+
+
+def test_minilm_preset_has_the_real_checkpoints_shape():
+    with open(f"{models.default_model_path()}/config.json") as f:
+        real = json.load(f)
+    class_name, sizes = models.PRESETS["minilm-l6"]
+    preset = getattr(transformers, class_name)(**sizes).to_dict()
+    shape = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "vocab_size", "max_position_embeddings", "hidden_act")
+    assert {k: preset[k] for k in shape} == {k: real[k] for k in shape}

@@ -15,6 +15,10 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # sizes are spelled out.
 PRESETS = {
     "bert-base": ("BertConfig", {}),
+    # all-MiniLM-L6-v2's shape: the main job's model where its package cannot be installed (the GPU
+    # machines reach no registry, and its 88 MB exceed what the device tool carries).
+    "minilm-l6": ("BertConfig", {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                                 "intermediate_size": 1536}),
     "roberta-base": ("RobertaConfig", {"vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1,
                                        "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}),
     "distilbert": ("DistilBertConfig", {}),
