@@ -3,12 +3,13 @@ default GPT2Config: 12 layers, 768 hidden), same prompt, interleaved in one run,
 tokens/s (new tokens over the whole call, prefill included) and ms/token (the decode steps alone:
 (time for N new tokens - time for 1) / (N - 1)), and whether both produced the same tokens.
 
-  python bench/generation_cpu.py --threads 2 [--prompt 32] [--new 64] [--batch 1] [--reps 5]
+  python bench/generation_cpu.py --threads 2 [--prompt 32] [--new 64] [--batch 1] [--reps 5] [--json PATH]
   python bench/generation_cpu.py --device cuda   # fp16 on a GPU
 
 Latency does not depend on weight values; no EOS is set, so every call makes exactly --new tokens.
 """
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -16,6 +17,7 @@ import time
 import torch
 
 import fastformer as ff
+from fastformer.modelbench import machine
 
 
 def _gpt2_small_path(tmp):
@@ -46,6 +48,14 @@ def interleaved_medians(runners: dict, reps: int, device) -> dict:
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def write_json(path: str, benchmark: str, settings: dict, results: dict) -> None:
+    """Results with the machine, library versions and git sha they were measured with."""
+    meta = {**machine.describe(), "benchmark": benchmark, "settings": settings}
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    print(f"wrote {path}")
+
+
 def bench(path, batch, prompt_len, new_tokens, reps, device, dtype):
     import transformers
 
@@ -72,10 +82,12 @@ def bench(path, batch, prompt_len, new_tokens, reps, device, dtype):
     results = {}
     for name in ("hf", "fastformer"):
         total, first = med[name, new_tokens], med[name, 1]
-        results[name] = (batch * new_tokens / total, (total - first) / (new_tokens - 1) * 1e3)
-    for name, (tps, ms) in results.items():
-        print(f"  {name:<11} {tps:8.1f} tokens/s  x{tps / results['hf'][0]:5.2f}    {ms:7.2f} ms/token decode  "
-              f"x{results['hf'][1] / ms:5.2f}")
+        results[name] = {"tokens_per_s": batch * new_tokens / total,
+                         "ms_per_token": (total - first) / (new_tokens - 1) * 1e3, "same_tokens_as_hf": same}
+    hf = results["hf"]
+    for name, r in results.items():
+        print(f"  {name:<11} {r['tokens_per_s']:8.1f} tokens/s  x{r['tokens_per_s'] / hf['tokens_per_s']:5.2f}    "
+              f"{r['ms_per_token']:7.2f} ms/token decode  x{hf['ms_per_token'] / r['ms_per_token']:5.2f}")
     return results
 
 
@@ -87,6 +99,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", metavar="PATH", help="also write the results, machine and versions as JSON")
     args = parser.parse_args()
     if args.new < 2:
         parser.error("--new must be at least 2 (ms/token compares N new tokens with 1)")
@@ -94,7 +107,14 @@ def main():
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
-        bench(_gpt2_small_path(tmp), args.batch, args.prompt, args.new, args.reps, device, dtype)
+        results = bench(_gpt2_small_path(tmp), args.batch, args.prompt, args.new, args.reps, device, dtype)
+    if args.json:
+        settings = {"model": "GPT-2-small, random weights", "decoding": "greedy", "batch": args.batch,
+                    "prompt_tokens": args.prompt, "new_tokens": args.new, "reps": args.reps, "device": args.device,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "tokens_per_s": "new tokens / whole call (prefill included)",
+                    "ms_per_token": "decode steps alone: (time for N new tokens - time for 1) / (N - 1)"}
+        write_json(args.json, "gpt2-greedy-decode", settings, results)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # The GPU session's one command: build fastformer with its CUDA kernels, run the GPU tests, the op
-# benchmarks, the model benchmarks (`fastformer bench` over the standard GPU grid) and the rest of the
+# benchmarks, the model benchmarks (`fastformer bench` over the standard GPU grid), the generation
+# benchmarks (GPT-2 greedy decode, T5-small / Marian translation of 32 sentences) and the rest of the
 # test suite natively (Triton compiled, not interpreted).
 #
 #   bash bench/gpu_check.sh          # from the repository root, on a machine with an NVIDIA GPU
-#   STEPS="build models" bash bench/gpu_check.sh    # only some steps (build gpu-tests ops models suite)
+#   STEPS="build models" bash bench/gpu_check.sh    # only some steps (build gpu-tests ops models generation suite)
 #   FASTFORMER_GIT_SHA=$(git rev-parse --short HEAD)  # set it where the tree is a copy without .git
 #
 # Writes <UTC date>-<gpu>-ops.json / -ops.md (bench/ops_gpu.py), -kernel-mode.json (fastformer bench
-# --ops), -<model>.json / .csv (fastformer bench), -gpu_check.log (everything printed here) and
+# --ops), -<model>.json / .csv (fastformer bench), -gpt2-decode.json / -seq2seq.json
+# (bench/generation_cpu.py / seq2seq_cpu.py --device cuda), -gpu_check.log (everything printed here) and
 # -build.log to $OUT/bench/results/ when $OUT is set (the device tool copies back only $OUT), else to
 # bench/results/. Time caps: build (~2 min, only this GPU's architecture), the GPU tests
 # (GPU_TESTS_TIMEOUT_S), the op benchmarks (BENCH_TIMEOUT_S; results are written after every shape, so
 # a cut-off run keeps what it measured), kernel mode (KERNEL_MODE_TIMEOUT_S), each model
-# benchmark (MODEL_BENCH_TIMEOUT_S; torch.compile compiles once per shape), then the rest of the suite
-# with Triton compiled (whatever is left of TOTAL_BUDGET_S, at least 60 s; CPU CI already runs it under
-# the Triton interpreter). All steps take ~13 minutes on an H100: where one command may run 10 minutes
-# at most, run it as two (STEPS="build gpu-tests ops", then STEPS="build models suite"; the build is
-# incremental the second time). A failing step does not stop the later ones; the exit status is
+# benchmark (MODEL_BENCH_TIMEOUT_S; torch.compile compiles once per shape), each generation benchmark
+# (GENERATION_TIMEOUT_S), then the rest of the suite with Triton compiled (whatever is left of
+# TOTAL_BUDGET_S, at least 60 s; CPU CI already runs it under the Triton interpreter). The script has
+# not yet run on a GPU; its caps add up to ~20 minutes at worst. Where one command may run 10 minutes
+# and a session has little device time, run the steps that answer open questions first, in two commands
+# (the build is incremental the second time): STEPS="build gpu-tests models", then
+# STEPS="build generation ops suite". A failing step does not stop the later ones; the exit status is
 # non-zero if any step failed.
 set -euo pipefail
 
@@ -27,7 +31,8 @@ GPU_TESTS_TIMEOUT_S=${GPU_TESTS_TIMEOUT_S:-150}
 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-240}
 KERNEL_MODE_TIMEOUT_S=${KERNEL_MODE_TIMEOUT_S:-90}
 MODEL_BENCH_TIMEOUT_S=${MODEL_BENCH_TIMEOUT_S:-150}
-STEPS=${STEPS:-build gpu-tests ops models suite}
+GENERATION_TIMEOUT_S=${GENERATION_TIMEOUT_S:-120}
+STEPS=${STEPS:-build gpu-tests ops models generation suite}
 unset TRITON_INTERPRET  # Triton kernels run compiled on the GPU
 export CHECK_CUDA_JOBS=${CHECK_CUDA_JOBS:-$(nproc)}  # tests/ops/test_cuda_build.py runs .ci/check_cuda.sh
 
@@ -141,6 +146,16 @@ if wanted models; then
   fi
   model_bench bert-base --model bert-base --batch 1,32 --seq 128
   model_bench gpt2-prefill --model gpt2 --batch 8 --seq 512
+fi
+
+if wanted generation; then
+  # Issue 5's GPU targets: fp16, fastformer generate vs transformers generate, same tokens checked.
+  step "GPT-2-small greedy decode, batch 1"
+  timed "$GENERATION_TIMEOUT_S" bench/generation_cpu.py python bench/generation_cpu.py --device cuda --reps 5 \
+    --new 64 --json "$results_dir/$stamp-gpt2-decode.json"
+  step "T5-small and Marian greedy translation, 32 sentences"
+  timed "$GENERATION_TIMEOUT_S" bench/seq2seq_cpu.py python bench/seq2seq_cpu.py --device cuda --batch 32 --new 32 \
+    --reps 5 --json "$results_dir/$stamp-seq2seq.json"
 fi
 
 if wanted suite; then

@@ -3,7 +3,7 @@ models of two real shapes, a batch of short source sentences of mixed lengths (r
 interleaved in one run, medians. Prints ms per call, new tokens/s and whether both produced the same
 tokens.
 
-  python bench/seq2seq_cpu.py --threads 2 [--models t5-small marian] [--batch 32] [--new 32] [--reps 5]
+  python bench/seq2seq_cpu.py --threads 2 [--models t5-small marian] [--batch 32] [--new 32] [--reps 5] [--json PATH]
   python bench/seq2seq_cpu.py --device cuda   # fp16 on a GPU
 
 t5-small: the default T5Config (6+6 layers, d_model 512, 8 heads, relative bias); marian: the shape of
@@ -14,7 +14,7 @@ import argparse
 import tempfile
 
 import torch
-from generation_cpu import interleaved_medians  # bench/ is the script's folder, so on sys.path
+from generation_cpu import interleaved_medians, write_json  # bench/ is the script's folder, so on sys.path
 
 import fastformer as ff
 
@@ -67,7 +67,8 @@ def bench(name, path, batch, new_tokens, reps, device, dtype):
           f"{torch.get_num_threads()} threads, {reps} interleaved reps (medians); same tokens: {same}")
     for k, m in medians.items():
         print(f"  {k:<11} {m * 1e3:9.1f} ms   {batch * new_tokens / m:8.0f} new tokens/s   x{medians['hf'] / m:5.2f} vs hf")
-    return medians
+    return {k: {"ms_per_call": m * 1e3, "new_tokens_per_s": batch * new_tokens / m, "same_tokens_as_hf": same}
+            for k, m in medians.items()}
 
 
 def main():
@@ -78,13 +79,19 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", metavar="PATH", help="also write the results, machine and versions as JSON")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            bench(name, _save(name, tmp), args.batch, args.new, args.reps, device, dtype)
+        results = {name: bench(name, _save(name, tmp), args.batch, args.new, args.reps, device, dtype)
+                   for name in args.models}
+    if args.json:
+        settings = {"decoding": "greedy", "batch": args.batch, "source_tokens": "8-24, right-padded",
+                    "new_tokens": args.new, "reps": args.reps, "device": args.device,
+                    "dtype": str(dtype).removeprefix("torch."), "weights": "random"}
+        write_json(args.json, "seq2seq-greedy-translation", settings, results)
 
 
 if __name__ == "__main__":
