@@ -8,7 +8,8 @@ import sys
 ROW_FIELDS = ("model", "model_type", "device", "dtype", "batch", "seq", "backend", "status", "reason",
               "median_ms", "p90_ms", "p99_ms", "reps", "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup",
               "max_abs_diff", "reference_error")
-META_FIELDS = ("time_utc", "machine", "cpu", "cpu_isa", "gpu", "torch_threads", "load_average_1m", "git_sha", "baseline")
+META_FIELDS = ("time_utc", "machine", "cpu", "cpu_isa", "gpu", "torch_threads", "load_average_1m", "git_sha",
+               "baseline")
 VERSION_FIELDS = ("fastformer", "torch", "triton", "transformers", "onnxruntime")
 
 

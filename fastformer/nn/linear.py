@@ -2,9 +2,9 @@
 
 Measured on the 2-core development machine (DESIGN.md): F.linear [128x768]x[768x3072] ~160 GFLOP/s,
 the oneDNN (mkldnn) prepacked linear from the same torch install ~400 GFLOP/s (on a 2-core AVX-512
-VM, 2 threads: 88 vs 153 GFLOP/s). The packed weight is
-a cache beside the parameter (not in the state_dict), rebuilt when the weight changes; whenever a
-gradient is needed, or off CPU fp32, forward is plain F.linear.
+VM, 2 threads: 88 vs 153 GFLOP/s). The packed weight is a cache beside the parameter (not in the
+state_dict), rebuilt when the weight changes; whenever a gradient is needed, or off CPU fp32,
+forward is plain F.linear.
 
 Single rows (KV-cache decoding) take the packed path too. A matrix-vector product streams the weight
 once, so its speed is memory bandwidth; measured on a quiet 2-core AVX-512 development VM (torch
