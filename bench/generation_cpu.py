@@ -9,7 +9,6 @@ tokens/s (new tokens over the whole call, prefill included) and ms/token (the de
 Latency does not depend on weight values; no EOS is set, so every call makes exactly --new tokens.
 """
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -17,7 +16,7 @@ import time
 import torch
 
 import fastformer as ff
-from fastformer.modelbench import machine
+from fastformer.modelbench import machine, report
 
 
 def _gpt2_small_path(tmp):
@@ -50,9 +49,8 @@ def interleaved_medians(runners: dict, reps: int, device) -> dict:
 
 def write_json(path: str, benchmark: str, settings: dict, results: dict) -> None:
     """Results with the machine, library versions and git sha they were measured with."""
-    meta = {**machine.describe(), "benchmark": benchmark, "settings": settings}
-    with open(path, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
+    report.write_json({"meta": {**machine.describe(), "benchmark": benchmark, "settings": settings},
+                       "results": results}, path)
     print(f"wrote {path}")
 
 
