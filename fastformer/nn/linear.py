@@ -25,6 +25,9 @@ _HAS_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
 class Linear(_DropIn, nn.Linear):
     def forward(self, x):
         if self._use_packed(x):
+            if x.dim() == 0 or x.shape[-1] != self.in_features:  # oneDNN's own message names neither
+                raise ValueError(f"input must have shape [..., in_features={self.in_features}], got "
+                                 f"{tuple(x.shape)}")
             return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 

@@ -1,5 +1,6 @@
 """ff.nn.Linear: same parameters and results as torch.nn.Linear; the prepacked CPU path is used
 only for inference and follows weight updates."""
+import pytest
 import torch
 from torch import nn
 
@@ -34,6 +35,14 @@ def test_single_rows_match():
             got = ours(x)
             assert got.shape == ref.shape
             assert (got.double() - ref).abs().max() <= 4 * base_err + 1e-5
+
+
+def test_wrong_input_width_names_the_shape():
+    ours = ff.nn.Linear(768, 64)
+    with torch.inference_mode():
+        for x in (torch.randn(1, 1, 700), torch.randn(3, 700)):
+            with pytest.raises(ValueError, match="in_features=768"):
+                ours(x)
 
 
 def test_training_uses_autograd_path():
