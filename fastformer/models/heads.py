@@ -118,7 +118,7 @@ class EncoderForTokenClassification(nn.Module):
 
 
 class EncoderForQuestionAnswering(nn.Module):
-    """Extractive QA: start/end logits over the tokens; see fastformer.models.qa for span decoding."""
+    """Extractive QA: start/end logits over the tokens; fastformer.pipelines.qa turns them into answer spans."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -2,7 +2,7 @@
 saved beside tiny checkpoints (no downloads), against transformers' generate on the same tokens."""
 import pytest
 
-from fastformer.models import Summarizer, Translator, bleu, evaluate_bleu
+from fastformer.pipelines import Summarizer, Translator, bleu, evaluate_bleu
 from tests.seq2seq_checkpoints import VOCAB, save_tiny
 
 transformers = pytest.importorskip("transformers")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastformer.models import TextGenerator
+from fastformer.pipelines import TextGenerator
 from tests.gpt2_tiny import TINY_GPT2, save_tiny_gpt2
 
 transformers = pytest.importorskip("transformers")

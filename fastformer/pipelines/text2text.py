@@ -10,7 +10,10 @@ import json
 import os
 
 from fastformer import generation
-from fastformer.models.text_generation import text_pieces
+from fastformer.hf.loading import from_pretrained
+from fastformer.pipelines.text_generation import text_pieces
+from fastformer.pipelines.texts import check_texts
+from fastformer.pipelines.tokenizer import load_tokenizer
 
 # Checkpoint generation defaults that map onto fastformer.generation's settings.
 _CHECKPOINT_SETTINGS = ("num_beams", "length_penalty", "early_stopping", "min_length", "no_repeat_ngram_size",
@@ -27,21 +30,6 @@ def _generation_config(path: str) -> dict:
         return {k: v for k, v in json.load(f).items() if v is not None}
 
 
-def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, (list, tuple)):
-        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
-    if not texts:
-        raise ValueError("texts is empty: pass at least one string")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"texts[{i}] is empty")
-    return list(texts)
-
-
 class Text2Text:
     """Text2Text(path)(texts, **settings) -> the output text of each input text.
 
@@ -51,13 +39,9 @@ class Text2Text:
     """
 
     def __init__(self, path, task_key: str, prefix: str | None, dtype=None, device=None):
-        from transformers import AutoTokenizer
-
-        from fastformer.hf.loading import from_pretrained  # imported here: fastformer.hf imports the models
-
         path = os.fspath(path)
         self.model = from_pretrained(path, task="seq2seq-lm", dtype=dtype, device=device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)  # a local folder: no network
+        self.tokenizer = load_tokenizer(path)
         defaults = {**self.model.config.generation, **_generation_config(path)}
         self.task_params = (defaults.get("task_specific_params") or {}).get(task_key, {})
         self.defaults = {**defaults, **self.task_params}
@@ -91,7 +75,7 @@ class Text2Text:
     def __call__(self, texts, batch_size: int = 32, **settings):
         """texts: a string or a list of strings (returns the same shape), run batch_size at a time."""
         single = isinstance(texts, str)
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         settings = self._settings(settings)
@@ -104,7 +88,7 @@ class Text2Text:
 
     def stream(self, text: str, **settings):
         """Yields the output for one text piece by piece as its tokens are generated (greedy or sampled)."""
-        ids, mask = self._encode(_check_texts(text)[:1])
+        ids, mask = self._encode(check_texts(text)[:1])
         chosen = self._settings(settings)
         if "num_beams" not in settings:  # the checkpoint's beam default; a caller's num_beams > 1 is an error
             chosen.pop("num_beams", None)
@@ -162,7 +146,7 @@ def bleu(hypotheses: list[str], references) -> float:
 def evaluate_bleu(translator: Translator, sources, references, **settings) -> dict:
     """Translates `sources` and scores them against `references` (see bleu).
     Returns {"bleu": float, "translations": list[str]}."""
-    translations = translator(_check_texts(sources), **settings)
+    translations = translator(check_texts(sources), **settings)
     return {"bleu": bleu(translations, references), "translations": translations}
 
 

@@ -1,6 +1,9 @@
 """Text generation: strings in, strings out, with a causal LM and the Hugging Face tokenizer saved in
 the same checkpoint folder."""
 from fastformer import generation
+from fastformer.hf.loading import from_pretrained
+from fastformer.pipelines.texts import check_texts
+from fastformer.pipelines.tokenizer import load_tokenizer
 
 
 class TextGenerator:
@@ -13,19 +16,12 @@ class TextGenerator:
     """
 
     def __init__(self, path, dtype=None, device=None):
-        from transformers import AutoTokenizer
-
-        from fastformer.hf.loading import from_pretrained  # imported here: fastformer.hf imports the models
-
         self.model = from_pretrained(path, task="causal-lm", dtype=dtype, device=device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = load_tokenizer(path, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def _encode(self, prompts: list) -> tuple:
-        if not prompts or any(not isinstance(p, str) for p in prompts):
-            raise ValueError("prompts must be a string or a non-empty list of strings")
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
         mask = batch["attention_mask"]
         empty = [i for i, n in enumerate(mask.sum(dim=1).tolist()) if n == 0]
@@ -40,14 +36,14 @@ class TextGenerator:
 
     def __call__(self, prompts, **settings):
         single = isinstance(prompts, str)
-        ids, mask = self._encode([prompts] if single else list(prompts))
+        ids, mask = self._encode(check_texts(prompts, "prompts"))
         out = generation.generate(self.model, ids, mask, **self._settings(settings))
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         return texts[0] if single else texts
 
     def stream(self, prompt: str, **settings):
         """Yields the continuation of one prompt piece by piece as its tokens are generated."""
-        ids, mask = self._encode([prompt])
+        ids, mask = self._encode(check_texts(prompt, "prompt")[:1])
         yield from text_pieces(self.tokenizer, generation.stream(self.model, ids, mask, **self._settings(settings)))
 
 
