@@ -5,10 +5,10 @@ from fastformer.pipelines.embeddings import Embedder
 from fastformer.pipelines.encoding import BatchStats, EncoderPipeline
 from fastformer.pipelines.qa import Answer, QuestionAnswerer, best_span
 from fastformer.pipelines.text2text import Summarizer, Text2Text, Translator, bleu, evaluate_bleu
-from fastformer.pipelines.text_generation import TextGenerator
+from fastformer.pipelines.text_generation import Completion, TextGenerator
 from fastformer.pipelines.texts import InputTooLong, check_texts
 from fastformer.pipelines.tokenizer import TOKENIZER_FILES, load_tokenizer
 
-__all__ = ["Answer", "BatchStats", "Classifier", "Embedder", "EncoderPipeline", "InputTooLong", "QuestionAnswerer",
-           "Summarizer", "TOKENIZER_FILES", "Text2Text", "TextGenerator", "TokenClassifier", "Translator",
+__all__ = ["Answer", "BatchStats", "Classifier", "Completion", "Embedder", "EncoderPipeline", "InputTooLong",
+           "QuestionAnswerer", "Summarizer", "TOKENIZER_FILES", "Text2Text", "TextGenerator", "TokenClassifier", "Translator",
            "best_span", "bleu", "check_texts", "evaluate_bleu", "load_tokenizer"]

@@ -1,9 +1,19 @@
 """Text generation: strings in, strings out, with a causal LM and the Hugging Face tokenizer saved in
 the same checkpoint folder."""
+from dataclasses import dataclass
+
 from fastformer import generation
 from fastformer.hf.loading import from_pretrained
 from fastformer.pipelines.texts import check_texts
 from fastformer.pipelines.tokenizer import load_tokenizer
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int  # up to and including EOS
+    finish_reason: str  # "stop": the model generated EOS; "length": max_new_tokens ran out
 
 
 class TextGenerator:
@@ -35,11 +45,24 @@ class TextGenerator:
         return {**{k: v for k, v in defaults.items() if v is not None}, **settings}
 
     def __call__(self, prompts, **settings):
-        single = isinstance(prompts, str)
+        completions = self.complete(prompts, **settings)
+        return completions[0].text if isinstance(prompts, str) else [c.text for c in completions]
+
+    def complete(self, prompts, **settings) -> list[Completion]:
+        """Like calling the generator, with token counts and why each continuation ended (always a list)."""
         ids, mask = self._encode(check_texts(prompts, "prompts"))
-        out = generation.generate(self.model, ids, mask, **self._settings(settings))
-        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-        return texts[0] if single else texts
+        new = generation.generate(self.model, ids, mask, **self._settings(settings))[:, ids.shape[1]:]  # [B, new]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        eos = self.tokenizer.eos_token_id
+        completions = []
+        for text, row, prompt_tokens in zip(texts, new.tolist(), mask.sum(dim=1).tolist()):
+            ended = eos is not None and eos in row
+            completions.append(Completion(text, prompt_tokens, row.index(eos) + 1 if ended else len(row),
+                                          "stop" if ended else "length"))
+        return completions
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt)["input_ids"])
 
     def stream(self, prompt: str, **settings):
         """Yields the continuation of one prompt piece by piece as its tokens are generated."""

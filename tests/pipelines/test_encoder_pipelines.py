@@ -114,3 +114,17 @@ def test_a_folder_without_tokenizer_files_says_so(tmp_path):
             pipeline(tmp_path / folder)
         assert str(tmp_path / folder) in str(error.value)
         assert all(name in str(error.value) for name in ff.pipelines.TOKENIZER_FILES)
+
+
+def test_max_padding_cuts_forwards_between_inputs_of_different_lengths(folders):
+    _, path = folders["classify"]
+    classify = ff.pipelines.Classifier(path)
+    texts = ["w5", "w6 w7", " ".join(f"w{i}" for i in range(8, 20)), " ".join(f"w{i}" for i in range(20, 31))]
+    whole, whole_stats = classify.run(texts, batch_size=4)
+    cut, cut_stats = classify.run(texts, batch_size=4, max_padding=0.25)
+    assert whole_stats.batches == 1 and whole_stats.padded_tokens == 4 * 14
+    assert cut_stats.batches == 2 and cut_stats.padded_tokens == 2 * 4 + 2 * 14  # [3, 4] and [13, 14] tokens
+    assert cut_stats.real_tokens == whole_stats.real_tokens == 3 + 4 + 14 + 13
+    for a, b in zip(whole, cut):
+        assert [p["label"] for p in a] == [p["label"] for p in b]
+        assert all(abs(p["score"] - q["score"]) < 1e-5 for p, q in zip(a, b))

@@ -51,3 +51,17 @@ def test_empty_prompts(folder):
     with pytest.raises(ValueError, match="top_p"):
         generator("w5", top_p=2.0)
     assert torch.is_grad_enabled()  # inference_mode does not leak out of generation
+
+
+def test_complete_counts_tokens_and_says_why_it_ended(folder):
+    path, theirs, _ = folder
+    generator = TextGenerator(path)
+    completions = generator.complete(["w5 w9 w17 w4", "w30"], max_new_tokens=6)
+    assert [c.text for c in completions] == generator(["w5 w9 w17 w4", "w30"], max_new_tokens=6)
+    assert [c.prompt_tokens for c in completions] == [4, 1]
+    for c in completions:
+        assert (c.finish_reason, c.completion_tokens) in {("length", 6)} | {("stop", n) for n in range(1, 7)}
+    ids = torch.tensor([[generator.tokenizer.convert_tokens_to_ids("w30")]])
+    out = theirs.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=2, eos_token_id=2)[0, 1:].tolist()
+    assert completions[1].finish_reason == ("stop" if 2 in out else "length")
+    assert completions[1].completion_tokens == (out.index(2) + 1 if 2 in out else 6)
