@@ -56,6 +56,12 @@ def _task_from_checkpoint(hf: dict, path: str) -> str:
     return "base"
 
 
+def checkpoint_task(path) -> str:
+    """The task from_pretrained(path) loads when given none (from config.json's architectures, or
+    "sentence-embedding" for a sentence-transformers folder)."""
+    return _task_from_checkpoint(read_config(path), os.fspath(path))
+
+
 def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = None, device=None, **task_options):
     """Loads a native model from a local Hugging Face checkpoint folder (no network).
 
@@ -108,4 +114,4 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
     return model.to(device=device, dtype=dtype).eval()
 
 
-__all__ = ["CheckpointError", "DECODER_TASKS", "SEQ2SEQ_TASKS", "TASKS", "WeightMapError", "from_pretrained"]
+__all__ = ["CheckpointError", "DECODER_TASKS", "checkpoint_task", "SEQ2SEQ_TASKS", "TASKS", "WeightMapError", "from_pretrained"]

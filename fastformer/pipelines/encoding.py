@@ -89,13 +89,10 @@ class EncoderPipeline:
             stats.padded_tokens += batch["input_ids"].numel()
         return outputs, stats
 
-    def _gather(self, outputs: list):
-        return outputs
-
     def __call__(self, texts, batch_size: int = 32, truncate: bool = False):
-        """texts: a string (gives its output) or a list of strings (gives the outputs, gathered)."""
+        """texts: a string (gives its output) or a list of strings (gives the list of outputs)."""
         outputs, _ = self.run(check_texts(texts), batch_size, truncate)
-        return outputs[0] if isinstance(texts, str) else self._gather(outputs)
+        return outputs[0] if isinstance(texts, str) else outputs
 
     def label(self, index: int) -> str:
         return self.config.id2label.get(index, f"LABEL_{index}")
