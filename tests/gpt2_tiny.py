@@ -19,6 +19,22 @@ def save_tiny_gpt2(path, head: str = "LMHeadModel", noise: float = 0.02, **overr
     return model
 
 
+def save_word_tokenizer(path):
+    """A whitespace word-level tokenizer over TINY_GPT2's vocabulary (w4 .. w96; EOS 2, no pad token, as
+    GPT-2's), saved into path so AutoTokenizer finds it there. Returns it."""
+    import tokenizers
+    import transformers
+
+    vocab = {"<unk>": 0, "<pad>": 3, "<bos>": 1, "<eos>": 2}
+    vocab.update({f"w{i}": i for i in range(4, TINY_GPT2["vocab_size"])})
+    word_level = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>",
+                                                     eos_token="<eos>", bos_token="<bos>")
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
 def left_padded_prompts(lengths, seq: int, pad: int = 0, low: int = 3, high: int = 97):
     """input_ids [B, seq] with row b's prompt in its last lengths[b] slots, and the attention mask."""
     ids = torch.randint(low, high, (len(lengths), seq))

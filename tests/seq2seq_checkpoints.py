@@ -4,6 +4,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
 
 VOCAB = 99
 FAMILIES = {  # name -> (config class, config kwargs, model class)
@@ -56,3 +57,21 @@ def source_batch(family: str, padded: bool, lengths=(13, 7, 1)):
             ids[row, length:] = pad
             mask[row, length:] = 0
     return ids, mask
+
+
+def save_tokenizer(path, pad: int, eos: int, unk: int):
+    """A whitespace word-level tokenizer over the model's vocabulary that appends EOS, saved into the
+    checkpoint folder so AutoTokenizer finds it there."""
+    names = {pad: "<pad>", eos: "</s>", unk: "<unk>"}
+    prompt_words = iter(["translate", "English", "to", "German:", "summarize:"])
+    vocab = {}
+    for i in range(VOCAB):
+        vocab[names.get(i) or (next(prompt_words, None) if i > 60 else None) or f"w{i}"] = i
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
+    tok.decoder = tokenizers.decoders.WordPiece()  # joins words with spaces
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")
+    fast.save_pretrained(path)
+    return fast

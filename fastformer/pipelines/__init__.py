@@ -12,4 +12,5 @@ from fastformer.pipelines.tokenizer import TOKENIZER_FILES, load_tokenizer
 
 __all__ = ["Answer", "BatchStats", "Classifier", "Completion", "Embedder", "EncoderPipeline", "InputTooLong",
            "PIPELINES", "QuestionAnswerer", "Summarizer", "TOKENIZER_FILES", "Text2Text", "TextGenerator",
-           "TokenClassifier", "Translator", "best_span", "bleu", "check_texts", "evaluate_bleu", "load_tokenizer", "pipeline"]
+           "TokenClassifier", "Translator", "best_span", "bleu", "check_texts", "evaluate_bleu", "load_tokenizer",
+           "pipeline"]

@@ -12,7 +12,7 @@ import os
 from fastformer import generation
 from fastformer.hf.loading import from_pretrained
 from fastformer.pipelines.text_generation import text_pieces
-from fastformer.pipelines.texts import check_texts
+from fastformer.pipelines.texts import InputTooLong, check_texts
 from fastformer.pipelines.tokenizer import load_tokenizer
 
 # Checkpoint generation defaults that map onto fastformer.generation's settings.
@@ -60,15 +60,21 @@ class Text2Text:
             max_new = min(max_new, self.model.max_positions - 1)
         return {"max_new_tokens": max_new, **chosen, **settings}
 
+    def count_tokens(self, texts: list[str], first: int = 0) -> list[int]:
+        """Each text's token count (prefix included); one over the model's source positions raises
+        InputTooLong, naming it as texts[first + i]."""
+        lengths = [len(ids) for ids in self.tokenizer([self.prefix + t for t in texts])["input_ids"]]
+        limit = self.model.max_source_positions
+        for i, length in enumerate(lengths):
+            if limit is not None and length > limit:
+                raise InputTooLong(f"texts[{first + i}] is {length} tokens long, more than the model's {limit} "
+                                   "source positions (max_tokens: its max_position_embeddings)", limit)
+        return lengths
+
     def _encode(self, texts: list[str], first: int = 0):
         """Tokenized, right-padded inputs on the model's device; texts[i] is reported as texts[first + i]."""
+        self.count_tokens(texts, first)
         batch = self.tokenizer([self.prefix + t for t in texts], return_tensors="pt", padding=True)
-        lengths = batch["attention_mask"].sum(dim=1)
-        limit = self.model.max_source_positions
-        if limit is not None and int(lengths.max()) > limit:
-            row = int(lengths.argmax())
-            raise ValueError(f"texts[{first + row}] is {int(lengths[row])} tokens long, more than the model's "
-                             f"{limit} source positions (max_position_embeddings)")
         device = self.model.lm_head.weight.device
         return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 

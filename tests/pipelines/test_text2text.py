@@ -3,32 +3,13 @@ saved beside tiny checkpoints (no downloads), against transformers' generate on 
 import pytest
 
 from fastformer.pipelines import Summarizer, Translator, bleu, evaluate_bleu
-from tests.seq2seq_checkpoints import VOCAB, save_tiny
+from tests.seq2seq_checkpoints import VOCAB, save_tiny, save_tokenizer
 
 transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 
 TASKS = {"translation_en_to_de": {"prefix": "translate English to German: ", "num_beams": 2, "max_length": 8},
          "summarization": {"prefix": "summarize: ", "max_length": 6}}
 TEXTS = ["w5 w6 w7", "w9 w10 w11 w12 w13 w14 w15"]
-
-
-def save_tokenizer(path, pad: int, eos: int, unk: int):
-    """A whitespace word-level tokenizer over the model's vocabulary that appends EOS, saved into the
-    checkpoint folder so AutoTokenizer finds it there."""
-    names = {pad: "<pad>", eos: "</s>", unk: "<unk>"}
-    prompt_words = iter(["translate", "English", "to", "German:", "summarize:"])
-    vocab = {}
-    for i in range(VOCAB):
-        vocab[names.get(i) or (next(prompt_words, None) if i > 60 else None) or f"w{i}"] = i
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = tokenizers.processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
-    tok.decoder = tokenizers.decoders.WordPiece()  # joins words with spaces
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
-    fast.save_pretrained(path)
-    return fast
 
 
 def their_texts(theirs, tokenizer, texts, prefix, **settings):

@@ -3,24 +3,15 @@ import pytest
 import torch
 
 from fastformer.pipelines import TextGenerator
-from tests.gpt2_tiny import TINY_GPT2, save_tiny_gpt2
+from tests.gpt2_tiny import save_tiny_gpt2, save_word_tokenizer
 
 transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("gpt2-text")
-    theirs = save_tiny_gpt2(path, noise=0.3)
-    vocab = {"<unk>": 0, "<pad>": 3, "<bos>": 1, "<eos>": 2}
-    vocab.update({f"w{i}": i for i in range(4, TINY_GPT2["vocab_size"])})
-    word_level = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    word_level.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>",
-                                                     eos_token="<eos>", bos_token="<bos>")  # no pad token
-    tokenizer.save_pretrained(path)
-    return path, theirs, tokenizer
+    return path, save_tiny_gpt2(path, noise=0.3), save_word_tokenizer(path)
 
 
 def test_batch_of_strings_matches_transformers(folder):
