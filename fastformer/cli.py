@@ -1,21 +1,31 @@
 """The `fastformer` command.
 
-  fastformer bench                  the main job: the real all-MiniLM-L6-v2 checkpoint on the best device
-                                    here, every backend interleaved on real sentences, with accuracy
-  fastformer bench --model gpt2 --backends all --batch 1,8 --seq 128,512 --json out.json
-  fastformer bench --ops            kernel mode: each fused op vs the PyTorch expression it replaces
+  fastformer bench                  benchmark fastformer against Hugging Face and the CPU inference engines
+                                    (`fastformer bench --help` for its options and examples)
   fastformer serve [MODEL_DIR ...]  OpenAI- and TEI-compatible HTTP server on Ray Serve (default model:
                                     all-MiniLM-L6-v2); --address joins a Ray cluster, --replicas scales out
 """
 import argparse
-import json
+import math
 import sys
 import tempfile
 
 import torch
 
+import fastformer
 from fastformer.modelbench.models import DEFAULT_MODEL, PRESETS
 
+BENCH_DESCRIPTION = """\
+Model mode (the default) times whole models: every backend loaded once, then at each grid point
+(device x dtype x batch x seq) the same inputs go to every backend, timed interleaved, with each
+output compared against Hugging Face eager in float32. Kernel mode (--ops) times each fused op
+against the PyTorch expression it replaces.
+
+  fastformer bench                  the main job: the real all-MiniLM-L6-v2 checkpoint on the best device
+                                    here, every backend on real sentences, with accuracy
+  fastformer bench --model gpt2 --backends all --batch 1,8 --seq 128,512 --json out.json
+  fastformer bench --ops --kernel-backend cpu
+"""
 DEFAULT_BATCHES = "1,8"
 DEFAULT_SEQS = "128"
 # torch.compile's first calls compile for ~a minute per shape on a 2-core CPU, which alone would break
@@ -38,6 +48,16 @@ def _int_list(text: str) -> list[int]:
         return [_positive_int(v) for v in text.split(",")]
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _choice_list(choices):
@@ -71,10 +91,10 @@ def _bench_ops(args) -> int:
     # Checked before the machine limits are measured: a missing GPU or kernel backend would otherwise
     # surface as a traceback from the first tensor or op.
     problem = runner.why_not_device_dtype(device, dtype)
-    if problem is None and args.backend:
-        backend_problem = _backends.why_not(args.backend, torch.device(device))
+    if problem is None and args.kernel_backend:
+        backend_problem = _backends.why_not(args.kernel_backend, torch.device(device))
         if backend_problem:
-            problem = f"--backend {args.backend}: {backend_problem}"
+            problem = f"--kernel-backend {args.kernel_backend}: {backend_problem}"
     if problem:
         print(f"fastformer bench --ops --device {device} --dtype {dtype_name}: {problem}", file=sys.stderr)
         return 2
@@ -90,8 +110,8 @@ def _bench_ops(args) -> int:
         bar.point(f"{case.name} {'x'.join(map(str, case.shape))}")
 
     try:
-        rows = opbench.run(shapes, dtype=dtype, device=device, backend=args.backend, reps=reps, progress=show,
-                           limits=limits)
+        rows = opbench.run(shapes, dtype=dtype, device=device, backend=args.kernel_backend, reps=reps,
+                           progress=show, limits=limits)
     finally:
         bar.close()
     print(opbench.format_table(rows, limits))
@@ -100,8 +120,7 @@ def _bench_ops(args) -> int:
                 "units": {"ours_ms": "ms", "baseline_ms": "ms", "ours_GBps": "GB/s (bytes the ideal fused op reads "
                           "+ writes)", "ours_TFLOPs": "TFLOP/s", "pct_of_limit": "% of copy_GBps (memory-bound) or "
                           "matmul_TFLOPs (compute-bound)"}}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
+        report.write_json({"meta": meta, "results": rows}, args.json)
         print(f"wrote {args.json}")
     return 0
 
@@ -156,6 +175,16 @@ def _bench_models(args) -> int:
 
 
 def _bench(args) -> int:
+    from fastformer.modelbench import report
+
+    # Checked before measuring: a path that cannot be written would otherwise fail after the whole run.
+    for option, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
+        if path:
+            try:
+                report.check_writable(path, option)
+            except ValueError as e:
+                print(e, file=sys.stderr)
+                return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     return _bench_ops(args) if args.ops else _bench_models(args)
@@ -200,9 +229,10 @@ def _add_serve_parser(sub) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fastformer {fastformer.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="benchmark fastformer against Hugging Face, torch.compile and ONNX Runtime",
-                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench = sub.add_parser("bench", help="benchmark fastformer against Hugging Face and the CPU inference engines",
+                           description=BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     models_group = bench.add_argument_group("model mode (the default)")
     models_group.add_argument("--model", default=None,
                               help=f"a local Hugging Face checkpoint folder or a preset: {DEFAULT_MODEL} (default, "
@@ -210,13 +240,14 @@ def main(argv=None) -> int:
     models_group.add_argument("--backends", default=None,
                               help="comma-separated: fastformer, hf+optimize, hf-eager, hf-sdpa, hf+compile, "
                                    "onnxruntime, or 'all' (default: all; on CPU all but hf+compile)")
-    models_group.add_argument("--baseline", default="hf-eager", help="speed-ups are against this backend")
+    models_group.add_argument("--baseline", default="hf-eager",
+                              help="speed-ups are against this backend (default hf-eager)")
     models_group.add_argument("--batch", type=_int_list, default=_int_list(DEFAULT_BATCHES),
                               help=f"batch sizes, comma-separated (default {DEFAULT_BATCHES})")
     models_group.add_argument("--seq", type=_int_list, default=_int_list(DEFAULT_SEQS),
                               help=f"tokens per row, comma-separated (default {DEFAULT_SEQS})")
     models_group.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first call (default 1)")
-    models_group.add_argument("--budget", type=float, default=10.0,
+    models_group.add_argument("--budget", type=_seconds, default=10.0,
                               help="seconds of timed rounds per grid point: past it, stop after at least 5 rounds "
                                    "(default 10; 0: always --reps)")
     models_group.add_argument("--csv", metavar="PATH", help="also write the rows and the run's facts as CSV")
@@ -224,8 +255,10 @@ def main(argv=None) -> int:
                               "(needs matplotlib)")
     ops_group = bench.add_argument_group("kernel mode")
     ops_group.add_argument("--ops", action="store_true", help="each fused op vs its unfused PyTorch expression")
-    ops_group.add_argument("--backend", choices=["cpu", "cuda", "triton", "reference"], default=None,
-                           help="force one fastformer op backend (default: auto)")
+    # Not --backend: one letter from model mode's --backends (the old name stays as an alias).
+    ops_group.add_argument("--kernel-backend", "--backend", dest="kernel_backend",
+                           choices=["cpu", "cuda", "triton", "reference"], default=None,
+                           help="force one fastformer kernel backend (default: auto)")
     ops_group.add_argument("--shapes", type=_shape_list, default=None,
                            help="ROWSxHIDDEN shapes of the norm and softmax cases (default 1024x768,4096x1024)")
     bench.add_argument("--device", type=_choice_list(["cpu", "cuda"]), default=None,

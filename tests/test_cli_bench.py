@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from fastformer import cli
-from fastformer.modelbench import backends, inputs, models, timing
+import fastformer
+from fastformer import cli, opbench
+from fastformer.modelbench import backends, inputs, models, report, runner, timing
 
 transformers = pytest.importorskip("transformers")
 
@@ -65,7 +66,7 @@ def test_json_and_csv_report_every_backend_at_every_grid_point(tmp_path, checkpo
                             "--batch", "1,2", "--seq", "8,17", "--csv", str(csv_path))
     assert status == 0
     meta, rows = result["meta"], result["results"]
-    assert {"machine", "cpu", "cpu_isa", "git_sha", "versions", "time_utc", "torch_threads", "units", "memory",
+    assert {"machine", "cpu", "cpu_isa_detected", "fastformer_compiled_cpu_isa", "git_sha", "versions", "time_utc", "torch_threads", "units", "memory",
             "reference", "timed_call", "inputs"} <= set(meta)
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["units"]["median_ms"] == "ms" and meta["units"]["peak_mem_MiB"] == "MiB"
@@ -101,6 +102,8 @@ def test_default_model_runs_on_real_sentences(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["max_abs_diff"] < 1e-4 for r in result["results"])
     table = capsys.readouterr().out
     assert "cpu float32 batch 2 x seq 16" in table and "fastformer" in table and "tokens/s" in table
+    assert "after 1 warm-up round;" in table  # QUICK's --warmup 1
+    assert "last hidden state" in table and "Hugging Face eager, float32" in table  # what max|diff| compares
 
 
 def test_sentence_inputs_are_exactly_seq_tokens():
@@ -274,7 +277,8 @@ def test_ops_mode_reports_rates_against_measured_machine_limits(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     pytest.param(["--device", "cuda"], "no CUDA device", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="checks the message for a missing GPU")),
-    (["--device", "cpu", "--backend", "cuda"], "--backend cuda"),
+    (["--device", "cpu", "--kernel-backend", "cuda"], "--kernel-backend cuda"),
+    (["--device", "cpu", "--backend", "cuda"], "--kernel-backend cuda"),  # the old name is an alias
     (["--device", "cpu", "--dtype", "float16"], "float16 is not a CPU target"),
 ])
 def test_ops_mode_that_cannot_run_here_says_why_before_measuring(tmp_path, capsys, args, expected):
@@ -310,3 +314,49 @@ def test_minilm_preset_has_the_real_checkpoints_shape():
     shape = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
              "vocab_size", "max_position_embeddings", "hidden_act")
     assert {k: preset[k] for k in shape} == {k: real[k] for k in shape}
+
+
+def test_version_and_bench_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"fastformer {fastformer.__version__}"
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines where it likes
+    assert "Model mode (the default) times whole models" in help_text and "Kernel mode (--ops)" in help_text
+    assert "(default hf-eager)" in help_text and "--kernel-backend" in help_text
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv", "--plot"])
+def test_unwritable_output_path_fails_before_measuring(tmp_path, monkeypatch, capsys, option):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("measured although the output cannot be written")
+
+    monkeypatch.setattr(runner, "run", must_not_run)
+    monkeypatch.setattr(opbench, "run", must_not_run)
+    path = str(tmp_path / "no-such-folder" / "out")
+    for mode in ([], ["--ops"]) if option == "--json" else ([],):
+        assert cli.main(["bench", *QUICK, *mode, option, path]) == 2
+        err = capsys.readouterr().err
+        assert option in err and path in err and "cannot write" in err
+    writable = tmp_path / "out.json"
+    report.check_writable(str(writable), "--json")
+    assert not writable.exists()  # the check leaves nothing behind
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "soon"])
+def test_budget_must_be_finite_and_not_negative(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--budget", value])
+    assert exit_info.value.code == 2 and "--budget" in capsys.readouterr().err
+
+
+def test_pinned_extras_match_ci_requirements():
+    tomllib = pytest.importorskip("tomllib")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    with open(os.path.join(root, ".ci", "requirements.txt")) as f:
+        ci = {line.split("#")[0].strip() for line in f} - {""}
+    pinned = [pin for group in extras.values() for pin in group if "==" in pin]
+    assert pinned and set(pinned) <= ci, set(pinned) - ci

@@ -42,14 +42,25 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _compiled_cpu_isa() -> str | None:
+    try:
+        from fastformer import _C
+    except ImportError:  # a source tree without the extension built
+        return None
+    return _C.cpu_isa
+
+
 def describe() -> dict:
     facts = {
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        # The vector ISA torch's kernels use ("AVX512", "AVX2", ...): development VMs named alike ("AMD
-        # EPYC", 2 cores) have come with and without AVX-512, which moves every CPU number.
-        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
+        # What the CPU runs: the vector ISA torch's kernels detect and use here ("AVX512", "AVX2", ...).
+        # Development VMs named alike ("AMD EPYC", 2 cores) have come with and without AVX-512, which moves
+        # every CPU number.
+        "cpu_isa_detected": torch.backends.cpu.get_cpu_capability(),
+        # What was built: the ISA fastformer's own CPU kernels were compiled for ("avx2" or "default").
+        "fastformer_compiled_cpu_isa": _compiled_cpu_isa(),
         # Other work on the machine while the benchmark ran (1-minute load average, at the end of the run).
         "load_average_1m": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -1,6 +1,7 @@
 """Output of the model benchmark: the terminal table, JSON, CSV, the latency plot and a progress bar."""
 import csv
 import json
+import os
 import sys
 
 # CSV columns: the row's own fields, then the run's facts repeated on every row so a CSV alone says
@@ -8,7 +9,7 @@ import sys
 ROW_FIELDS = ("model", "model_type", "device", "dtype", "batch", "seq", "backend", "status", "reason",
               "median_ms", "p90_ms", "p99_ms", "reps", "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup",
               "max_abs_diff", "reference_error")
-META_FIELDS = ("time_utc", "machine", "cpu", "cpu_isa", "gpu", "torch_threads", "load_average_1m", "git_sha",
+META_FIELDS = ("time_utc", "machine", "cpu", "cpu_isa_detected", "fastformer_compiled_cpu_isa", "gpu", "torch_threads", "load_average_1m", "git_sha",
                "baseline")
 VERSION_FIELDS = ("fastformer", "torch", "triton", "transformers", "onnxruntime")
 
@@ -42,6 +43,10 @@ class ProgressBar:
             self.stream.flush()
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -54,8 +59,9 @@ def format_table(result: dict) -> str:
              f"up to {meta['reps']} interleaved timed rounds per point"
              + (f" (at least 5, fewer once they pass {meta['budget_s_per_point']:g} s)" if meta['budget_s_per_point']
                 else "")
-             + f" after {meta['warmup_rounds']} warm-up rounds; speed-up vs {meta['baseline']}; max|diff| vs "
-             f"{meta['reference']}; torch threads {meta['torch_threads']}, load average {meta['load_average_1m']}",
+             + f" after {_count(meta['warmup_rounds'], 'warm-up round')}; speed-up vs {meta['baseline']}",
+             f"max|diff|: {meta['units']['max_abs_diff']}",
+             f"torch threads {meta['torch_threads']}, load average {meta['load_average_1m']}",
              f"peak memory: " + "; ".join(f"{d}: {how}" for d, how in meta["memory"].items())]
     head = (f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'reps':>4} {'tokens/s':>10} "
             f"{'peak MiB':>9} {'speedup':>8} {'max|diff|':>9}")
@@ -74,6 +80,19 @@ def format_table(result: dict) -> str:
                      f"{_fmt(r['max_abs_diff'], '9.1e')}"
                      + (f"  (no accuracy check: {r['reference_error']})" if r["reference_error"] else ""))
     return "\n".join(lines)
+
+
+def check_writable(path: str, option: str):
+    """Raises ValueError naming `option` when `path` cannot be written (checked before a long run); leaves
+    no file behind."""
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
+    if not existed:
+        os.remove(path)
 
 
 def write_json(result: dict, path: str):

@@ -14,8 +14,8 @@ from fastformer.modelbench import backends, inputs, machine, models, timing
 REFERENCE = "Hugging Face eager, float32, same device"
 UNITS = {"median_ms": "ms", "p90_ms": "ms", "p99_ms": "ms", "tokens_per_s": "input tokens / s",
          "peak_mem_MiB": "MiB", "first_call_s": "s (includes torch.compile's compilation for hf+compile)",
-         "speedup": "baseline median / this median", "max_abs_diff": "max |output - fp32 reference| over the "
-         "last hidden state"}
+         "speedup": "baseline median / this median", "max_abs_diff": "largest |difference| between this backend's "
+         f"last hidden state (the decoder's for encoder-decoders) and the reference's ({REFERENCE})"}
 
 
 @dataclass
