@@ -47,6 +47,7 @@ _INTERPRETED_SMS = 4
 _SPLIT_GRANULE_GPU = 128
 _MIN_SPLIT_KEYS_GPU = 256
 _MAX_SPLITS = 64
+MAX_HEAD_DIM = 256  # the largest class of the autotune tables below
 
 
 # ---- configs ------------------------------------------------------------------------------------
@@ -567,13 +568,22 @@ def _dot_dtype(dtype: torch.dtype):
     return tl.float16 if dtype == torch.float16 else tl.bfloat16
 
 
+def block_d(head_dim: int) -> int:
+    """The register block holding a head of head_dim values: a power of 2 (tl.arange) and at least 16
+    (tl.dot's minimum K); the columns past head_dim are masked on every load and store. Any head_dim up to
+    MAX_HEAD_DIM; the autotune tables stop there (the 256-wide fp32 accumulator takes the register budget)."""
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim D={head_dim} must be in [1, {MAX_HEAD_DIM}] for the Triton attention kernels")
+    return max(16, triton.next_power_of_2(head_dim))
+
+
 def _common_meta(q, k, bias, key_padding_mask, dist_bias, causal: bool, dropout_p: float) -> dict:
     """Constexpr flags and autotune keys shared by the three attention kernels."""
     _, heads, seq_q, head_dim = q.shape
     group = heads // k.shape[1]
     return dict(
         rows_bucket=triton.next_power_of_2(group * seq_q), seq_k_bucket=triton.next_power_of_2(k.shape[2]),
-        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim),
         HAS_BIAS=bias is not None, HAS_KPM=key_padding_mask is not None, HAS_DIST_BIAS=dist_bias is not None,
         IS_CAUSAL=causal, HAS_DROPOUT=dropout_p > 0.0,
         DOT_DTYPE=_dot_dtype(q.dtype), ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,

@@ -21,7 +21,6 @@ from fastformer.hf.fused_blocks import FUSED_FORWARDS
 from fastformer.hf.t5 import T5RMSNorm, patch_t5_attention
 from fastformer.nn.norm import LayerNorm
 from fastformer.nn.swap import swap_modules
-from fastformer.ops.attention import HEAD_DIMS
 
 # model_type -> the attention classes that call transformers' AttentionInterface.
 SUPPORTED = {
@@ -55,13 +54,6 @@ def unsupported_reason(model) -> str | None:
     if model_type not in SUPPORTED:
         return f"model_type {model_type!r} is not one of the supported families {sorted(SUPPORTED)}"
     return None
-
-
-def _head_dims(config) -> set:
-    if config.model_type == "t5":
-        return {config.d_kv}
-    heads = {config.num_attention_heads, getattr(config, "decoder_attention_heads", config.num_attention_heads)}
-    return {config.hidden_size // h for h in heads}
 
 
 def _use_fastformer_attention(model, backend) -> Counter:
@@ -105,12 +97,7 @@ def optimize_hf(model: nn.Module, backend=None, linear: bool = False) -> tuple[C
     """Puts fastformer's kernels into a supported transformers model in place; returns (counts, notes): what
     was replaced per kind, and why a part was left as it was."""
     counts, notes = Counter(), []
-    head_dims = _head_dims(model.config)
-    if head_dims <= set(HEAD_DIMS):
-        counts.update(_use_fastformer_attention(model, backend))
-    else:
-        notes.append(f"attention left as it was: head dims {sorted(head_dims)} are not all among the kernels' "
-                     f"{HEAD_DIMS}")
+    counts.update(_use_fastformer_attention(model, backend))
     counts.update(swap_modules(model, ("layer_norm", "linear") if linear else ("layer_norm",), backend))
     if model.config.model_type == "t5":
         from transformers.models.t5.modeling_t5 import T5LayerNorm

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastformer.nn._dropin import _DropIn
-from fastformer.ops.attention import HEAD_DIMS, attention
+from fastformer.ops.attention import attention
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -29,15 +29,13 @@ class MultiheadAttention(_DropIn, torch.nn.MultiheadAttention):
 
     Falls back to torch's own implementation (identical results) for need_weights=True (the weights
     must be materialized; note torch's default is True, pass need_weights=False), add_bias_kv,
-    add_zero_attn, nested tensors, head dims the kernels do not support (HEAD_DIMS) and inputs of
-    other ranks than 2 or 3 (torch then raises its own error).
+    add_zero_attn, nested tensors and inputs of other ranks than 2 or 3 (torch then raises its own error).
     One difference: a query whose every key is masked gives zeros here, NaN in torch.
     `backend` as in ff.ops (None = auto; FASTFORMER_BACKEND overrides it); `from_torch` adopts a torch module.
     """
 
     def _needs_torch(self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool) -> bool:
-        return (need_weights or self.bias_k is not None or self.add_zero_attn
-                or self.head_dim not in HEAD_DIMS or query.dtype not in _KERNEL_DTYPES
+        return (need_weights or self.bias_k is not None or self.add_zero_attn or query.dtype not in _KERNEL_DTYPES
                 or query.dim() not in (2, 3) or any(t.is_nested for t in (query, key, value)))
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:

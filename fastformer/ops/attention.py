@@ -9,13 +9,13 @@ import torch
 from torch import Tensor
 
 from fastformer import _backends
-from fastformer.ops import _attention, _dispatch
+from fastformer.ops import _attention, _dispatch, _head_dim
 from fastformer.ops._philox import philox_uniform
 from fastformer.ops._t5_bias import T5RelativeBias
 
-__all__ = ["HEAD_DIMS", "T5RelativeBias", "attention", "attention_ref", "draw_dropout_seed", "dropout_keep_mask"]
+__all__ = ["GPU_MAX_HEAD_DIM", "T5RelativeBias", "attention", "attention_ref", "draw_dropout_seed", "dropout_keep_mask"]
 
-HEAD_DIMS = (32, 64, 80, 96, 128, 256)
+GPU_MAX_HEAD_DIM = _head_dim.GPU_MAX_HEAD_DIM
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -102,8 +102,8 @@ def _check_qkv(q, k, v) -> None:
     if k.shape[1] == 0 or heads % k.shape[1] != 0:
         raise ValueError(f"the heads of q (H={heads}) must be a multiple of the heads of k and v "
                          f"(Hkv={k.shape[1]}) for grouped-query attention")
-    if head_dim not in HEAD_DIMS:
-        raise ValueError(f"head dim D={head_dim} is not supported; supported head dims: {HEAD_DIMS}")
+    if head_dim == 0:
+        raise ValueError(f"q, k and v must have a head dim D >= 1, got q {tuple(q.shape)}")
 
 
 def _check_options(causal, scale, dropout_p, head_dim: int) -> float:
@@ -179,7 +179,8 @@ def attention(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, scal
     """softmax(scale * q k^T + attn_bias, masked) v, fused: the [Sq, Sk] scores are never materialized.
 
     q [B, H, Sq, D]; k, v [B, Hkv, Sk, D] with H % Hkv == 0 (grouped/multi-query heads); fp16, bf16,
-    fp32 (fp64 on CPU); D in HEAD_DIMS; any strides with the last dim contiguous (other layouts are
+    fp32 (fp64 on CPU); any D >= 1 (fastformer/ops/_head_dim.py: GPU backends pad D to their tiles and
+    fall back to the reference path above GPU_MAX_HEAD_DIM = 256, warning once); any strides with the last dim contiguous (other layouts are
     copied). Returns out [B, H, Sq, D] in q's dtype.
     attn_bias: additive float tensor broadcastable to [B, H, Sq, Sk] (may require grad), bool tensor
       (True = attend, like SDPA), or T5RelativeBias (computed in the kernel; its table gets gradients).
@@ -197,7 +198,7 @@ def attention(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, scal
     scale = _check_options(causal, scale, dropout_p, head_dim)
     dense_bias, t5_bias = _check_bias(attn_bias, q, seq_k)
     key_padding_mask = _check_key_padding_mask(key_padding_mask, q, seq_k)
-    chosen = _choose_backend(backend, q)
+    chosen = _head_dim.backend_for_head_dim(_choose_backend(backend, q), head_dim)
     seed = draw_dropout_seed() if dropout_p > 0.0 else 0
     if chosen == "reference":
         return attention_ref(q, k, v, t5_bias if t5_bias is not None else dense_bias, key_padding_mask, causal,
@@ -209,7 +210,9 @@ def attention(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, scal
     rel_table, rel_lut, bidirectional = (None, None, False)
     if t5_bias is not None:
         rel_table, rel_lut, bidirectional = t5_bias.table, t5_bias.lut(), t5_bias.bidirectional
+    if chosen == "cuda":
+        q, k, v = (_head_dim.pad_head_dim(t, _head_dim.cuda_tile(head_dim)) for t in (q, k, v))
     fwd_op = _attention.FWD_OPS["triton" if chosen == "triton" else "cpp"]
     out, _lse = _dispatch.call(fwd_op, q, k, v, dense_bias, key_padding_mask, rel_table, rel_lut, bidirectional,
                                causal, scale, float(dropout_p), seed, grad_inputs=(q, k, v, dense_bias, rel_table))
-    return out
+    return out if out.shape[-1] == head_dim else out[..., :head_dim].contiguous()  # [B, H, Sq, D]

@@ -96,6 +96,30 @@ def test_matches_torch_forward_and_backward(on_backend, batch_first, scenario):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("embed,heads", [(8, 8), (60, 5), (48, 2), (144, 2)], ids=["d1", "d12", "d24", "d72"])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_any_head_dim_runs_on_the_kernels(on_backend, monkeypatch, embed, heads):
+    """Head dims with no GPU tile run on ff.ops.attention (not torch's fallback) and match torch."""
+    from fastformer.nn import multihead_attention
+
+    calls = []
+    kernel = multihead_attention.attention
+    monkeypatch.setattr(multihead_attention, "attention", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    torch.manual_seed(0)
+    reference = torch.nn.MultiheadAttention(embed, heads, batch_first=True).to(on_backend).eval()
+    ours = ff.nn.MultiheadAttention.from_torch(reference)
+    x = torch.randn(BATCH, SEQ_Q, embed, device=on_backend, requires_grad=True)
+    padding = torch.zeros(BATCH, SEQ_Q, dtype=torch.bool, device=on_backend)
+    padding[1, 5:] = True
+    expected, _ = reference(x, x, x, key_padding_mask=padding, need_weights=False)
+    out, _ = ours(x, x, x, key_padding_mask=padding, need_weights=False)
+    assert calls, "ran torch's fallback, not the kernels"
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad_out)[0], torch.autograd.grad(expected, x, grad_out)[0],
+                               rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["reference"])
 def test_need_weights_falls_back_to_torch(on_backend):
     reference, ours = _pair(on_backend, batch_first=True)

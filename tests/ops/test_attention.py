@@ -7,6 +7,7 @@ low dtype) plus a small atol. Interpreted Triton shapes stay small (~1 ms per pr
 """
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 
 from fastformer.ops import _attention
 from tests.tolerance import max_err
-from fastformer.ops.attention import (T5RelativeBias, attention, attention_ref, draw_dropout_seed,
-                                      dropout_keep_mask)
+from fastformer.ops.attention import (GPU_MAX_HEAD_DIM, T5RelativeBias, attention, attention_ref,
+                                      draw_dropout_seed, dropout_keep_mask)
 
 BACKENDS = ["cpu", "triton", pytest.param("cuda", marks=pytest.mark.gpu), "reference"]
 LOW_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -323,6 +324,67 @@ def test_auto_backend_runs_on_cpu_tensors(monkeypatch):
     torch.testing.assert_close(attention(**inputs), attention_ref(**inputs), rtol=1e-5, atol=1e-5)
 
 
+# ---- head dims -----------------------------------------------------------------------------------------
+
+# Every D >= 1 runs (fastformer/ops/_head_dim.py): odd sizes, sizes below Triton's 16-wide block, sizes
+# between the CUDA tiles, and 320 above GPU_MAX_HEAD_DIM (the GPU backends fall back to the reference).
+AWKWARD_HEAD_DIMS = [1, 8, 16, 24, 48, 72, 160, 200, 320]
+HEAD_DIM_CASES = [
+    Case("prefill_gqa_causal", batch=1, heads=4, heads_kv=2, seq_q=9, seq_k=13, causal=True, padding="random"),
+    Case("decode", batch=2, heads=2, heads_kv=1, seq_q=1, seq_k=13, causal=True),
+    Case("t5_decoder", batch=1, seq_q=5, seq_k=9, causal=True, t5="decoder"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:ff.ops.attention. head dim D=320")
+@pytest.mark.parametrize("case", HEAD_DIM_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("head_dim", AWKWARD_HEAD_DIMS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_any_head_dim_matches_fp64_reference(backend, attention_device, head_dim, case):
+    """Forward and backward (q, k, v and the T5 table) in fp32 and fp16 against the fp64 reference."""
+    case = dataclasses.replace(case, head_dim=head_dim)
+    for dtype in (torch.float32, torch.float16):
+        inputs = case.inputs(dtype, attention_device, requires_grad=True)
+        grad_out = torch.randn(inputs["q"].shape, generator=torch.Generator().manual_seed(1)).to(attention_device)
+        out = attention(**inputs, backend=backend)
+        grads = torch.autograd.grad(out, _leaves(inputs), grad_out.to(dtype))
+        inputs64 = _to(inputs, torch.float64)
+        ref64 = attention_ref(**inputs64)
+        grads64 = torch.autograd.grad(ref64, _leaves(inputs64), grad_out.to(dtype).double())
+        lowp = _to(inputs, dtype)
+        baseline = attention_ref(**lowp)
+        baseline_grads = torch.autograd.grad(baseline, _leaves(lowp), grad_out.to(dtype))
+        assert out.shape == inputs["q"].shape and out.dtype == dtype and out.is_contiguous()
+        interpreted = _interpreted_triton(backend, attention_device)
+        _assert_within_2x("out", out, ref64, baseline, dtype, interpreted)
+        lse_allowance = 2.0**-24 * _max_abs_lse(inputs64)
+        for name, got, want, base in zip(["dq", "dk", "dv", "dtable"], grads, grads64, baseline_grads):
+            _assert_within_2x(f"{name} (D={head_dim}, {dtype})", got, want, base, dtype, interpreted, lse_allowance)
+
+
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_gpu_backends_above_max_head_dim_fall_back_with_one_warning(backend, attention_device):
+    from fastformer.ops import _head_dim
+
+    _head_dim._warn_gpu_fallback.cache_clear()
+    inputs = Case("wide", batch=1, seq_q=3, seq_k=5, head_dim=GPU_MAX_HEAD_DIM + 8).inputs(torch.float32,
+                                                                                      attention_device)
+    with pytest.warns(RuntimeWarning, match=f"D={GPU_MAX_HEAD_DIM + 8} exceeds .* GPU_MAX_HEAD_DIM=256"):
+        out = attention(**inputs, backend=backend)
+    torch.testing.assert_close(out, attention_ref(**inputs), rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attention(**inputs, backend=backend)  # once per head dim
+
+
+def test_cuda_tiles_hold_every_gpu_head_dim():
+    from fastformer.ops import _head_dim
+
+    tiles = [_head_dim.cuda_tile(d) for d in range(1, GPU_MAX_HEAD_DIM + 1)]
+    assert all(t >= d and t in _head_dim.CUDA_HEAD_DIMS for d, t in enumerate(tiles, start=1))
+    assert [_head_dim.cuda_tile(d) for d in (8, 33, 72, 81, 160)] == [32, 64, 80, 96, 256]
+
+
 # ---- dropout ------------------------------------------------------------------------------------------
 
 def _identity_values(batch, heads_kv, seq_k, head_dim, device):
@@ -468,7 +530,7 @@ BAD_INPUTS = [
      "k must have the dtype of q"),
     ("heads_not_multiple", lambda: attention(*_qkv((1, 3, 5, 32), (1, 2, 7, 32))), ValueError,
      "multiple of the heads of k"),
-    ("unsupported_head_dim", lambda: attention(*_qkv((1, 2, 5, 48), (1, 2, 7, 48))), ValueError, "head dim D=48"),
+    ("zero_head_dim", lambda: attention(*_qkv((1, 2, 5, 0), (1, 2, 7, 0))), ValueError, "head dim D >= 1"),
     ("batch_mismatch", lambda: attention(*_qkv((2, 2, 5, 32), (1, 2, 7, 32))), ValueError, "k must have shape"),
     ("k_v_mismatch", lambda: attention(_qkv()[0], torch.randn(1, 2, 7, 32), torch.randn(1, 2, 8, 32)), ValueError,
      "k and v must have the same shape"),

@@ -117,3 +117,22 @@ def test_kernels_with_copies_at_issue_and_warps_apart(emulator, case, schedule):
     inputs = make_inputs(case, torch.float16, "cpu")
     out, lse, _ = run_emulated(emulator, inputs, late_copies=False, schedule=schedule)
     check_against_reference(out, lse, inputs)
+
+
+@pytest.mark.parametrize("case", [AttentionCase(seqlen_q=17, seqlen_k=40, head_dim=d, causal=True, padding=True)
+                                  for d in (8, 24, 72)]
+                         + [AttentionCase(seqlen_q=1, seqlen_k=40, head_dim=d, t5="causal", causal=True)
+                            for d in (48, 160)], ids=AttentionCase.id)
+def test_head_dims_between_tiles_run_zero_padded(emulator, case):
+    """What ff.ops.attention does for the cuda backend at a head dim with no compiled tile: q, k, v
+    zero-padded to the next tile (fastformer/ops/_head_dim.py), the scale of the true D, the output
+    sliced back; out and lse equal the reference's on the unpadded inputs."""
+    from fastformer.ops import _head_dim
+
+    inputs = make_inputs(case, torch.float16, "cpu")
+    tile = _head_dim.cuda_tile(case.head_dim)
+    assert tile > case.head_dim and inputs["scale"] == case.head_dim ** -0.5
+    padded = dict(inputs, **{name: _head_dim.pad_head_dim(inputs[name], tile) for name in ("q", "k", "v")})
+    out, lse, _ = run_emulated(emulator, padded)
+    assert out.shape[-1] == tile and (out[..., case.head_dim:] == 0).all()
+    check_against_reference(out[..., :case.head_dim], lse, inputs)
