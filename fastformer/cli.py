@@ -223,6 +223,9 @@ def _add_serve_parser(sub) -> None:
                        help="Prometheus metrics of the local Ray instance (with --address: the cluster's own)")
     serve.add_argument("--address", default=None, help="join this Ray cluster (e.g. 10.0.0.1:6379) instead of "
                                                        "starting a local Ray instance")
+    serve.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"], default="EveryNode",
+                       help="where Ray Serve runs HTTP proxies (HeadOnly: one entry point, e.g. several nodes on "
+                            "one machine)")
     serve.add_argument("--name", default="fastformer", help="the Ray Serve application name")
 
 

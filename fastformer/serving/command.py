@@ -17,7 +17,9 @@ def serve_main(args) -> int:
         ray.init(address=args.address, logging_level="WARNING")
     else:  # a local Ray instance in this process, gone when the command ends
         ray.init(include_dashboard=False, logging_level="WARNING", _metrics_export_port=args.metrics_port)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    # EveryNode: an HTTP proxy on every node (a load balancer in front spreads clients over them); HeadOnly:
+    # one entry point (needed when several Ray nodes share one machine and so one host:port).
+    serve.start(http_options={"host": args.host, "port": args.port}, proxy_location=args.proxy_location)
     serve.run(application, name=args.name, route_prefix="/")
     names = model_names(args.model_dirs) if args.model_dirs else ["all-MiniLM-L6-v2"]
     where = f"http://{args.host}:{args.port}"
