@@ -49,7 +49,7 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     if args.json:
-        open(args.json, "a").close()  # an unwritable path fails now, not after the run
+        report.check_writable(args.json, "--json")  # fails now, not after the run
     torch.manual_seed(0)
     results = []
     for threads in (int(t) for t in args.threads.split(",")):

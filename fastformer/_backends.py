@@ -73,6 +73,9 @@ def resolve(op: str, backend: str | None, device: torch.device, dtype: torch.dty
 def _resolve(op: str, backend: str | None, device: torch.device) -> str:
     if backend is None:
         backend = os.environ.get("FASTFORMER_BACKEND") or None
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"the environment variable FASTFORMER_BACKEND={backend!r} is not a backend; valid "
+                             f"values: {', '.join(BACKENDS)} (or unset it for auto)")
     if backend is None:
         if device.type == "cpu":
             return "cpu"

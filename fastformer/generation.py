@@ -26,7 +26,9 @@ generate() never looks inside a model; it calls exactly these (all tensors on th
       Opaque to generate(): it is handed to new_cache unchanged.
   model.decoder_start_token_id: int
       The first decoder token of every row.
-  Optional: model.eos_token_id, model.pad_token_id (int | None): defaults for generate()'s arguments.
+  Optional: model.eos_token_id, model.pad_token_id (int | None): defaults for generate()'s arguments;
+  model.vocab_size (int): the prompt's token ids must lie in [0, vocab_size), checked once per call on
+  every device (fastformer/_token_ids.py).
 
 The cache (KVCache below; a model may subclass it) is used by generate() only through:
 
@@ -67,6 +69,8 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
+
+from fastformer._token_ids import check_dtype, check_token_ids
 
 
 class KVCache:
@@ -228,9 +232,14 @@ def _settings(model, options: dict) -> GenerationSettings:
 def _start(model, input_ids, attention_mask, settings: GenerationSettings):
     """Checks the prompt, builds the cache (rows repeated num_beams times) and runs the prefill.
     Returns (decoder prompt [B * n, S'], cache, logits of the last prompt token [B * n, V])."""
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
-        raise ValueError(f"input_ids must be a long [batch, seq] tensor, got "
-                         f"{tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__}")
+    vocab_size = getattr(model, "vocab_size", None)
+    if vocab_size is None:
+        check_dtype(input_ids, "input_ids")
+    else:
+        check_token_ids(input_ids, vocab_size, "input_ids", on_any_device=True)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be a [batch, seq] tensor, got shape {tuple(input_ids.shape)}")
+    input_ids = input_ids.long()
     batch, prompt_len = input_ids.shape
     if batch == 0 or prompt_len == 0:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): every prompt needs at least one token")

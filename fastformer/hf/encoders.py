@@ -20,6 +20,12 @@ def _labels(hf: dict) -> dict:
 def bert_config(hf: dict) -> ModelConfig:
     """BERT and RoBERTa share the config layout; RoBERTa counts positions from the padding index."""
     roberta = hf["model_type"] in ("roberta", "xlm-roberta")
+    for key in ("is_decoder", "add_cross_attention"):
+        # The native encoder attends bidirectionally and has no cross-attention: loading such a checkpoint
+        # would compute something else than transformers without a word.
+        if hf.get(key):
+            raise ValueError(f"{hf['model_type']} with {key}=true in config.json (a causal or cross-attending "
+                             "decoder, e.g. BertLMHeadModel) is not supported; ff.optimize runs it in transformers")
     return ModelConfig(
         model_type=hf["model_type"], vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
         num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],

@@ -6,6 +6,7 @@ import torch
 
 from fastformer.hf.checkpoint import CheckpointError, read_config, read_weights
 from fastformer.hf import encoders, gpt2, seq2seq
+from fastformer.hf.config_fields import checked_config
 from fastformer.hf.keymap import WeightMapError, map_weights
 from fastformer.models import decoder, heads
 from fastformer.models.seq2seq import Seq2SeqForConditionalGeneration
@@ -70,7 +71,7 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
     checkpoint lacks are freshly initialized with a warning, as transformers does; missing body
     weights are an error. task_options go to the head (e.g. pooling="mean").
     """
-    hf = read_config(path)
+    hf = checked_config(read_config(path), os.path.join(os.fspath(path), "config.json"))
     model_type = hf["model_type"]
     kind = next((k for k in KINDS if model_type in k[0]), None)
     if kind is None:

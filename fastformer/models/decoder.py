@@ -73,6 +73,7 @@ class DecoderForCausalLM(nn.Module):
         if config.extra.get("tie_word_embeddings", True):
             self.lm_head.weight = self.decoder.embeddings.word.weight
         self.max_positions = config.max_positions
+        self.vocab_size = config.vocab_size
         self.eos_token_id = config.extra.get("eos_token_id")
         self.pad_token_id = config.pad_token_id
 

@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from fastformer._token_ids import check_token_ids
 from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
 
@@ -30,6 +31,7 @@ class Embeddings(nn.Module):
     def forward(self, input_ids, token_type_ids=None, position_ids=None):
         """position_ids [B, S] (the decoder's, counted past a KV cache) replace the ones from the shape;
         whoever passes them has checked they fit the position table."""
+        check_token_ids(input_ids, self.word.num_embeddings)
         x = self.word(input_ids)  # [B, S, hidden]
         extra = None
         if self.position is not None and position_ids is None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastformer._token_ids import check_dtype, check_token_ids
 from fastformer import generation
 from fastformer import nn as ffnn
 from fastformer.models.block import TransformerBlock, make_norm
@@ -79,6 +80,7 @@ class Seq2SeqEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """position_ids [B, S] (decode steps: from the KV cache, checked against the table when the cache is
         made); None: 0 .. S-1, checked here."""
+        check_token_ids(input_ids, self.word.num_embeddings, self.argument)
         x = self.word(input_ids)  # [B, S, hidden]
         if self.scale != 1.0:
             x = x * self.scale
@@ -190,9 +192,7 @@ class Seq2SeqDecoder(Seq2SeqStack):
 
 def check_ids(name: str, ids, mask_name: str, mask) -> torch.Tensor | None:
     """Validates [B, S] token ids and their 0/1 mask; returns the mask as bool (True = token) or None."""
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int):
-        raise TypeError(f"{name} must be an int64 or int32 torch.Tensor of token ids, got "
-                        f"{ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    check_dtype(ids, name)
     if ids.dim() != 2 or ids.numel() == 0:
         raise ValueError(f"{name} must be a non-empty [batch, seq] tensor, got shape {tuple(ids.shape)}")
     if mask is None:
@@ -238,6 +238,7 @@ class Seq2SeqForConditionalGeneration(nn.Module):
         self.pad_token_id = config.pad_token_id
         # None: T5's relative positions have no limit.
         self.max_positions = self.decoder.embeddings.max_positions
+        self.vocab_size = enc.vocab_size  # of input_ids, for generate()'s check
         self.max_source_positions = self.encoder.embeddings.max_positions
 
     def encode(self, input_ids, attention_mask=None) -> EncoderOutput:
