@@ -51,7 +51,7 @@ def _bucket_lut(num_buckets: int, max_distance: int, bidirectional: bool, device
 
 def distance_buckets(rel_lut: Tensor, num_buckets: int, bidirectional: bool, seq_q: int, seq_k: int) -> Tensor:
     """int64 [Sq + Sk - 1]: bucket of distance index t = j - i + Sq - 1 (rel = t - (Sk - 1)), per the contract."""
-    rel = torch.arange(seq_q + seq_k - 1, device=rel_lut.device) - (seq_k - 1)  # [Sq + Sk - 1]
+    rel = torch.arange(max(seq_q + seq_k - 1, 0), device=rel_lut.device) - (seq_k - 1)  # [Sq + Sk - 1]
     distance = rel.abs() if bidirectional else torch.clamp(-rel, min=0)
     bucket = rel_lut[torch.clamp(distance, max=rel_lut.shape[0] - 1)].long()
     if bidirectional:

@@ -35,7 +35,7 @@ def dropout_keep_mask(seed: int, dropout_p: float, batch: int, heads: int, seq_q
 
 
 def attention_ref(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, scale=None, dropout_p=0.0,
-                  dropout_seed=None):
+                  dropout_seed=None, dropout_keep=None):
     """The documented semantics in plain PyTorch, materializing the [B, H, Sq, Sk] scores.
 
     Products run in q's dtype and the softmax in fp32 (fp64 for fp64 inputs), like an eager PyTorch
@@ -43,7 +43,8 @@ def attention_ref(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, 
     broadcastable to [B, H, Sq, Sk], a bool tensor with True = attend, or a T5RelativeBias); keys
     with key_padding_mask False, or after i + Sk - Sq when causal, get -inf; rows with no key left
     give 0. dropout_p > 0 drops probabilities per `dropout_keep_mask(dropout_seed)` and scales the
-    rest by 1 / (1 - dropout_p); dropout_seed None draws one like `attention` does.
+    rest by 1 / (1 - dropout_p); dropout_seed None draws one like `attention` does. dropout_keep (bool,
+    broadcastable to [B, H, Sq, Sk]) replaces that Philox mask (varlen_attention_ref passes slices of its own).
     """
     batch, heads, seq_q, head_dim = q.shape
     heads_kv, seq_k = k.shape[1], k.shape[2]
@@ -71,21 +72,23 @@ def attention_ref(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, 
     probs = torch.softmax(torch.where(any_kept, scores, 0.0), dim=-1)
     probs = torch.where(any_kept, probs, 0.0)
     if dropout_p > 0.0:
-        seed = draw_dropout_seed() if dropout_seed is None else dropout_seed
-        survives = dropout_keep_mask(seed, dropout_p, batch, heads, seq_q, seq_k, q.device)
-        probs = torch.where(survives, probs * (1.0 / (1.0 - dropout_p)), 0.0)
+        if dropout_keep is None:
+            seed = draw_dropout_seed() if dropout_seed is None else dropout_seed
+            dropout_keep = dropout_keep_mask(seed, dropout_p, batch, heads, seq_q, seq_k, q.device)
+        probs = torch.where(dropout_keep, probs * (1.0 / (1.0 - dropout_p)), 0.0)
     return torch.matmul(probs.to(v.dtype), v)
 
 
 # ---- validation -----------------------------------------------------------------------------------
 
-def _check_qkv(q, k, v) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
+def check_qkv_tensors(q, k, v, q_layout: str = "[B, H, Sq, D]", kv_layout: str = "[B, Hkv, Sk, D]") -> None:
+    """q, k, v are tensors of the layouts' rank (e.g. "[B, H, Sq, D]": 4), one float dtype, one device."""
+    for name, t, layout in (("q", q, q_layout), ("k", k, kv_layout), ("v", v, kv_layout)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D ({'[B, H, Sq, D]' if name == 'q' else '[B, Hkv, Sk, D]'}), "
-                             f"got shape {tuple(t.shape)}")
+        rank = layout.count(",") + 1
+        if t.dim() != rank:
+            raise ValueError(f"{name} must be {rank}-D ({layout}), got shape {tuple(t.shape)}")
     if q.dtype not in _DTYPES:
         raise TypeError(f"q must be float16, bfloat16, float32 or float64, got {q.dtype}")
     for name, t in (("k", k), ("v", v)):
@@ -93,6 +96,10 @@ def _check_qkv(q, k, v) -> None:
             raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
+
+
+def _check_qkv(q, k, v) -> None:
+    check_qkv_tensors(q, k, v)
     batch, heads, _, head_dim = q.shape
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape [B, Hkv, Sk, D], got {tuple(k.shape)} and {tuple(v.shape)}")

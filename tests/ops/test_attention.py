@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fastformer.ops import _attention
+from tests.compiled import assert_compiled_matches_eager
 from tests.tolerance import max_err
 from fastformer.ops.attention import (GPU_MAX_HEAD_DIM, T5RelativeBias, attention, attention_ref,
                                       draw_dropout_seed, dropout_keep_mask)
@@ -506,14 +507,7 @@ def test_compile_fullgraph(backend, attention_device, t5):
     def fn(**kwargs):
         return attention(**kwargs, backend=backend)
 
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True)
-    out = compiled(**inputs)
-    grads = torch.autograd.grad(out.sum(), _leaves(inputs))
-    eager = fn(**inputs)
-    torch.testing.assert_close(out, eager)
-    for got, expected in zip(grads, torch.autograd.grad(eager.sum(), _leaves(inputs))):
-        torch.testing.assert_close(got, expected)
+    assert_compiled_matches_eager(fn, inputs, _leaves(inputs))
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
