@@ -8,7 +8,7 @@ from torch import nn
 
 from fastformer import _backends
 from fastformer.hf import optimize as hf_optimize
-from fastformer.nn import swap
+from fastformer.nn import quantize as nn_quantize, swap
 
 _REPORT_ATTR = "_fastformer_report"
 
@@ -39,7 +39,8 @@ def _swap_torch_modules(model, backend, swap_linear: bool, found_already: bool, 
     return counts
 
 
-def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = True, linear: bool | None = None):
+def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = True, linear: bool | None = None,
+             quantize: str | None = None):
     """Swaps fastformer's fused kernels into `model` and returns it (the same object unless inplace=False, which
     optimizes a deep copy). Parameters, buffers and state_dict keys stay as they were.
 
@@ -56,6 +57,10 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
     linear: also swap nn.Linear for ff.nn.Linear (oneDNN prepacked matmul for CPU fp32 inference; plain
       F.linear otherwise). None = when every parameter is CPU fp32 at the time of the call.
 
+    quantize: None, "int8" or "bf16" (fastformer.nn.quantize; CPU float32 models only): after the kernel swaps,
+      linear layers (nn.Linear, transformers' Conv1D) become int8 ones, or the whole model bfloat16. A mode the
+      CPU cannot run natively is a RuntimeError naming the missing instructions, raised before anything changes.
+
     What was replaced, per kind, is `optimization_report(model)`. A model with nothing to replace (or a
     transformers model of another family) gets a UserWarning, not an error.
     """
@@ -63,6 +68,8 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if backend is not None and backend not in _backends.BACKENDS:
         raise ValueError(f"backend must be one of {_backends.BACKENDS} or None, got {backend!r}")
+    if quantize is not None:
+        nn_quantize.check_model(model, quantize)
     if not inplace:
         model = copy.deepcopy(model)
     swap_linear = _cpu_fp32(model) if linear is None else bool(linear)
@@ -72,6 +79,8 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
         hf_models = hf_optimize.hf_submodels(model)
         counts, notes = _optimize_hf_models(hf_models, backend, swap_linear)
         counts.update(_swap_torch_modules(model, backend, swap_linear, found_already=bool(counts), skip=hf_models))
+    if quantize is not None:
+        counts.update(nn_quantize.quantize_model(model, quantize))
     report = dict(+counts)
     setattr(model, _REPORT_ATTR, report)
     for note in notes:
@@ -85,6 +94,6 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
 def optimization_report(model: nn.Module) -> dict:
     """{kind: count} of what ff.optimize replaced in `model`: "attention" (attention modules on ff.ops.attention),
     "t5_relative_bias", "layer_norm", "rms_norm", "fused_add_norm" (norms that now take the residual add),
-    "softmax", "multihead_attention", "transformer_encoder_layer", "transformer_decoder_layer", "linear".
+    "softmax", "multihead_attention", "transformer_encoder_layer", "transformer_decoder_layer", "linear", "int8_linear" / "bf16_model" (quantize=).
     Kinds with nothing replaced are absent; {} for a model ff.optimize was not called on or found nothing in."""
     return dict(getattr(model, _REPORT_ATTR, {}))

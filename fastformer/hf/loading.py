@@ -11,6 +11,7 @@ from fastformer.hf.keymap import WeightMapError, map_weights
 from fastformer.models import decoder, heads
 from fastformer.models.seq2seq import Seq2SeqForConditionalGeneration
 from fastformer.models.encoder import Encoder
+from fastformer.nn.quantize import check_mode, quantize_model
 
 TASKS = {
     "base": Encoder,
@@ -63,14 +64,23 @@ def checkpoint_task(path) -> str:
     return _task_from_checkpoint(read_config(path), os.fspath(path))
 
 
-def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = None, device=None, **task_options):
+def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = None, device=None,
+                    quantize: str | None = None, **task_options):
     """Loads a native model from a local Hugging Face checkpoint folder (no network).
 
     The architecture comes from config.json's model_type; the head from `task` (one of TASKS) or else
     from `architectures` (a sentence-transformers folder gives "sentence-embedding"). Head weights the
     checkpoint lacks are freshly initialized with a warning, as transformers does; missing body
     weights are an error. task_options go to the head (e.g. pooling="mean").
+
+    quantize: None (float), "int8" or "bf16" for CPU inference (fastformer.nn.quantize): the float32 model is
+    quantized once after loading; dtype and device must then be left None. A mode this CPU cannot run natively
+    is a RuntimeError naming the missing instructions.
     """
+    check_mode(quantize)
+    if quantize is not None and (dtype is not None or device is not None):
+        raise ValueError(f"quantize={quantize!r} runs on the CPU in its own precision; leave dtype and device None, "
+                         f"got dtype={dtype}, device={device}")
     hf = checked_config(read_config(path), os.path.join(os.fspath(path), "config.json"))
     model_type = hf["model_type"]
     kind = next((k for k in KINDS if model_type in k[0]), None)
@@ -112,6 +122,9 @@ def from_pretrained(path, task: str | None = None, dtype: torch.dtype | None = N
         state = {k.removeprefix(body): v for k, v in state.items()}
     model.load_state_dict(state, strict=False)
     model.load_report = {"missing": missing, "unexpected": unexpected, "task": task, "model_type": model_type}
+    if quantize is not None:
+        quantize_model(model, quantize)
+        return model.eval()
     return model.to(device=device, dtype=dtype).eval()
 
 

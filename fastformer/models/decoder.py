@@ -88,7 +88,7 @@ class DecoderForCausalLM(nn.Module):
         if max_length > self.max_positions:
             raise ValueError(f"max_length={max_length} tokens do not fit the model's {self.max_positions} positions "
                              "(n_positions)")
-        weight = self.lm_head.weight
+        weight = self.decoder.embeddings.word.weight  # the activations' dtype (lm_head may be int8)
         return generation.KVCache(self.config.num_layers, batch_size, max_length, self.config.num_heads,
                                   self.config.head_dim, weight.dtype, weight.device)
 

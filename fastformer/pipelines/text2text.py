@@ -75,7 +75,7 @@ class Text2Text:
         """Tokenized, right-padded inputs on the model's device; texts[i] is reported as texts[first + i]."""
         self.count_tokens(texts, first)
         batch = self.tokenizer([self.prefix + t for t in texts], return_tensors="pt", padding=True)
-        device = self.model.lm_head.weight.device
+        device = next(self.model.parameters()).device
         return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
     def __call__(self, texts, batch_size: int = 32, **settings):

@@ -37,7 +37,7 @@ class TextGenerator:
         empty = [i for i, n in enumerate(mask.sum(dim=1).tolist()) if n == 0]
         if empty:
             raise ValueError(f"prompts {empty} are empty (no tokens); every prompt needs at least one token")
-        device = self.model.lm_head.weight.device
+        device = next(self.model.parameters()).device
         return batch["input_ids"].to(device), mask.to(device)
 
     def _settings(self, settings: dict) -> dict:

@@ -51,3 +51,19 @@ def test_training_uses_autograd_path():
     ours(x).sum().backward()
     assert ours.weight.grad is not None and x.grad is not None
     torch.testing.assert_close(ours.weight.grad, torch.ones(8, 1) * x.detach().sum(0))
+
+
+def test_bf16_runs_the_packed_path_where_the_cpu_has_native_bf16():
+    from fastformer.nn import cpu_features
+
+    if cpu_features.missing_for("bf16") is not None:
+        pytest.skip(f"bf16 cannot run here: {cpu_features.missing_for('bf16')}")
+    ref = nn.Linear(97, 123).bfloat16()
+    ours = ff.nn.Linear.from_torch(ref)
+    x = torch.randn(3, 5, 97, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert ours._use_packed(x)
+        got, want = ours(x), torch.nn.functional.linear(x.double(), ref.weight.double(), ref.bias.double())
+        baseline = ref(x)
+    assert got.dtype == torch.bfloat16
+    assert (got.double() - want).abs().max() <= 2 * (baseline.double() - want).abs().max() + 1.6e-2
