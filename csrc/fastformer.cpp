@@ -27,6 +27,13 @@
 //            the PyTorch reference). The backward ops of all backends accept any backend's out/lse.
 //            attention_bwd's grad_bias is the gradient of the expanded [B, H, Sq, Sk] bias (autograd
 //            reduces it to the bias's own shape); grad_rel_table has the shape of rel_table.
+//   varlen_attention: packed sequences (flash-attn's varlen layout): q [Tq, H, D], k, v [Tk, Hkv, D], last
+//            dim contiguous; cu_seqlens_q/k int32 [B + 1] from 0, non-decreasing, ending at Tq / Tk; sequence
+//            b is rows cu[b]:cu[b + 1], no longer than max_seqlen_q / max_seqlen_k. Each sequence is the
+//            attention above on its own rows (causal and T5 positions per sequence). out [Tq, H, D], lse
+//            [Tq, H] fp32. Dropout numbers element (b, h, i, j) as the padded op does with Sq = max_seqlen_q,
+//            Sk = max_seqlen_k and i, j shifted by max_seqlen - the sequence's length (left padding).
+//            CPU only: GPU backends run the padded op (fastformer/ops/varlen_attention.py).
 // Optional outputs that do not apply (residual_out without residual, grad_weight without weight,
 // grad_bias without bias_needs_grad, grad_rel_table without rel_table) come back as empty tensors,
 // so every schema has a fixed number of results.
@@ -60,6 +67,13 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor? key_padding_mask, Tensor? rel_table, Tensor? rel_lut, bool rel_bidirectional, bool causal,"
         " float scale, float dropout_p, int seed, bool bias_needs_grad)"
         " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_bias, Tensor grad_rel_table)");
+  m.def("varlen_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k,"
+        " SymInt max_seqlen_q, SymInt max_seqlen_k, Tensor? rel_table, Tensor? rel_lut, bool rel_bidirectional,"
+        " bool causal, float scale, float dropout_p, int seed) -> (Tensor out, Tensor lse)");
+  m.def("varlen_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+        " Tensor cu_seqlens_q, Tensor cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, Tensor? rel_table,"
+        " Tensor? rel_lut, bool rel_bidirectional, bool causal, float scale, float dropout_p, int seed)"
+        " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_rel_table)");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -20,6 +20,8 @@ from fastformer.modelbench.timing import sample_interleaved
 CPU_SHAPES = [(1024, 768), (4096, 1024)]
 # Attention at BERT-base shapes [B, H, S, D], half the batch padded to 100 of 128 tokens.
 ATTENTION_SHAPE = (8, 12, 128, 64)
+# Packed (varlen) attention at the same shape: 8 sequences of 16, 32, ..., 128 tokens (56% of the padded positions).
+VARLEN_LENGTHS = tuple(range(16, 129, 16))
 SOFTMAX_SCALE = 0.125  # 1/sqrt(64), BERT's attention scale
 
 
@@ -77,11 +79,32 @@ def _attention_case(shape, dtype, device, backend):
                   flops=4 * batch * heads * seq * seq * head_dim)  # QK^T and PV: 2 * S * S * D multiply-adds each
 
 
+def _varlen_attention_case(shape, dtype, device, backend):
+    """varlen_attention on the packed sequences against ff.ops.attention on the same batch padded to S."""
+    batch, heads, seq, head_dim = shape
+    lengths = torch.tensor(VARLEN_LENGTHS[:batch], device=device)
+    cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)  # [B + 1]
+    total = int(lengths.sum())
+    q, k, v = (torch.randn(total, heads, head_dim, dtype=dtype, device=device) for _ in range(3))  # [T, H, D]
+    keep = torch.arange(seq, device=device) < lengths[:, None]  # [B, S], True = attend (right padding)
+    padded = [torch.zeros(batch, seq, heads, head_dim, dtype=dtype, device=device) for _ in range(3)]
+    for x, x_padded in zip((q, k, v), padded):
+        x_padded[keep] = x
+    q_pad, k_pad, v_pad = (x.transpose(1, 2) for x in padded)  # [B, H, S, D]
+    real_pairs = int((lengths * lengths).sum())
+    return OpCase("varlen_attention", (batch, heads, seq, head_dim),
+                  lambda: ops.varlen_attention(q, k, v, cu_seqlens, cu_seqlens, seq, seq, backend=backend),
+                  lambda: ops.attention(q_pad, k_pad, v_pad, key_padding_mask=keep, backend=backend),
+                  "ff.ops.attention(padded)", 4 * q.numel() * q.element_size(),
+                  flops=4 * heads * real_pairs * head_dim)  # the real sequences' QK^T and PV only
+
+
 def cases(shapes=CPU_SHAPES, dtype=torch.float32, device="cpu", backend=None) -> list[OpCase]:
     out = []
     for shape in shapes:
         out += _norm_cases(shape, dtype, device, backend) + _softmax_cases(shape, dtype, device, backend)
-    return out + [_attention_case(ATTENTION_SHAPE, dtype, device, backend)]
+    return out + [_attention_case(ATTENTION_SHAPE, dtype, device, backend),
+                  _varlen_attention_case(ATTENTION_SHAPE, dtype, device, backend)]
 
 
 def _median_seconds(fns, reps: int, device) -> list[float]:

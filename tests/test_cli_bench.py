@@ -268,7 +268,7 @@ def test_ops_mode_reports_rates_against_measured_machine_limits(tmp_path):
     limits = result["meta"]["limits"]
     assert limits["copy_GBps"] > 0 and limits["matmul_TFLOPs"] > 0
     ops = {r["op"] for r in result["results"]}
-    assert {"layer_norm", "add+layer_norm", "softmax", "attention(padded)"} <= ops
+    assert {"layer_norm", "add+layer_norm", "softmax", "attention(padded)", "varlen_attention"} <= ops
     for r in result["results"]:
         assert r["ours_ms"] > 0 and r["pct_of_limit"] > 0
         assert (r["ours_TFLOPs"] is not None) == (r["bound"] == "compute")

@@ -10,6 +10,11 @@
 //     block is ever transposed.
 // bf16/fp16 accumulate in fp32 (their K/V/Q/dO tiles are converted into fp32 scratch), fp64 in fp64.
 //
+// Packed batches (varlen_attention_fwd/bwd): q [Tq, H, D] and k, v [Tk, Hkv, D] hold the sequences one after the
+// other (cu_seqlens offsets). The same kernel runs them: every tensor row is addressed as (sequence start, head,
+// position) through RowStrides, each sequence b has its own lengths, and the tile loops stop at them, so no padding
+// is ever computed. A padded call is the special case start = b, every length = Sq or Sk.
+//
 // Work split: the forward runs one task per (b, h, query tile). The backward runs one task per (b, kv head)
 // that accumulates dQ, dK and dV of its whole head group ("fused") when there are enough such tasks to keep every
 // thread busy; otherwise two passes, one task per (b, kv head, key tile) for dK/dV and one per (b, h, query tile)
@@ -24,6 +29,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -80,6 +86,26 @@ std::array<int64_t, N> strides_of(const Tensor& t) {
   return s;
 }
 
+// Where row (sequence start s, head h, position i) of a tensor lives: s * seq + h * head + i * pos elements from its
+// data pointer. Padded [B, H, S, ...]: s = b, strides (0, 1, 2); packed [T, H, ...]: s = cu_seqlens[b], strides
+// (0, 1, 0).
+struct RowStrides {
+  int64_t seq = 0, head = 0, pos = 0;
+  int64_t at(int64_t start, int64_t h, int64_t i) const { return start * seq + h * head + i * pos; }
+};
+
+RowStrides row_strides(const Tensor& t, bool packed) {
+  return {t.stride(0), t.stride(1), t.stride(packed ? 0 : 2)};
+}
+
+// A packed batch: sequence b is rows cu_seqlens_q[b]:cu_seqlens_q[b + 1] of q and cu_seqlens_k[b]:cu_seqlens_k[b + 1]
+// of k and v (int32 CPU tensors, checked by the caller); max_seqlen_q/k number the dropout elements.
+struct Packing {
+  const Tensor& cu_seqlens_q;
+  const Tensor& cu_seqlens_k;
+  int64_t max_seqlen_q, max_seqlen_k;
+};
+
 // The scalar arguments and optional score terms of one call, shared by the forward and the backward.
 struct AttentionOptions {
   const std::optional<Tensor>& attn_bias;
@@ -99,12 +125,14 @@ class AttentionKernel {
   using IO = RowIO<scalar_t>;
   static constexpr int64_t kV = Vec::size();
 
-  // rel_table_acc is rel_table converted to a contiguous acc_t tensor (it must outlive the kernel).
+  // rel_table_acc is rel_table converted to a contiguous acc_t tensor (it must outlive the kernel). With packing,
+  // q, k, v are packed [T, heads, D] and attn_bias and key_padding_mask must be absent.
   AttentionKernel(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt,
-                  const Tensor& rel_table_acc)
-      : B_(q.size(0)), H_(q.size(1)), Hkv_(k.size(1)), Sq_(q.size(2)), Sk_(k.size(2)), D_(q.size(3)),
+                  const Tensor& rel_table_acc, const Packing* packing = nullptr)
+      : packed_(packing != nullptr), B_(packed_ ? packing->cu_seqlens_q.size(0) - 1 : q.size(0)), H_(q.size(1)),
+        Hkv_(k.size(1)), D_(q.size(q.dim() - 1)),
         q_(q.const_data_ptr<scalar_t>()), k_(k.const_data_ptr<scalar_t>()), v_(v.const_data_ptr<scalar_t>()),
-        q_st_(strides_of<3>(q)), k_st_(strides_of<3>(k)), v_st_(strides_of<3>(v)),
+        q_st_(row_strides(q, packed_)), k_st_(row_strides(k, packed_)), v_st_(row_strides(v, packed_)),
         causal_(opt.causal), scale_(acc_t(opt.scale)), dropout_p_(float(opt.dropout_p)),
         keep_scale_(opt.dropout_p < 1 ? acc_t(1) / (acc_t(1) - acc_t(opt.dropout_p)) : acc_t(0)), seed_(opt.seed) {
     if (opt.attn_bias) {
@@ -120,8 +148,32 @@ class AttentionKernel {
       lut_st_ = opt.rel_lut->stride(0);
       bidirectional_ = opt.rel_bidirectional;
     }
+    if (packing) {
+      const auto offsets = [](const Tensor& cu, std::vector<int64_t>& start, std::vector<int64_t>& len) {
+        const Tensor cu_contiguous = cu.contiguous();
+        const int32_t* c = cu_contiguous.const_data_ptr<int32_t>();
+        for (int64_t b = 0; b + 1 < cu.size(0); ++b) {
+          start.push_back(c[b]);
+          len.push_back(c[b + 1] - c[b]);
+        }
+        return len.empty() ? int64_t(0) : *std::max_element(len.begin(), len.end());
+      };
+      Sq_ = offsets(packing->cu_seqlens_q, q_start_, q_len_);
+      Sk_ = offsets(packing->cu_seqlens_k, k_start_, k_len_);
+      dropout_sq_ = packing->max_seqlen_q;
+      dropout_sk_ = packing->max_seqlen_k;
+    } else {
+      Sq_ = dropout_sq_ = q.size(2);
+      Sk_ = dropout_sk_ = k.size(2);
+      for (int64_t b = 0; b < B_; ++b) {
+        q_start_.push_back(b);
+        k_start_.push_back(b);
+      }
+      q_len_.assign(B_, Sq_);
+      k_len_.assign(B_, Sk_);
+    }
     kept_begin_.assign(B_, 0);
-    kept_end_.assign(B_, Sk_);
+    kept_end_ = k_len_;
     if (opt.key_padding_mask) {
       key_mask_ = opt.key_padding_mask->const_data_ptr<bool>();
       key_mask_st_ = strides_of<2>(*opt.key_padding_mask);
@@ -144,11 +196,16 @@ class AttentionKernel {
     float* lse_ptr = lse.data_ptr<float>();
     const int64_t num_query_tiles = at::divup(Sq_, kQueryTile);
     const auto make_workspace = [&] { return ForwardWorkspace(D_); };
-    const int64_t multiply_adds = 2 * B_ * H_ * Sq_ * Sk_ * D_;  // q.k and p.v
+    int64_t score_count = 0;
+    for (int64_t b = 0; b < B_; ++b) score_count += q_len_[b] * k_len_[b];
+    const int64_t multiply_adds = 2 * H_ * score_count * D_;  // q.k and p.v
+    const RowStrides out_st = row_strides(out, packed_), lse_st = row_strides(lse, packed_);
+    // Tiles past a shorter sequence's end are empty tasks (a counter increment each).
     run_tasks(B_ * H_ * num_query_tiles, make_workspace, [&](int64_t task, ForwardWorkspace& ws) {
       // Last query tiles first: under causal masking they see the most keys.
       const int64_t bh = task / num_query_tiles, tile = num_query_tiles - 1 - task % num_query_tiles;
-      forward_query_tile(bh / H_, bh % H_, tile * kQueryTile, ws, out_ptr, lse_ptr);
+      if (tile * kQueryTile < q_len_[bh / H_])
+        forward_query_tile(bh / H_, bh % H_, tile * kQueryTile, ws, out_ptr, out_st, lse_ptr, lse_st);
     }, multiply_adds / kMinMultiplyAddsPerWorker);
   }
 
@@ -157,15 +214,18 @@ class AttentionKernel {
   void backward(const Tensor& grad_out, const Tensor& out, const Tensor& lse, Tensor& grad_q, Tensor& grad_k,
                 Tensor& grad_v, Tensor& grad_bias, Tensor& grad_rel_table_f64) const {
     BackwardArgs args;
-    const Tensor delta = row_dot(grad_out, out);  // [B, H, Sq] acc_t: rowsum(dO * O)
+    const Tensor delta = row_dot(grad_out, out, lse);  // like lse, acc_t: rowsum(dO * O)
     args.grad_out = grad_out.const_data_ptr<scalar_t>();
-    args.grad_out_st = strides_of<3>(grad_out);
+    args.grad_out_st = row_strides(grad_out, packed_);
     args.lse = lse.const_data_ptr<float>();
-    args.lse_st = strides_of<3>(lse);
+    args.lse_st = row_strides(lse, packed_);
     args.delta = delta.const_data_ptr<acc_t>();
+    args.delta_st = row_strides(delta, packed_);
     args.grad_q = grad_q.data_ptr<scalar_t>();
     args.grad_k = grad_k.data_ptr<scalar_t>();
     args.grad_v = grad_v.data_ptr<scalar_t>();
+    args.grad_q_st = row_strides(grad_q, packed_);
+    args.grad_k_st = row_strides(grad_k, packed_);
     if (grad_bias.numel() > 0) args.grad_bias = grad_bias.data_ptr();
 
     const int64_t group = H_ / Hkv_, num_key_tiles = at::divup(Sk_, kKeyTile);
@@ -190,14 +250,14 @@ class AttentionKernel {
       for (int64_t tile = 0; tile < num_key_tiles; ++tile)
         key_tile_grads(b, kvh, tile, ws, args, dq_acc.data(), rel_partial);
       for (int64_t g = 0; g < group; ++g)
-        for (int64_t i = 0; i < Sq_; ++i)
+        for (int64_t i = 0; i < q_len_[b]; ++i)
           store_row(dq_acc.data() + (g * Sq_ + i) * D_, scale_, grad_q_row(args, b, kvh * group + g, i));
     });
     if (!fused) {
       const int64_t num_query_tiles = at::divup(Sq_, kQueryTile);
       run_tasks(B_ * H_ * num_query_tiles, make_workspace, [&](int64_t task, BackwardWorkspace& ws) {
         const int64_t bh = task / num_query_tiles, tile = num_query_tiles - 1 - task % num_query_tiles;
-        query_tile_grads(bh / H_, bh % H_, tile * kQueryTile, ws, args);
+        if (tile * kQueryTile < q_len_[bh / H_]) query_tile_grads(bh / H_, bh % H_, tile * kQueryTile, ws, args);
       });
     }
     if (rel_table_) {
@@ -232,11 +292,13 @@ class AttentionKernel {
   // What the backward tasks read besides q, k, v, and the gradients they write.
   struct BackwardArgs {
     const scalar_t* grad_out;
-    std::array<int64_t, 3> grad_out_st;
+    RowStrides grad_out_st;
     const float* lse;
-    std::array<int64_t, 3> lse_st;
-    const acc_t* delta;  // [B, H, Sq]
-    scalar_t *grad_q, *grad_k, *grad_v;
+    RowStrides lse_st;
+    const acc_t* delta;  // laid out like lse
+    RowStrides delta_st;
+    scalar_t *grad_q, *grad_k, *grad_v;  // grad_v laid out like grad_k
+    RowStrides grad_q_st, grad_k_st;
     void* grad_bias = nullptr;  // [B, H, Sq, Sk] in the dtype of attn_bias
   };
   // One query tile, packed for the score GEMMs. The backward also fills dot, lse, delta and the row views.
@@ -252,18 +314,14 @@ class AttentionKernel {
     int64_t k_ld, v_ld;
   };
 
-  const scalar_t* q_row(int64_t b, int64_t h, int64_t i) const { return q_ + b * q_st_[0] + h * q_st_[1] + i * q_st_[2]; }
-  const scalar_t* k_row(int64_t b, int64_t kvh, int64_t j) const {
-    return k_ + b * k_st_[0] + kvh * k_st_[1] + j * k_st_[2];
-  }
-  const scalar_t* v_row(int64_t b, int64_t kvh, int64_t j) const {
-    return v_ + b * v_st_[0] + kvh * v_st_[1] + j * v_st_[2];
-  }
+  const scalar_t* q_row(int64_t b, int64_t h, int64_t i) const { return q_ + q_st_.at(q_start_[b], h, i); }
+  const scalar_t* k_row(int64_t b, int64_t kvh, int64_t j) const { return k_ + k_st_.at(k_start_[b], kvh, j); }
+  const scalar_t* v_row(int64_t b, int64_t kvh, int64_t j) const { return v_ + v_st_.at(k_start_[b], kvh, j); }
   const scalar_t* grad_out_row(const BackwardArgs& o, int64_t b, int64_t h, int64_t i) const {
-    return o.grad_out + b * o.grad_out_st[0] + h * o.grad_out_st[1] + i * o.grad_out_st[2];
+    return o.grad_out + o.grad_out_st.at(q_start_[b], h, i);
   }
   scalar_t* grad_q_row(const BackwardArgs& o, int64_t b, int64_t h, int64_t i) const {
-    return o.grad_q + ((b * H_ + h) * Sq_ + i) * D_;
+    return o.grad_q + o.grad_q_st.at(q_start_[b], h, i);
   }
   int64_t kv_head(int64_t h) const { return h / (H_ / Hkv_); }
   bool key_kept(int64_t b, int64_t j) const { return key_mask_[b * key_mask_st_[0] + j * key_mask_st_[1]]; }
@@ -272,8 +330,10 @@ class AttentionKernel {
   std::pair<int64_t, int64_t> key_span(int64_t b, int64_t tile) const {
     return {std::max(tile * kKeyTile, kept_begin_[b]), std::min({(tile + 1) * kKeyTile, kept_end_[b], Sk_})};
   }
-  // One past the last key that a query of [i0, i0 + m) keeps under causal masking (bottom-right aligned).
-  int64_t causal_key_end(int64_t i0, int64_t m) const { return causal_ ? i0 + m + Sk_ - Sq_ : Sk_; }
+  // One past the last key that a query of [i0, i0 + m) of sequence b keeps under causal masking (bottom-right aligned).
+  int64_t causal_key_end(int64_t b, int64_t i0, int64_t m) const {
+    return causal_ ? i0 + m + k_len_[b] - q_len_[b] : k_len_[b];
+  }
 
   // ---- row conversions -----------------------------------------------------------------------------------------
 
@@ -323,7 +383,7 @@ class AttentionKernel {
   template <typename Body>
   void for_each_key_tile(int64_t b, int64_t kvh, int64_t i0, int64_t m, acc_t* k_scratch, acc_t* v_scratch,
                          const Body& body) const {
-    const int64_t key_end = causal_key_end(i0, m);
+    const int64_t key_end = causal_key_end(b, i0, m);
     for (int64_t tile = 0; tile < at::divup(Sk_, kKeyTile); ++tile) {
       auto [j0, j1] = key_span(b, tile);
       j1 = std::min(j1, key_end);
@@ -332,8 +392,8 @@ class AttentionKernel {
   }
 
   KeyTile load_key_tile(int64_t b, int64_t kvh, int64_t j0, int64_t n, acc_t* k_scratch, acc_t* v_scratch) const {
-    const auto [k_rows, k_ld] = rows_as_acc(k_row(b, kvh, j0), k_st_[2], n, k_scratch);
-    const auto [v_rows, v_ld] = rows_as_acc(v_row(b, kvh, j0), v_st_[2], n, v_scratch);
+    const auto [k_rows, k_ld] = rows_as_acc(k_row(b, kvh, j0), k_st_.pos, n, k_scratch);
+    const auto [v_rows, v_ld] = rows_as_acc(v_row(b, kvh, j0), v_st_.pos, n, v_scratch);
     return {j0, n, k_rows, v_rows, k_ld, v_ld};
   }
 
@@ -386,9 +446,9 @@ class AttentionKernel {
     const int64_t dist = bidirectional_ ? std::abs(rel) : std::max<int64_t>(-rel, 0);
     return rel_lut_[std::min(dist, lut_len_ - 1) * lut_st_] + (bidirectional_ && rel > 0 ? num_buckets_ / 2 : 0);
   }
-  // rel = j - (i + Sk - Sq) of the block entry at offset e = i - j (local indices), stored at diag index e + n - 1.
+  // rel = j - (i + Sk_b - Sq_b) of the block entry at offset e = i - j (local indices), stored at diag index e + n - 1.
   int64_t diagonal_rel(const QueryTile& qt_tile, const KeyTile& kt, int64_t diag_index) const {
-    return kt.j0 - qt_tile.i0 - (Sk_ - Sq_) - (diag_index - (kt.n - 1));
+    return kt.j0 - qt_tile.i0 - (k_len_[qt_tile.b] - q_len_[qt_tile.b]) - (diag_index - (kt.n - 1));
   }
   // The T5 bias is constant along each diagonal i - j of a block: diag[e + n - 1] = rel_table[bucket, h] for
   // e in [-(n - 1), ld - 1].
@@ -403,24 +463,28 @@ class AttentionKernel {
       acc_t* row = st + j * qt_tile.ld;
       if (key_mask_ && !key_kept(qt_tile.b, kt.j0 + j)) {
         std::fill(row, row + qt_tile.ld, kNegInf);
-      } else if (causal_) {  // query i keeps key j iff i >= j - (Sk - Sq)
-        const int64_t masked = std::clamp<int64_t>(kt.j0 + j - (Sk_ - Sq_) - qt_tile.i0, 0, qt_tile.m);
+      } else if (causal_) {  // query i keeps key j iff i >= j - (Sk_b - Sq_b)
+        const int64_t shift = k_len_[qt_tile.b] - q_len_[qt_tile.b];
+        const int64_t masked = std::clamp<int64_t>(kt.j0 + j - shift - qt_tile.i0, 0, qt_tile.m);
         std::fill(row, row + masked, kNegInf);
       }
     }
   }
 
   // Calls f(j * ld + i, keep) for every element of the block, lanes i >= m included (their probabilities are 0):
-  // keep iff philox_uniform(seed, ((b * H + h) * Sq + i0 + i) * Sk + j0 + j) >= dropout_p.
+  // keep iff philox_uniform(seed, ((b * H + h) * Sq + i0 + i) * Sk + j0 + j) >= dropout_p. Packed: Sq, Sk are
+  // max_seqlen_q/k and i, j are shifted to the sequence's left-padded slots (+ max_seqlen - its length).
   template <typename F>
   void for_each_dropout(const QueryTile& qt_tile, const KeyTile& kt, const F& f) const {
     constexpr int64_t kLanes = 8;
     float uniform[kLanes];
-    const int64_t ld = qt_tile.ld;
+    const int64_t ld = qt_tile.ld, b = qt_tile.b;
+    const int64_t i_shift = dropout_sq_ - q_len_[b], j_shift = dropout_sk_ - k_len_[b];
     for (int64_t j = 0; j < kt.n; ++j)
       for (int64_t i = 0; i < ld; i += kLanes) {
-        const int64_t first = ((qt_tile.b * H_ + qt_tile.h) * Sq_ + qt_tile.i0 + i) * Sk_ + kt.j0 + j;
-        philox_uniform8(seed_, uint64_t(first), uint64_t(Sk_), uniform);
+        const int64_t first =
+            ((b * H_ + qt_tile.h) * dropout_sq_ + qt_tile.i0 + i + i_shift) * dropout_sk_ + kt.j0 + j + j_shift;
+        philox_uniform8(seed_, uint64_t(first), uint64_t(dropout_sk_), uniform);
         for (int64_t l = 0; l < std::min(kLanes, ld - i); ++l) f(j * ld + i + l, uniform[l] >= dropout_p_);
       }
   }
@@ -450,10 +514,11 @@ class AttentionKernel {
     }
   }
 
-  void forward_query_tile(int64_t b, int64_t h, int64_t i0, ForwardWorkspace& ws, scalar_t* out, float* lse) const {
-    const int64_t m = std::min(kQueryTile, Sq_ - i0), ld = round_up(m, kV);
+  void forward_query_tile(int64_t b, int64_t h, int64_t i0, ForwardWorkspace& ws, scalar_t* out,
+                          const RowStrides& out_st, float* lse, const RowStrides& lse_st) const {
+    const int64_t m = std::min(kQueryTile, q_len_[b] - i0), ld = round_up(m, kV);
     const QueryTile qt_tile{b, h, i0, m, ld, nullptr, nullptr, 0, 0};
-    pack_transposed(q_row(b, h, i0), q_st_[2], m, ld, scale_, ws.qt.data());
+    pack_transposed(q_row(b, h, i0), q_st_.pos, m, ld, scale_, ws.qt.data());
     std::fill(ws.row_max.begin(), ws.row_max.end(), -std::numeric_limits<acc_t>::infinity());
     std::fill(ws.row_sum.begin(), ws.row_sum.end(), acc_t(0));
     std::fill(ws.out.begin(), ws.out.end(), acc_t(0));
@@ -477,27 +542,29 @@ class AttentionKernel {
       tile_gemm<acc_t>(m, D_, kt.n, ws.st.data(), {1, ld}, kt.v_rows, kt.v_ld, ws.out.data(), D_, true);
     });
     for (int64_t i = 0; i < m; ++i) {
-      const int64_t row = (b * H_ + h) * Sq_ + i0 + i;
       const bool empty = ws.row_max[i] == -std::numeric_limits<acc_t>::infinity();
-      store_row(ws.out.data() + i * D_, empty ? acc_t(0) : keep_scale_ / ws.row_sum[i], out + row * D_);
-      lse[row] = empty ? std::numeric_limits<float>::infinity()
+      store_row(ws.out.data() + i * D_, empty ? acc_t(0) : keep_scale_ / ws.row_sum[i],
+                out + out_st.at(q_start_[b], h, i0 + i));
+      lse[lse_st.at(q_start_[b], h, i0 + i)] = empty ? std::numeric_limits<float>::infinity()
                        : float(ws.row_max[i] + std::log(ws.row_sum[i]));
     }
   }
 
   // ---- backward -----------------------------------------------------------------------------------------------
 
-  // delta[b, h, i] = sum_d grad_out[b, h, i, d] * out[b, h, i, d] in acc_t, as a [B, H, Sq] tensor.
-  Tensor row_dot(const Tensor& grad_out, const Tensor& out) const {
-    Tensor delta = at::empty({B_, H_, Sq_}, grad_out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  // delta[b, h, i] = sum_d grad_out[b, h, i, d] * out[b, h, i, d] in acc_t, as a contiguous tensor shaped like lse.
+  Tensor row_dot(const Tensor& grad_out, const Tensor& out, const Tensor& lse) const {
+    Tensor delta = at::empty(lse.sizes(), grad_out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     acc_t* delta_ptr = delta.data_ptr<acc_t>();
     const scalar_t *go = grad_out.const_data_ptr<scalar_t>(), *o = out.const_data_ptr<scalar_t>();
-    const auto go_st = strides_of<3>(grad_out), o_st = strides_of<3>(out);
+    const RowStrides go_st = row_strides(grad_out, packed_), o_st = row_strides(out, packed_),
+                     delta_st = row_strides(delta, packed_);
     at::parallel_for(0, B_ * H_ * Sq_, rows_per_task(D_), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / (H_ * Sq_), h = row / Sq_ % H_, i = row % Sq_;
-        const scalar_t* go_row = go + b * go_st[0] + h * go_st[1] + i * go_st[2];
-        const scalar_t* o_row = o + b * o_st[0] + h * o_st[1] + i * o_st[2];
+        if (i >= q_len_[b]) continue;  // past a shorter packed sequence
+        const scalar_t* go_row = go + go_st.at(q_start_[b], h, i);
+        const scalar_t* o_row = o + o_st.at(q_start_[b], h, i);
         Vec sum(acc_t(0));
         for (int64_t c = 0; c < D_; c += IO::kChunk) {
           const int64_t n = std::min(IO::kChunk, D_ - c);
@@ -506,7 +573,7 @@ class AttentionKernel {
           IO::load(o_row + c, olo, ohi, n);
           sum = at::vec::fmadd(glo, olo, at::vec::fmadd(ghi, ohi, sum));
         }
-        delta_ptr[row] = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, sum);
+        delta_ptr[delta_st.at(q_start_[b], h, i)] = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, sum);
       }
     });
     return delta;
@@ -516,19 +583,18 @@ class AttentionKernel {
   // lanes get lse = +inf, so their probabilities are 0), and, with rows, Q and dO rows as acc_t.
   QueryTile load_query_tile(const BackwardArgs& o, int64_t b, int64_t h, int64_t i0, bool rows,
                             BackwardWorkspace& ws) const {
-    const int64_t m = std::min(kQueryTile, Sq_ - i0), ld = round_up(m, kV);
+    const int64_t m = std::min(kQueryTile, q_len_[b] - i0), ld = round_up(m, kV);
     QueryTile t{b, h, i0, m, ld, nullptr, nullptr, 0, 0};
-    pack_transposed(q_row(b, h, i0), q_st_[2], m, ld, scale_, ws.qt.data());
-    pack_transposed(grad_out_row(o, b, h, i0), o.grad_out_st[2], m, ld, acc_t(1), ws.dot.data());
+    pack_transposed(q_row(b, h, i0), q_st_.pos, m, ld, scale_, ws.qt.data());
+    pack_transposed(grad_out_row(o, b, h, i0), o.grad_out_st.pos, m, ld, acc_t(1), ws.dot.data());
     for (int64_t i = 0; i < ld; ++i) {
       const bool real = i < m;
-      ws.lse[i] = real ? acc_t(o.lse[b * o.lse_st[0] + h * o.lse_st[1] + (i0 + i) * o.lse_st[2]])
-                       : std::numeric_limits<acc_t>::infinity();
-      ws.delta[i] = real ? o.delta[(b * H_ + h) * Sq_ + i0 + i] : acc_t(0);
+      ws.lse[i] = real ? acc_t(o.lse[o.lse_st.at(q_start_[b], h, i0 + i)]) : std::numeric_limits<acc_t>::infinity();
+      ws.delta[i] = real ? o.delta[o.delta_st.at(q_start_[b], h, i0 + i)] : acc_t(0);
     }
     if (rows) {
-      std::tie(t.q_rows, t.q_ld) = rows_as_acc(q_row(b, h, i0), q_st_[2], m, ws.q_rows.data());
-      std::tie(t.do_rows, t.do_ld) = rows_as_acc(grad_out_row(o, b, h, i0), o.grad_out_st[2], m, ws.do_rows.data());
+      std::tie(t.q_rows, t.q_ld) = rows_as_acc(q_row(b, h, i0), q_st_.pos, m, ws.q_rows.data());
+      std::tie(t.do_rows, t.do_ld) = rows_as_acc(grad_out_row(o, b, h, i0), o.grad_out_st.pos, m, ws.do_rows.data());
     }
     return t;
   }
@@ -575,9 +641,9 @@ class AttentionKernel {
     std::fill(ws.dv.begin(), ws.dv.end(), acc_t(0));
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = kvh * group + g;
-      for (int64_t i0 = 0; i0 < Sq_; i0 += kQueryTile) {
-        const int64_t m = std::min(kQueryTile, Sq_ - i0);
-        const int64_t j1 = std::min(span_end, causal_key_end(i0, m));
+      for (int64_t i0 = 0; i0 < q_len_[b]; i0 += kQueryTile) {
+        const int64_t m = std::min(kQueryTile, q_len_[b] - i0);
+        const int64_t j1 = std::min(span_end, causal_key_end(b, i0, m));
         if (j1 <= span_begin) continue;
         const QueryTile qt_tile = load_query_tile(o, b, h, i0, /*rows=*/true, ws);
         const KeyTile kt = key_subtile(span, span_begin, j1 - span_begin);
@@ -598,9 +664,9 @@ class AttentionKernel {
       }
     }
     for (int64_t j = 0; j < span.n; ++j) {
-      const int64_t row = (b * Hkv_ + kvh) * Sk_ + span.j0 + j;
-      store_row(ws.dk.data() + j * D_, scale_, o.grad_k + row * D_);
-      store_row(ws.dv.data() + j * D_, acc_t(1), o.grad_v + row * D_);
+      const int64_t row = o.grad_k_st.at(k_start_[b], kvh, span.j0 + j);
+      store_row(ws.dk.data() + j * D_, scale_, o.grad_k + row);
+      store_row(ws.dv.data() + j * D_, acc_t(1), o.grad_v + row);
     }
   }
 
@@ -638,9 +704,14 @@ class AttentionKernel {
     for (int64_t d = 0; d < num_diagonals; ++d) partial[bucket(diagonal_rel(qt_tile, kt, d))] += diag[d];
   }
 
-  int64_t B_, H_, Hkv_, Sq_, Sk_, D_;
+  bool packed_;
+  int64_t B_, H_, Hkv_, D_;
+  int64_t Sq_ = 0, Sk_ = 0;  // the longest sequence lengths (padded: the dims)
+  // Sequence b: queries i < q_len_[b] at (q_start_[b], h, i), keys j < k_len_[b] at (k_start_[b], kvh, j).
+  std::vector<int64_t> q_start_, k_start_, q_len_, k_len_;
+  int64_t dropout_sq_ = 0, dropout_sk_ = 0;  // Sq and Sk of the dropout element numbering
   const scalar_t *q_, *k_, *v_;
-  std::array<int64_t, 3> q_st_, k_st_, v_st_;  // batch, head, position; the head dim is contiguous
+  RowStrides q_st_, k_st_, v_st_;  // the head dim is contiguous
   const void* bias_ = nullptr;                 // attn_bias expanded to [B, H, Sq, Sk], q's dtype or float32
   bool bias_is_float_ = false;
   std::array<int64_t, 4> bias_st_{};
@@ -658,51 +729,25 @@ class AttentionKernel {
   int64_t seed_;
 };
 
-void check_qkv(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, name, " must be 4-D [B, heads, S, D], got shape ", t.sizes());
+// layout: "[B, heads, S, D]" (padded) or "[T, heads, D]" (packed); its rank is its comma count + 1.
+void check_qkv(const Tensor& t, const char* name, const char* layout = "[B, heads, S, D]") {
+  const int64_t rank = std::count(layout, layout + std::char_traits<char>::length(layout), ',') + 1;
+  TORCH_CHECK(t.dim() == rank, name, " must be ", rank, "-D ", layout, ", got shape ", t.sizes());
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
-  TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, name, " must have a contiguous last dimension, got strides ",
+  TORCH_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, name, " must have a contiguous last dimension, got strides ",
               t.strides());
 }
 
-void check_like_q(const Tensor& t, const char* name, const Tensor& q) {
-  check_qkv(t, name);
-  TORCH_CHECK(t.sizes() == q.sizes(), name, " must have the shape of q ", q.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " must have the dtype of q (", q.scalar_type(), "), got ",
-              t.scalar_type());
-}
-
-void check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
-  check_qkv(q, "q");
-  check_qkv(k, "k");
-  check_qkv(v, "v");
+void check_qkv_dtypes(const Tensor& q, const Tensor& k, const Tensor& v) {
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
               "q must be float32, float64, bfloat16 or float16, got ", dtype);
   TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype, "k and v must have the dtype of q (", dtype,
               "), got ", k.scalar_type(), " and ", v.scalar_type());
-  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Hkv = k.size(1), Sk = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == D, "k must have shape [B=", B, ", Hkv, Sk, D=", D, "], got ", k.sizes());
-  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", k.sizes(), ", got ", v.sizes());
-  TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, "the number of query heads (", H,
-              ") must be a multiple of the number of kv heads (", Hkv, ")");
-  if (opt.attn_bias) {
-    const Tensor& bias = *opt.attn_bias;
-    TORCH_CHECK(bias.device().is_cpu(), "attn_bias must be a CPU tensor, got device ", bias.device());
-    TORCH_CHECK(bias.dim() == 4 && bias.sizes() == at::IntArrayRef({B, H, Sq, Sk}),
-                "attn_bias must be expanded to [B, H, Sq, Sk] = [", B, ", ", H, ", ", Sq, ", ", Sk, "], got ",
-                bias.sizes());
-    TORCH_CHECK(bias.scalar_type() == dtype || bias.scalar_type() == at::kFloat,
-                "attn_bias must have the dtype of q (", dtype, ") or float32, got ", bias.scalar_type());
-  }
-  if (opt.key_padding_mask) {
-    const Tensor& mask = *opt.key_padding_mask;
-    TORCH_CHECK(mask.device().is_cpu(), "key_padding_mask must be a CPU tensor, got device ", mask.device());
-    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == B && mask.size(1) == Sk, "key_padding_mask must have shape [B, Sk] = [",
-                B, ", ", Sk, "], got ", mask.sizes());
-    TORCH_CHECK(mask.scalar_type() == at::kBool, "key_padding_mask must be bool (True = attend), got ",
-                mask.scalar_type());
-  }
+}
+
+// rel_table / rel_lut (T5 bias) against H query heads, and dropout_p.
+void check_rel_and_dropout(const AttentionOptions& opt, int64_t H) {
   TORCH_CHECK(opt.rel_table.has_value() == opt.rel_lut.has_value(),
               "rel_table and rel_lut must be given together (T5 relative bias)");
   if (opt.rel_table) {
@@ -726,6 +771,44 @@ void check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v, con
   TORCH_CHECK(opt.dropout_p >= 0 && opt.dropout_p <= 1, "dropout_p must be in [0, 1], got ", opt.dropout_p);
 }
 
+void check_like_q(const Tensor& t, const char* name, const Tensor& q, const char* layout = "[B, heads, S, D]") {
+  check_qkv(t, name, layout);
+  TORCH_CHECK(t.sizes() == q.sizes(), name, " must have the shape of q ", q.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " must have the dtype of q (", q.scalar_type(), "), got ",
+              t.scalar_type());
+}
+
+void check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
+  check_qkv(q, "q");
+  check_qkv(k, "k");
+  check_qkv(v, "v");
+  check_qkv_dtypes(q, k, v);
+  const auto dtype = q.scalar_type();
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Hkv = k.size(1), Sk = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(3) == D, "k must have shape [B=", B, ", Hkv, Sk, D=", D, "], got ", k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, "the number of query heads (", H,
+              ") must be a multiple of the number of kv heads (", Hkv, ")");
+  if (opt.attn_bias) {
+    const Tensor& bias = *opt.attn_bias;
+    TORCH_CHECK(bias.device().is_cpu(), "attn_bias must be a CPU tensor, got device ", bias.device());
+    TORCH_CHECK(bias.dim() == 4 && bias.sizes() == at::IntArrayRef({B, H, Sq, Sk}),
+                "attn_bias must be expanded to [B, H, Sq, Sk] = [", B, ", ", H, ", ", Sq, ", ", Sk, "], got ",
+                bias.sizes());
+    TORCH_CHECK(bias.scalar_type() == dtype || bias.scalar_type() == at::kFloat,
+                "attn_bias must have the dtype of q (", dtype, ") or float32, got ", bias.scalar_type());
+  }
+  if (opt.key_padding_mask) {
+    const Tensor& mask = *opt.key_padding_mask;
+    TORCH_CHECK(mask.device().is_cpu(), "key_padding_mask must be a CPU tensor, got device ", mask.device());
+    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == B && mask.size(1) == Sk, "key_padding_mask must have shape [B, Sk] = [",
+                B, ", ", Sk, "], got ", mask.sizes());
+    TORCH_CHECK(mask.scalar_type() == at::kBool, "key_padding_mask must be bool (True = attend), got ",
+                mask.scalar_type());
+  }
+  check_rel_and_dropout(opt, H);
+}
+
 // rel_table as a contiguous tensor of the accumulation type (it holds num_buckets x H values).
 Tensor rel_table_as_acc(const std::optional<Tensor>& rel_table, at::ScalarType acc_dtype) {
   return rel_table ? rel_table->to(acc_dtype).contiguous() : Tensor();
@@ -733,6 +816,30 @@ Tensor rel_table_as_acc(const std::optional<Tensor>& rel_table, at::ScalarType a
 
 #define FASTFORMER_ATTENTION_DISPATCH(dtype, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "fastformer_attention", __VA_ARGS__)
+
+// (grad_q, grad_k, grad_v, grad_rel_table) of a checked call, padded or packed; grad_bias (written when it has
+// elements) must come zero-filled.
+std::tuple<Tensor, Tensor, Tensor, Tensor> backward_grads(const Tensor& grad_out, const Tensor& q, const Tensor& k,
+                                                          const Tensor& v, const Tensor& out, const Tensor& lse,
+                                                          const AttentionOptions& opt, Tensor& grad_bias,
+                                                          const Packing* packing) {
+  Tensor grad_q = at::empty(q.sizes(), q.options());  // every row written
+  Tensor grad_k = at::zeros(k.sizes(), k.options());  // masked keys stay 0
+  Tensor grad_v = at::zeros(v.sizes(), v.options());
+  Tensor grad_table_f64 = opt.rel_table ? at::zeros(opt.rel_table->sizes(), q.options().dtype(at::kDouble))
+                                        : at::empty({0}, q.options());  // [num_buckets, H]
+  if (lse.numel() > 0) {
+    const Tensor table = rel_table_as_acc(opt.rel_table, at::toOpMathType(q.scalar_type()));
+    FASTFORMER_ATTENTION_DISPATCH(q.scalar_type(), [&] {
+      AttentionKernel<scalar_t>(q, k, v, opt, table, packing)
+          .backward(grad_out, out, lse, grad_q, grad_k, grad_v, grad_bias, grad_table_f64);
+    });
+  } else {
+    grad_q.zero_();
+  }
+  Tensor grad_rel_table = opt.rel_table ? grad_table_f64.to(opt.rel_table->scalar_type()) : grad_table_f64;
+  return {grad_q, grad_k, grad_v, grad_rel_table};
+}
 
 std::tuple<Tensor, Tensor> attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
                                          const std::optional<Tensor>& attn_bias,
@@ -768,25 +875,91 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
   TORCH_CHECK(lse.scalar_type() == at::kFloat, "lse must be float32, got ", lse.scalar_type());
   TORCH_CHECK(!bias_needs_grad || attn_bias, "bias_needs_grad requires attn_bias");
 
-  const auto acc_dtype = at::toOpMathType(q.scalar_type());
-  Tensor grad_q = at::empty(q.sizes(), q.options());  // [B, H, Sq, D], every row written
-  Tensor grad_k = at::zeros(k.sizes(), k.options());  // [B, Hkv, Sk, D], masked keys stay 0
-  Tensor grad_v = at::zeros(v.sizes(), v.options());
   Tensor grad_bias = bias_needs_grad ? at::zeros({B, H, Sq, k.size(2)}, q.options().dtype(attn_bias->scalar_type()))
                                      : at::empty({0}, q.options());  // [B, H, Sq, Sk]
-  Tensor grad_table_f64 = rel_table ? at::zeros(rel_table->sizes(), q.options().dtype(at::kDouble))
-                                    : at::empty({0}, q.options());  // [num_buckets, H]
-  if (lse.numel() > 0) {
-    const Tensor table = rel_table_as_acc(rel_table, acc_dtype);
-    FASTFORMER_ATTENTION_DISPATCH(q.scalar_type(), [&] {
-      AttentionKernel<scalar_t>(q, k, v, opt, table)
-          .backward(grad_out, out, lse, grad_q, grad_k, grad_v, grad_bias, grad_table_f64);
-    });
-  } else {
-    grad_q.zero_();
-  }
-  Tensor grad_rel_table = rel_table ? grad_table_f64.to(rel_table->scalar_type()) : grad_table_f64;
+  auto [grad_q, grad_k, grad_v, grad_rel_table] = backward_grads(grad_out, q, k, v, out, lse, opt, grad_bias, nullptr);
   return {grad_q, grad_k, grad_v, grad_bias, grad_rel_table};
+}
+
+// ---- packed (varlen) ----------------------------------------------------------------------------------------
+
+constexpr const char* kPackedQ = "[Tq, H, D]";
+constexpr const char* kPackedKV = "[Tk, Hkv, D]";
+
+// cu_seqlens: int32 CPU [B + 1] from 0, non-decreasing, ending at `total` rows, no sequence longer than max_seqlen
+// (the dropout numbering and the tile loops rely on these).
+void check_cu_seqlens(const Tensor& cu, const char* name, int64_t total, const char* rows_of, int64_t max_seqlen,
+                      const char* max_name) {
+  TORCH_CHECK(cu.device().is_cpu(), name, " must be a CPU tensor, got device ", cu.device());
+  TORCH_CHECK(cu.scalar_type() == at::kInt, name, " must be int32, got ", cu.scalar_type());
+  TORCH_CHECK(cu.dim() == 1 && cu.size(0) >= 1, name, " must be 1-D [B + 1], got shape ", cu.sizes());
+  const Tensor c = cu.contiguous();
+  const int32_t* p = c.const_data_ptr<int32_t>();
+  TORCH_CHECK(p[0] == 0, name, "[0] must be 0, got ", p[0]);
+  for (int64_t b = 0; b + 1 < c.size(0); ++b) {
+    TORCH_CHECK(p[b + 1] >= p[b], name, " must be non-decreasing, got ", name, "[", b, "] = ", p[b], " > ", name, "[",
+                b + 1, "] = ", p[b + 1]);
+    TORCH_CHECK(p[b + 1] - p[b] <= max_seqlen, name, " has a sequence of ", p[b + 1] - p[b], " rows, longer than ",
+                max_name, " = ", max_seqlen);
+  }
+  TORCH_CHECK(p[c.size(0) - 1] == total, name, "[-1] = ", p[c.size(0) - 1], " must equal the rows of ", rows_of, " (",
+              total, ")");
+}
+
+void check_varlen_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens_q,
+                       const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+                       const AttentionOptions& opt) {
+  check_qkv(q, "q", kPackedQ);
+  check_qkv(k, "k", kPackedKV);
+  check_qkv(v, "v", kPackedKV);
+  check_qkv_dtypes(q, k, v);
+  const int64_t H = q.size(1), D = q.size(2), Hkv = k.size(1);
+  TORCH_CHECK(k.size(2) == D, "k must have shape [Tk, Hkv, D=", D, "], got ", k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, "the number of query heads (", H,
+              ") must be a multiple of the number of kv heads (", Hkv, ")");
+  TORCH_CHECK(cu_seqlens_q.sizes() == cu_seqlens_k.sizes(), "cu_seqlens_q and cu_seqlens_k must have the same shape, got ",
+              cu_seqlens_q.sizes(), " and ", cu_seqlens_k.sizes());
+  check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.size(0), "q", max_seqlen_q, "max_seqlen_q");
+  check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.size(0), "k", max_seqlen_k, "max_seqlen_k");
+  check_rel_and_dropout(opt, H);
+}
+
+std::tuple<Tensor, Tensor> varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
+                                                int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                                const std::optional<Tensor>& rel_table,
+                                                const std::optional<Tensor>& rel_lut, bool rel_bidirectional,
+                                                bool causal, double scale, double dropout_p, int64_t seed) {
+  const std::optional<Tensor> none;
+  const AttentionOptions opt{none, none, rel_table, rel_lut, rel_bidirectional, causal, scale, dropout_p, seed};
+  check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opt);
+  Tensor out = at::empty(q.sizes(), q.options());                              // [Tq, H, D]
+  Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));  // [Tq, H]
+  if (lse.numel() == 0) return {out, lse};
+  const Packing packing{cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k};
+  const Tensor table = rel_table_as_acc(rel_table, at::toOpMathType(q.scalar_type()));
+  FASTFORMER_ATTENTION_DISPATCH(q.scalar_type(),
+                                [&] { AttentionKernel<scalar_t>(q, k, v, opt, table, &packing).forward(out, lse); });
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_attention_bwd(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+    const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+    const std::optional<Tensor>& rel_table, const std::optional<Tensor>& rel_lut, bool rel_bidirectional, bool causal,
+    double scale, double dropout_p, int64_t seed) {
+  const std::optional<Tensor> none;
+  const AttentionOptions opt{none, none, rel_table, rel_lut, rel_bidirectional, causal, scale, dropout_p, seed};
+  check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opt);
+  check_like_q(grad_out, "grad_out", q, kPackedQ);
+  check_like_q(out, "out", q, kPackedQ);
+  TORCH_CHECK(lse.device().is_cpu() && lse.dim() == 2 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1),
+              "lse must be a CPU tensor of shape [Tq, H] = [", q.size(0), ", ", q.size(1), "], got ", lse.sizes());
+  TORCH_CHECK(lse.scalar_type() == at::kFloat, "lse must be float32, got ", lse.scalar_type());
+  Tensor no_bias_grad = at::empty({0}, q.options());
+  const Packing packing{cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k};
+  return backward_grads(grad_out, q, k, v, out, lse, opt, no_bias_grad, &packing);
 }
 
 }  // namespace
@@ -794,6 +967,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
 TORCH_LIBRARY_IMPL(fastformer, CPU, m) {
   m.impl("attention_fwd", &attention_fwd);
   m.impl("attention_bwd", &attention_bwd);
+  m.impl("varlen_attention_fwd", &varlen_attention_fwd);
+  m.impl("varlen_attention_bwd", &varlen_attention_bwd);
 }
 
 }  // namespace fastformer::cpu

@@ -16,6 +16,8 @@ element (b, h, i + max_seqlen_q - Sq_b, j + max_seqlen_k - Sk_b) of ff.ops.atten
 import torch
 from torch import Tensor
 
+from fastformer.ops import _dispatch, _varlen_attention
+from fastformer.ops._attention import _last_dim_contiguous
 from fastformer.ops.attention import (T5RelativeBias, _check_options, _choose_backend, attention, attention_ref,
                                       check_qkv_tensors, draw_dropout_seed, dropout_keep_mask)
 
@@ -172,8 +174,9 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     causal: query i of a sequence sees key j iff j <= i + Sk_b - Sq_b (bottom-right aligned, as in
     ff.ops.attention). scale: default 1/sqrt(D). dropout_p: see the module docstring; like
     ff.ops.attention it draws its seed eagerly, so dropout > 0 graph-breaks torch.compile(fullgraph=True).
-    backend: as ff.ops.attention's. On GPUs (triton, cuda) it runs ff.ops.attention on the left-padded
-    batch and unpacks (GPU speed of the packed layout is not a goal yet).
+    backend: as ff.ops.attention's. On CPU tensors the C++ kernel runs the packed rows directly (no padding
+    is computed; any strides with the last dim contiguous). On GPUs (triton, cuda) it runs ff.ops.attention
+    on the left-padded batch and unpacks (GPU speed of the packed layout is not a goal yet).
     """
     _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, attn_bias)
     scale = _check_options(causal, scale, dropout_p, q.shape[2])
@@ -181,5 +184,15 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     if chosen == "reference":  # each path draws one dropout seed from torch's default generator
         return varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, attn_bias,
                                     causal, scale, dropout_p)
-    return _padded_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, attn_bias, causal,
-                             scale, dropout_p, chosen)
+    if chosen != "cpu":
+        return _padded_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, attn_bias, causal,
+                                 scale, dropout_p, chosen)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    rel_table, rel_lut, bidirectional = (None, None, False)
+    if attn_bias is not None:
+        rel_table, rel_lut, bidirectional = attn_bias.table, attn_bias.lut(), attn_bias.bidirectional
+    seed = draw_dropout_seed() if dropout_p > 0.0 else 0
+    out, _lse = _dispatch.call(_varlen_attention.FWD_OP, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                               max_seqlen_k, rel_table, rel_lut, bidirectional, causal, scale, float(dropout_p), seed,
+                               grad_inputs=(q, k, v, rel_table))
+    return out  # [Tq, H, D]

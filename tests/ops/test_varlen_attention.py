@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from fastformer.ops import T5RelativeBias, attention_ref, varlen_attention, varlen_attention_ref
+from fastformer.ops import T5RelativeBias, _varlen_attention, attention_ref, varlen_attention, varlen_attention_ref
 from tests.compiled import assert_compiled_matches_eager
 from tests.tolerance import assert_as_accurate
 
@@ -208,6 +208,39 @@ def test_dropout_is_the_padded_batch_mask(backend, varlen_device):
     ref = varlen_attention_ref(**inputs, dropout_p=0.4)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     assert not torch.equal(ref, varlen_attention_ref(**inputs)), "dropout must change the output"
+
+
+# ---- layouts and registration --------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_strided_views_of_fused_qkv(backend, varlen_device):
+    """q, k, v as views of one [T, 3, H, D] projection (row stride 3 * H * D) run without a copy."""
+    inputs = Case("mixed", (5, 13, 1, 9), heads=2, head_dim=8).inputs(torch.float64, varlen_device)
+    qkv = torch.randn(28, 3, 2, 8, dtype=torch.float64, device=varlen_device)
+    views = dict(inputs, q=qkv[:, 0], k=qkv[:, 1], v=qkv[:, 2])
+    contiguous = dict(views, **{name: views[name].contiguous() for name in ("q", "k", "v")})
+    torch.testing.assert_close(varlen_attention(**views, backend=backend), varlen_attention_ref(**contiguous),
+                               rtol=1e-12, atol=1e-12)
+
+
+def _op_args(t5: bool, dropout_p: float):
+    inputs = Case("opcheck", (3, 0, 1, 4), (2, 3, 0, 5), heads=2, heads_kv=1, head_dim=8, causal=True,
+                  t5="encoder" if t5 else None).inputs(torch.float32, "cpu", requires_grad=True)
+    bias = inputs.get("attn_bias")
+    rel_table, rel_lut = (bias.table, bias.lut()) if t5 else (None, None)
+    return (inputs["q"], inputs["k"], inputs["v"], inputs["cu_seqlens_q"], inputs["cu_seqlens_k"], 4, 6, rel_table,
+            rel_lut, True, True, 0.3, dropout_p, 1234)
+
+
+@pytest.mark.parametrize("t5,dropout_p", [(False, 0.0), (True, 0.3)], ids=["plain", "t5_dropout"])
+def test_opcheck(t5, dropout_p):
+    args = _op_args(t5, dropout_p)
+    torch.library.opcheck(_varlen_attention.FWD_OP, args)
+    out, lse = _varlen_attention.FWD_OP(*args)
+    assert lse.shape == (args[0].shape[0], args[0].shape[1]) and lse.dtype == torch.float32
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    bwd_args = (torch.randn_like(out), *detached[:3], out.detach(), lse, *detached[3:])
+    torch.library.opcheck(_varlen_attention.BWD_OP, bwd_args, test_utils=("test_schema", "test_faketensor"))
 
 
 # ---- torch.compile ---------------------------------------------------------------------------------
