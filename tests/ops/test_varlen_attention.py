@@ -257,6 +257,23 @@ def test_compile_fullgraph(backend, varlen_device):
     assert_compiled_matches_eager(fn, inputs, _leaves(inputs))
 
 
+@pytest.mark.slow
+def test_compile_dynamic_traces_one_graph_for_every_batch():
+    """Offsets and max_seqlen are inputs (max_seqlen a SymInt), so new lengths need no recompile and no sync."""
+    def fn(q, cu, max_seqlen):
+        return varlen_attention(q, q, q, cu, cu, max_seqlen, max_seqlen, causal=True, backend="cpu")
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    for lengths in ((5, 17, 1), (9, 0, 30), (2, 2, 40)):
+        q = torch.randn(sum(lengths), 2, 8)
+        cu = cu_seqlens(lengths)
+        torch.testing.assert_close(compiled(q, cu, max(lengths)),
+                                   varlen_attention_ref(q, q, q, cu, cu, max(lengths), max(lengths), causal=True))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 # ---- bad input ----------------------------------------------------------------------------------------
 
 def _args(lengths=(3, 4), heads=2, heads_kv=2, head_dim=8, **overrides):
