@@ -1,11 +1,14 @@
 """Forwards that fuse a block's residual add into the LayerNorm after it (ff.nn.LayerNorm(x, residual=r) returns
 (LN(x + r), x + r) in one pass: one read of x and r instead of an add kernel plus a norm kernel).
 
-Each forward computes what the transformers forward of that block computes (5.17 and 5.23 have the same bodies),
+Each forward computes what the transformers forward of that block computes (5.17 to 5.25 have the same bodies),
 in the same order, for the blocks whose norm follows the add inside the block (post-norm BERT-style outputs,
-DistilBERT, BART/Marian layers; GPT-2's ln_2). They are bound to module instances by fastformer.hf.optimize,
-after the block's LayerNorms became ff.nn.LayerNorm; the classes in transformers are not modified. Pre-norm
-T5 and GPT-2's ln_1 take the residual from the previous block, outside any one module, so they are not fused.
+DistilBERT, BART/Marian layers; GPT-2's ln_2). fastformer.hf.optimize moves a block instance, after its LayerNorms
+became ff.nn.LayerNorm, to `fused_class(type(block))`: a subclass whose class-level forward is the fused one.
+A class, not a forward bound to the instance: transformers' GradientCheckpointingLayer wraps the class-level
+forward of every subclass in its checkpointing (gradient_checkpointing_enable() must keep recomputing the fused
+blocks), and module hooks see the same module. The classes in transformers are not modified. Pre-norm T5 and
+GPT-2's ln_1 take the residual from the previous block, outside any one module, so they are not fused.
 """
 import torch
 import torch.nn.functional as F
@@ -31,8 +34,8 @@ def distilbert_block_forward(self, hidden_states, attention_mask=None, **kwargs)
 def gpt2_block_forward(self, hidden_states, past_key_values=None, attention_mask=None, encoder_hidden_states=None,
                        encoder_attention_mask=None, use_cache=False, **kwargs):
     """GPT2Block: ln_2 takes the attention residual add; with cross-attention, the block's own forward."""
-    if encoder_hidden_states is not None:
-        return type(self).forward(self, hidden_states, past_key_values, attention_mask, encoder_hidden_states,
+    if encoder_hidden_states is not None:  # the transformers class's forward (not checkpointed twice: it is inner)
+        return self._fastformer_unfused_class.forward(self, hidden_states, past_key_values, attention_mask, encoder_hidden_states,
                                   encoder_attention_mask, use_cache, **kwargs)
     attn_output, _ = self.attn(self.ln_1(hidden_states), past_key_values=past_key_values,
                                attention_mask=attention_mask, use_cache=use_cache, **kwargs)
@@ -90,3 +93,22 @@ FUSED_FORWARDS = {
     "MarianDecoderLayer": (post_norm_decoder_layer_forward,
                            ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm")),
 }
+
+
+_FUSED_CLASSES = {}  # transformers block class -> its fused subclass
+
+
+def is_fused(module) -> bool:
+    return type(module) in _FUSED_CLASSES.values()
+
+
+def fused_class(cls: type) -> type:
+    """The subclass of the transformers block class `cls` whose forward is the fused one (made once per class). It
+    keeps the class name (transformers refers to blocks by name, e.g. _no_split_modules)."""
+    if cls not in _FUSED_CLASSES:
+        forward, _ = FUSED_FORWARDS[cls.__name__]
+        _FUSED_CLASSES[cls] = type(cls.__name__, (cls,), {
+            "forward": forward, "_fastformer_unfused_class": cls, "__module__": __name__,
+            "__qualname__": f"fused_class({cls.__qualname__})",
+            "__doc__": f"{cls.__name__} with the residual add fused into its LayerNorms ({forward.__name__})."})
+    return _FUSED_CLASSES[cls]

@@ -8,16 +8,15 @@ Per model instance, never per class:
   - T5: the relative position bias stays in the kernel (fastformer.hf.t5);
   - norms: nn.LayerNorm -> ff.nn.LayerNorm, T5LayerNorm -> ff.nn.RMSNorm (fastformer.hf.t5.T5RMSNorm), sharing
     the parameters (same keys);
-  - fused add & norm: the blocks in fastformer.hf.fused_blocks get a forward (bound to the instance) that
-    hands the residual add to the norm.
+  - fused add & norm: the blocks in fastformer.hf.fused_blocks move to a subclass of their class whose forward
+    hands the residual add to the norm (so gradient checkpointing still wraps it).
 """
 import sys
-import types
 from collections import Counter
 
 from torch import nn
 
-from fastformer.hf.fused_blocks import FUSED_FORWARDS
+from fastformer.hf.fused_blocks import FUSED_FORWARDS, fused_class, is_fused
 from fastformer.hf.t5 import T5RMSNorm, patch_t5_attention
 from fastformer.nn.norm import LayerNorm
 from fastformer.nn.swap import swap_modules
@@ -82,13 +81,12 @@ def _fuse_add_norms(model) -> int:
     fused = 0
     for module in model.modules():
         entry = FUSED_FORWARDS.get(type(module).__name__)
-        if entry is None:
+        if entry is None or is_fused(module):
             continue
-        forward, norm_names = entry
-        norms = [getattr(module, n, None) for n in norm_names]
+        norms = [getattr(module, n, None) for n in entry[1]]
         if not all(isinstance(n, LayerNorm) for n in norms if n is not None):
             continue
-        module.forward = types.MethodType(forward, module)
+        module.__class__ = fused_class(type(module))
         fused += sum(n is not None for n in norms)
     return fused
 
