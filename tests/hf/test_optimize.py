@@ -173,6 +173,15 @@ def _loss(model, family, cls):
     return model(**inputs, labels=labels).loss
 
 
+def assert_same_gradients(got_model, want_model):
+    want = {n: p.grad for n, p in want_model.named_parameters() if p.grad is not None}
+    got = {n: p.grad for n, p in got_model.named_parameters() if p.grad is not None}
+    assert got.keys() == want.keys()
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-4 * max(want[n].abs().max().item(), 1e-3),
+                                   msg=n)
+
+
 @pytest.mark.parametrize("name", TRAINED)
 def test_training_step_gives_the_same_gradients(name):
     cls = getattr(transformers, name)
@@ -181,12 +190,7 @@ def test_training_step_gives_the_same_gradients(name):
     optimized = ff.optimize(copy.deepcopy(model))
     for m in (model, optimized):
         _loss(m, family, cls).backward()
-    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    got = {n: p.grad for n, p in optimized.named_parameters() if p.grad is not None}
-    assert got.keys() == want.keys()
-    for n in want:
-        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-4 * max(want[n].abs().max().item(), 1e-3),
-                                   msg=n)
+    assert_same_gradients(optimized, model)
     torch.optim.SGD(optimized.parameters(), lr=0.1).step()
     assert torch.isfinite(_loss(optimized, family, cls)).item()
 
