@@ -35,16 +35,21 @@ class SelfAttention(nn.Module):
         self.qkv = ffnn.Linear(config.hidden_size, 3 * config.num_heads * config.head_dim, bias=config.bias)
         self.out = ffnn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=config.bias)
 
-    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0):
+    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0, packed=None):
         """cache (a fastformer.generation.KVCache): the new k, v are written into it as layer `layer`'s
-        and attention runs over every cached key; key_padding_mask then covers them all."""
+        and attention runs over every cached key; key_padding_mask then covers them all.
+        packed (a fastformer.models.packing.PackedBatch): x is the batch's real tokens [T, hidden]."""
+        dropout_p = self.dropout if self.training else 0.0
+        if packed is not None:
+            qkv = self.qkv(x).view(x.shape[0], 3, self.num_heads, self.head_dim)  # [T, 3, H, D]
+            return self.out(packed.attention(qkv, attn_bias, causal, self.scale, dropout_p))
         batch, seq, _ = x.shape
         qkv = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim)  # [B, S, 3, H, D]
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, S, D] strided views
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, cached + S, D]
         attn = ops.attention(q, k, v, attn_bias=attn_bias, key_padding_mask=key_padding_mask, causal=causal,
-                             scale=self.scale, dropout_p=self.dropout if self.training else 0.0)
+                             scale=self.scale, dropout_p=dropout_p)
         return self.out(attn.transpose(1, 2).reshape(batch, seq, -1))  # [B, S, H*D]
 
 
@@ -68,6 +73,8 @@ class TransformerBlock(nn.Module):
     Post-norm (BERT): x = Norm(x + Attn(x)); x = Norm(x + FFN(x)) — both adds fused into the norms.
     Pre-norm (GPT-2, T5): x = x + Attn(Norm(x)); x = x + FFN(Norm(x)) — the middle add is fused into
     the second norm, which returns (Norm(x + h), x + h) from one kernel.
+    x is [B, S, hidden], or the real tokens [T, hidden] of a PackedBatch given as `packed`: only the
+    attention tells the two apart.
     """
 
     def __init__(self, config: ModelConfig):
@@ -79,12 +86,12 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0):
+    def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0, packed=None):
         if self.pre_norm:
-            h = self.dropout(self.attn(self.attn_norm(x), key_padding_mask, attn_bias, causal, cache, layer))
+            h = self.dropout(self.attn(self.attn_norm(x), key_padding_mask, attn_bias, causal, cache, layer, packed))
             normed, x = self.ffn_norm(h, residual=x)
             return x + self.dropout(self.ffn(normed))
-        h = self.dropout(self.attn(x, key_padding_mask, attn_bias, causal, cache, layer))
+        h = self.dropout(self.attn(x, key_padding_mask, attn_bias, causal, cache, layer, packed))
         x, _ = self.attn_norm(h, residual=x)
         x, _ = self.ffn_norm(self.dropout(self.ffn(x)), residual=x)
         return x

@@ -5,6 +5,7 @@ from torch import nn
 from fastformer._token_ids import check_token_ids
 from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
+from fastformer.models.packing import PackedBatch, padding_mask
 
 
 class Embeddings(nn.Module):
@@ -63,23 +64,29 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.final_norm = make_norm(config) if config.pre_norm else None
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False, pack=True):
+        """Padded batches run packed (fastformer.models.packing): the layers see only the real tokens and
+        the output has zeros at the padding. pack=False keeps the padding in every layer, for the one
+        caller that reads padded positions (QA's training loss, whose softmax runs over them as in
+        transformers)."""
         if input_ids.dim() != 2 or input_ids.numel() == 0:
             raise ValueError(f"input_ids must be a non-empty [batch, seq] tensor, got shape {tuple(input_ids.shape)}")
-        key_padding_mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            key_padding_mask = attention_mask.bool()
+        key_padding_mask = padding_mask(attention_mask, input_ids)
         if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(token_type_ids.shape)}")
         x = self.embeddings(input_ids, token_type_ids)
+        packed = PackedBatch.from_mask(key_padding_mask) if pack else None
+        if packed is not None:
+            x = packed.pack(x)  # [T, hidden]
+            key_padding_mask = None
         hidden_states = [x]
         for layer in self.layers:
-            x = layer(x, key_padding_mask=key_padding_mask)
+            x = layer(x, key_padding_mask=key_padding_mask, packed=packed)
             hidden_states.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if packed is not None:
+            x = packed.unpack(x)  # [B, S, hidden]
+            hidden_states = [packed.unpack(h) for h in hidden_states] if output_hidden_states else hidden_states
         return (x, hidden_states) if output_hidden_states else x

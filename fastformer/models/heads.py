@@ -128,10 +128,12 @@ class EncoderForQuestionAnswering(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
                 end_positions=None) -> TaskOutput:
-        logits = self.qa_outputs(self.dropout(self.encoder(input_ids, attention_mask, token_type_ids)))  # [B, S, 2]
+        training_loss = start_positions is not None and end_positions is not None
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids, pack=not training_loss)
+        logits = self.qa_outputs(self.dropout(hidden))  # [B, S, 2]
         start, end = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
-        if start_positions is not None and end_positions is not None:
+        if training_loss:
             seq = start.shape[1]  # out-of-range positions are ignored, as in transformers
             loss = (F.cross_entropy(start, start_positions.clamp(0, seq), ignore_index=seq) +
                     F.cross_entropy(end, end_positions.clamp(0, seq), ignore_index=seq)) / 2
