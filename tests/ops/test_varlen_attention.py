@@ -183,6 +183,26 @@ def test_backward_matches_fp64_reference(backend, varlen_device, dtype, case):
         assert_as_accurate(got, baseline, ref64, dtype, name=name)
 
 
+@pytest.mark.parametrize("draw", range(6))
+def test_random_length_mixes_fwd_bwd_fp64(draw):
+    """The CPU kernel against the reference on random batches (1..7 sequences of 0..70 tokens, cross lengths,
+    causal or not, GQA or not, T5 or not), both in fp64."""
+    gen = torch.Generator().manual_seed(draw)
+    batch = int(torch.randint(1, 8, (1,), generator=gen))
+    lengths_q = tuple(torch.randint(0, 71, (batch,), generator=gen).tolist())
+    lengths_k = lengths_q if draw % 2 == 0 else tuple(torch.randint(0, 71, (batch,), generator=gen).tolist())
+    case = Case(f"draw{draw}", lengths_q, lengths_k, heads=4, heads_kv=(4, 2, 1)[draw % 3], head_dim=24,
+                causal=draw % 4 < 2, t5="encoder" if draw % 3 == 0 else None)
+    inputs = case.inputs(torch.float64, "cpu", requires_grad=True)
+    grad_out = torch.randn(inputs["q"].shape, generator=gen, dtype=torch.float64)
+    out, ref = varlen_attention(**inputs, backend="cpu"), varlen_attention_ref(**inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    # The backward reads lse stored in fp32 (the contract): p = exp(s - lse) carries ~2^-24 |lse| relative error.
+    for got, expected in zip(torch.autograd.grad(out, _leaves(inputs), grad_out),
+                             torch.autograd.grad(ref, _leaves(inputs), grad_out)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gradcheck_fp64(backend, varlen_device):
     inputs = Case("t5_causal_gqa", (3, 0, 1, 4), heads=2, heads_kv=1, head_dim=5, causal=True,
@@ -197,11 +217,14 @@ def test_gradcheck_fp64(backend, varlen_device):
 
 # ---- dropout ------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("extra_max_seqlen", [0, 3])
 @pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
-def test_dropout_is_the_padded_batch_mask(backend, varlen_device):
+def test_dropout_is_the_padded_batch_mask(backend, varlen_device, extra_max_seqlen):
     """Every backend drops the elements the reference drops for the same torch seed, and the reference's
-    mask is ff.ops.attention's Philox mask on the left-padded batch."""
+    mask is ff.ops.attention's Philox mask on the batch left-padded to max_seqlen (which may exceed every length)."""
     inputs = Case("causal_cross", (6, 1, 2), (4, 9, 5), causal=True).inputs(torch.float64, varlen_device)
+    inputs["max_seqlen_q"] += extra_max_seqlen
+    inputs["max_seqlen_k"] += extra_max_seqlen
     torch.manual_seed(7)
     out = varlen_attention(**inputs, dropout_p=0.4, backend=backend)
     torch.manual_seed(7)
