@@ -14,13 +14,26 @@ and bidirectional masks (the only ones these models build without extra mask fun
     marks it as ours: a user's own 4-D mask is bool or float and is applied as given, never with added causality.
 Anything else (packed sequences, extra mask functions, a cache whose keys are not bottom-right aligned with the
 queries, e.g. a static cache) gets transformers' full bool mask, passed to the kernel as attn_bias.
+
+Attention maps. The kernel never forms the [B, H, Sq, Sk] probabilities. A forward asked for them
+(output_attentions=True: transformers' output recorder then collects "attentions" / "cross_attentions") runs the
+family's own eager attention function instead, on the additive mask eager attention would get, so the maps and
+outputs are transformers' eager ones; a one-time UserWarning says that such calls are not fused.
 """
+import sys
+import warnings
+
 import torch
 from transformers import masking_utils
 from transformers.modeling_utils import AttentionInterface
 
 from fastformer.ops.attention import attention
 from fastformer.ops._t5_bias import T5RelativeBias
+
+try:  # the output recorder behind output_attentions (transformers >= 5.20; earlier, utils.generic)
+    from transformers.utils.output_capturing import _active_collector
+except ImportError:
+    from transformers.utils.generic import _active_collector
 
 ATTENTION_NAME = "fastformer"
 
@@ -66,9 +79,45 @@ def _with_position_bias(module, position_bias, bias, seq_q: int, seq_k: int, dty
     return position_bias + bias
 
 
+def _attention_maps_requested() -> bool:
+    collected = _active_collector.get()
+    return collected is not None and ("attentions" in collected or "cross_attentions" in collected)
+
+
+_warned_about_maps = []
+
+
+def _eager_additive_mask(bias, key_padding_mask, causal: bool, seq_q: int, seq_k: int, query):
+    """The float mask transformers' eager attention gets (0 = attend, dtype min = not), [B or 1, 1, Sq, Sk]."""
+    if bias is not None and bias.dtype != torch.bool:
+        return bias
+    keep = torch.ones((1, 1, seq_q, seq_k), dtype=torch.bool, device=query.device) if bias is None else bias
+    if key_padding_mask is not None:
+        keep = keep & key_padding_mask[:, None, None, :]
+    if causal:
+        keep = keep & torch.ones(seq_q, seq_k, dtype=torch.bool, device=query.device).tril(seq_k - seq_q)
+    return torch.zeros(keep.shape, dtype=query.dtype, device=query.device).masked_fill_(
+        ~keep, torch.finfo(query.dtype).min)
+
+
+def _eager_attention_with_maps(module, query, key, value, mask, dropout, scaling, position_bias, **kwargs):
+    """The module's family's eager_attention_forward (transformers' reference): ([B, Sq, H, D], [B, H, Sq, Sk])."""
+    if not _warned_about_maps:
+        _warned_about_maps.append(True)
+        warnings.warn("fastformer: output_attentions=True runs transformers' eager attention (not fused) for that "
+                      "call; the kernel never forms the attention maps", UserWarning, stacklevel=2)
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    if isinstance(position_bias, T5RelativeBias):
+        position_bias = position_bias.materialize(query.shape[2], key.shape[2])  # [1, H, Sq, Sk]
+    if position_bias is not None:
+        kwargs["position_bias"] = position_bias
+    return eager(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
 def fastformer_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                                  is_causal=None, position_bias=None, **kwargs):
-    """AttentionInterface entry. query [B, H, Sq, D], key/value [B, Hkv, Sk, D] -> ([B, Sq, H, D], None)."""
+    """AttentionInterface entry. query [B, H, Sq, D], key/value [B, Hkv, Sk, D] -> ([B, Sq, H, D], None), or with
+    the attention maps [B, H, Sq, Sk] from eager attention when the forward was asked for them."""
     seq_q, seq_k = query.shape[2], key.shape[2]
     causal_module = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     bias, key_padding_mask, causal = None, None, False
@@ -80,6 +129,9 @@ def fastformer_attention_forward(module, query, key, value, attention_mask, drop
             key_padding_mask = attention_mask[:, 0, 0, :].view(torch.bool)  # [B, Sk], 0/1 bytes reread as bools
     else:
         bias = attention_mask  # bool (True = attend) or additive float, [B or 1, 1 or H, Sq, Sk]
+    if _attention_maps_requested():
+        mask = _eager_additive_mask(bias, key_padding_mask, causal, seq_q, seq_k, query)
+        return _eager_attention_with_maps(module, query, key, value, mask, dropout, scaling, position_bias, **kwargs)
     bias = _with_position_bias(module, position_bias, bias, seq_q, seq_k, query.dtype)
     backend = getattr(module, "_fastformer_backend", None)
     out = attention(query, key, value, attn_bias=bias, key_padding_mask=key_padding_mask, causal=causal,

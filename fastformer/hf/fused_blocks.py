@@ -10,6 +10,9 @@ forward of every subclass in its checkpointing (gradient_checkpointing_enable() 
 blocks), and module hooks see the same module. The classes in transformers are not modified. Pre-norm T5 and
 GPT-2's ln_1 take the residual from the previous block, outside any one module, so they are not fused.
 """
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -31,14 +34,24 @@ def distilbert_block_forward(self, hidden_states, attention_mask=None, **kwargs)
     return _add_norm(self.output_layer_norm, self.ffn(attention_output), attention_output)
 
 
-def gpt2_block_forward(self, hidden_states, past_key_values=None, attention_mask=None, encoder_hidden_states=None,
+@functools.cache
+def _cache_parameter(attention_class: type) -> str:
+    """The name under which an attention forward takes the KV cache: "cache" from transformers 5.25 (which warns
+    about "past_key_values"), "past_key_values" before."""
+    return "cache" if "cache" in inspect.signature(attention_class.forward).parameters else "past_key_values"
+
+
+def gpt2_block_forward(self, hidden_states, cache=None, attention_mask=None, encoder_hidden_states=None,
                        encoder_attention_mask=None, use_cache=False, **kwargs):
-    """GPT2Block: ln_2 takes the attention residual add; with cross-attention, the block's own forward."""
+    """GPT2Block: ln_2 takes the attention residual add; with cross-attention, the block's own forward. The cache
+    comes second, positionally, under either name."""
+    cache = kwargs.pop("past_key_values", cache)
     if encoder_hidden_states is not None:  # the transformers class's forward (not checkpointed twice: it is inner)
-        return self._fastformer_unfused_class.forward(self, hidden_states, past_key_values, attention_mask, encoder_hidden_states,
-                                  encoder_attention_mask, use_cache, **kwargs)
-    attn_output, _ = self.attn(self.ln_1(hidden_states), past_key_values=past_key_values,
-                               attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+        return self._fastformer_unfused_class.forward(self, hidden_states, cache, attention_mask,
+                                                      encoder_hidden_states, encoder_attention_mask, use_cache,
+                                                      **kwargs)
+    attn_output, _ = self.attn(self.ln_1(hidden_states), attention_mask=attention_mask, use_cache=use_cache,
+                               **{_cache_parameter(type(self.attn)): cache}, **kwargs)
     normed, hidden_states = self.ln_2(attn_output, residual=hidden_states)
     return hidden_states + self.mlp(normed)
 
@@ -65,15 +78,14 @@ def post_norm_encoder_layer_forward(self, hidden_states, attention_mask, **kwarg
 
 
 def post_norm_decoder_layer_forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
-                                    encoder_attention_mask=None, past_key_values=None, use_cache=True, **kwargs):
-    """BartDecoderLayer, MarianDecoderLayer."""
-    attn_output, _ = self.self_attn(hidden_states, past_key_values=past_key_values, attention_mask=attention_mask,
-                                    **kwargs)
+                                    encoder_attention_mask=None, use_cache=True, **kwargs):
+    """BartDecoderLayer, MarianDecoderLayer. The cache reaches the attentions in kwargs under the caller's name
+    (callers pass it by keyword: "cache" from transformers 5.25, "past_key_values" before)."""
+    attn_output, _ = self.self_attn(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = _dropout_add_norm(self, self.self_attn_layer_norm, attn_output, hidden_states)
     if encoder_hidden_states is not None:
         attn_output, _ = self.encoder_attn(hidden_states, key_value_states=encoder_hidden_states,
-                                           attention_mask=encoder_attention_mask, past_key_values=past_key_values,
-                                           **kwargs)
+                                           attention_mask=encoder_attention_mask, **kwargs)
         hidden_states = _dropout_add_norm(self, self.encoder_attn_layer_norm, attn_output, hidden_states)
     return _feed_forward_add_norm(self, hidden_states)
 
