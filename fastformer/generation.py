@@ -70,6 +70,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from fastformer._padding_mask import padding_mask
 from fastformer._token_ids import check_dtype, check_token_ids
 
 
@@ -111,10 +112,7 @@ class KVCache:
             position_ids = self.positions[:, None] + torch.arange(new, device=self.positions.device)  # [B, T]
             self.positions += new
         else:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            real = attention_mask.bool()
+            real = padding_mask(attention_mask, input_ids)
             self.key_mask[:, self.length:end] = real
             counts = real.long().cumsum(-1)  # [B, T] real tokens up to and including each
             # Padding slots get position 0 (their keys are masked and their outputs unused).
@@ -244,10 +242,7 @@ def _start(model, input_ids, attention_mask, settings: GenerationSettings):
     if batch == 0 or prompt_len == 0:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): every prompt needs at least one token")
     if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(attention_mask.shape)}")
-        real = attention_mask.bool()
+        real = padding_mask(attention_mask, input_ids)
         if not bool(real.any(dim=1).all()):
             raise ValueError("attention_mask has a row with no tokens: an empty prompt")
         if not model.is_encoder_decoder and not bool(real[:, -1].all()):

@@ -38,10 +38,13 @@ class SelfAttention(nn.Module):
     def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0, packed=None):
         """cache (a fastformer.generation.KVCache): the new k, v are written into it as layer `layer`'s
         and attention runs over every cached key; key_padding_mask then covers them all.
-        packed (a fastformer.models.packing.PackedBatch): x is the batch's real tokens [T, hidden]."""
+        packed (a fastformer.models.packing.PackedBatch): x is the batch's real tokens [T, hidden]; with a
+        cache, only for a prefill (nothing cached before these tokens)."""
         dropout_p = self.dropout if self.training else 0.0
         if packed is not None:
             qkv = self.qkv(x).view(x.shape[0], 3, self.num_heads, self.head_dim)  # [T, 3, H, D]
+            if cache is not None:  # a packed prefill: the cache keeps the padded [B, H, S, D] layout
+                cache.update(layer, *(packed.unpack(qkv[:, i]).transpose(1, 2) for i in (1, 2)))
             return self.out(packed.attention(qkv, attn_bias, causal, self.scale, dropout_p))
         batch, seq, _ = x.shape
         qkv = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim)  # [B, S, 3, H, D]

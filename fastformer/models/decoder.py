@@ -6,11 +6,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastformer import generation
+from fastformer._padding_mask import padding_mask
 from fastformer import nn as ffnn
 from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
 from fastformer.models.encoder import Embeddings
 from fastformer.models.heads import TaskOutput, classification_loss
+from fastformer.models.packing import pack_if_padded
 
 
 def _check_inputs(input_ids, attention_mask, position_ids) -> None:
@@ -31,7 +33,10 @@ class Decoder(nn.Module):
 
     Without a cache, positions are 0..S-1 unless position_ids are given (Hugging Face's GPT2Model
     forward). With a cache (fastformer.generation.KVCache) the S tokens are appended to it: positions
-    continue from the real tokens already cached and attention covers every cached key.
+    continue from the real tokens already cached and attention covers every cached key. A padded batch
+    with nothing cached before it (a forward, or generation's prefill) runs on its real tokens only
+    (fastformer.models.packing); the cache then holds zeros at the padding, which its key mask hides.
+    pack=False keeps the padding in every layer.
     """
 
     def __init__(self, config: ModelConfig):
@@ -41,21 +46,25 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.final_norm = make_norm(config)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, pack=True):
         _check_inputs(input_ids, attention_mask, position_ids)
         if cache is None:
             _check_positions(position_ids, self.config.max_positions)
-            key_padding_mask = attention_mask.bool() if attention_mask is not None else None
+            key_padding_mask = padding_mask(attention_mask, input_ids)
         elif position_ids is not None:
             raise ValueError("position_ids cannot be given with a cache: the cache counts the positions")
         else:
             position_ids, key_padding_mask = cache.begin_step(input_ids, attention_mask)
         x = self.embeddings(input_ids, position_ids=position_ids)
+        packed = None
+        if pack and (cache is None or cache.length == 0):  # no keys but these tokens': a padded batch runs packed
+            x, key_padding_mask, packed = pack_if_padded(x, key_padding_mask)  # x [T, hidden] when packed
         for i, layer in enumerate(self.layers):
-            x = layer(x, key_padding_mask=key_padding_mask, causal=True, cache=cache, layer=i)
+            x = layer(x, key_padding_mask=key_padding_mask, causal=True, cache=cache, layer=i, packed=packed)
         if cache is not None:
             cache.end_step(input_ids.shape[1])
-        return self.final_norm(x)
+        x = self.final_norm(x)
+        return packed.unpack(x) if packed is not None else x  # [B, S, hidden]
 
 
 class DecoderForCausalLM(nn.Module):
@@ -78,7 +87,10 @@ class DecoderForCausalLM(nn.Module):
         self.pad_token_id = config.pad_token_id
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None) -> TaskOutput:
-        logits = self.lm_head(self.decoder(input_ids, attention_mask, position_ids))  # [B, S, vocab]
+        # The loss reads the logits of the last padded slot before a left-padded row (it predicts the row's
+        # first token), as in transformers, so a forward with labels keeps the padding.
+        hidden = self.decoder(input_ids, attention_mask, position_ids, pack=labels is None)
+        logits = self.lm_head(hidden)  # [B, S, vocab]
         loss = None
         if labels is not None:  # predict token t + 1 from tokens <= t; label -100 is ignored
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())

@@ -2,10 +2,11 @@
 import torch
 from torch import nn
 
+from fastformer._padding_mask import padding_mask
 from fastformer._token_ids import check_token_ids
 from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
-from fastformer.models.packing import PackedBatch, padding_mask
+from fastformer.models.packing import pack_if_padded
 
 
 class Embeddings(nn.Module):
@@ -76,10 +77,9 @@ class Encoder(nn.Module):
             raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(token_type_ids.shape)}")
         x = self.embeddings(input_ids, token_type_ids)
-        packed = PackedBatch.from_mask(key_padding_mask) if pack else None
-        if packed is not None:
-            x = packed.pack(x)  # [T, hidden]
-            key_padding_mask = None
+        packed = None
+        if pack:
+            x, key_padding_mask, packed = pack_if_padded(x, key_padding_mask)  # x [T, hidden] when packed
         hidden_states = [x]
         for layer in self.layers:
             x = layer(x, key_padding_mask=key_padding_mask, packed=packed)

@@ -6,7 +6,7 @@ residual is per token, so an encoder that packs once after the embeddings ([B, S
 [T, hidden]) and unpacks once at the end computes none of the padding; attention, the only op that
 mixes tokens, runs as ff.ops.varlen_attention over the cumulative offsets `cu_seqlens` (flash-attn's
 varlen convention). `PackedBatch` is built once per forward from the attention mask and passed down
-the layers; `padding_mask` is the one place a user's 0/1 attention mask becomes a bool key mask.
+the layers.
 """
 from dataclasses import dataclass
 
@@ -16,15 +16,13 @@ from torch import Tensor
 from fastformer import ops
 
 
-def padding_mask(attention_mask: Tensor | None, input_ids: Tensor, name: str = "attention_mask") -> Tensor | None:
-    """A user's attention mask (bool, or 0/1 of any dtype; 1 = token, 0 = padding) as a bool [B, S] key mask,
-    checked against input_ids [B, S]; None stays None."""
-    if attention_mask is None:
-        return None
-    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
-        got = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
-        raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {got}")
-    return attention_mask.bool()
+def pack_if_padded(x: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None, "PackedBatch | None"]:
+    """What a stack's forward runs on: (x [T, hidden], None, the PackedBatch) for a padded batch, else
+    (x [B, S, hidden], key_padding_mask, None) unchanged (see PackedBatch.from_mask)."""
+    packed = PackedBatch.from_mask(key_padding_mask)
+    if packed is None:
+        return x, key_padding_mask, None
+    return packed.pack(x), None, packed
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastformer._padding_mask import padding_mask
 from fastformer._token_ids import check_dtype, check_token_ids
 from fastformer import generation
 from fastformer import nn as ffnn
@@ -19,6 +20,7 @@ from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
 from fastformer.models.cross_attention import CrossAttention
 from fastformer.models.heads import TaskOutput
+from fastformer.models.packing import pack_if_padded
 from fastformer.ops import T5RelativeBias
 
 
@@ -129,11 +131,14 @@ class Seq2SeqEncoder(Seq2SeqStack):
         super().__init__(config, word, seq2seq, "input_ids", TransformerBlock)
 
     def forward(self, input_ids, key_padding_mask=None):
-        x = self.embeddings(input_ids)
+        """A padded batch runs packed (fastformer.models.packing); the output has zeros at the padding, which
+        the decoder's cross-attention masks."""
+        x, key_padding_mask, packed = pack_if_padded(self.embeddings(input_ids), key_padding_mask)
         bias = self.position_bias(bidirectional=True)
         for layer in self.layers:
-            x = layer(x, key_padding_mask=key_padding_mask, attn_bias=bias)
-        return self.finish(x)
+            x = layer(x, key_padding_mask=key_padding_mask, attn_bias=bias, packed=packed)
+        x = self.finish(x)
+        return packed.unpack(x) if packed is not None else x  # [B, S_src, hidden]
 
 
 class DecoderBlock(TransformerBlock):
@@ -195,12 +200,7 @@ def check_ids(name: str, ids, mask_name: str, mask) -> torch.Tensor | None:
     check_dtype(ids, name)
     if ids.dim() != 2 or ids.numel() == 0:
         raise ValueError(f"{name} must be a non-empty [batch, seq] tensor, got shape {tuple(ids.shape)}")
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(ids.shape):
-        raise ValueError(f"{mask_name} must be a tensor with the shape of {name} {tuple(ids.shape)}, got "
-                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-    return mask.bool()
+    return padding_mask(mask, ids, mask_name, name)
 
 
 class Seq2SeqForConditionalGeneration(nn.Module):

@@ -5,6 +5,8 @@ import torch
 
 import fastformer as ff
 from fastformer.models.packing import PackedBatch
+from tests import seq2seq_checkpoints
+from tests.gpt2_tiny import save_tiny_gpt2
 from tests.models.test_encoders import FAMILIES, assert_close_rel, save_tiny
 
 transformers = pytest.importorskip("transformers")
@@ -18,9 +20,9 @@ LENGTHS = {  # name -> real tokens per row
 }
 
 
-def padded_batch(family, lengths, side):
-    pad = 1 if family == "roberta" else 0
-    ids = torch.randint(3, 99, (len(lengths), SEQ))
+def padded_batch(family, lengths, side, pad=None, vocab=99):
+    pad = (1 if family == "roberta" else 0) if pad is None else pad
+    ids = torch.randint(3, vocab, (len(lengths), SEQ))
     mask = torch.zeros(len(lengths), SEQ, dtype=torch.long)
     for row, length in enumerate(lengths):
         real = slice(0, length) if side == "right" else slice(SEQ - length, SEQ)
@@ -73,3 +75,46 @@ def test_pooled_heads_ignore_padding(tmp_path, pooling):
         batched = model(ids, mask).logits
         alone = torch.cat([model(ids[i:i + 1, :n]).logits for i, n in enumerate(LENGTHS["ratios"])])
     assert_close_rel(batched, alone)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+@pytest.mark.parametrize("family", seq2seq_checkpoints.FAMILIES)
+def test_packed_seq2seq_encoder_matches_transformers(tmp_path, family, lengths, side):
+    """The encoder of T5 (relative bias per sequence), BART and Marian runs packed; the decoder's logits,
+    which read every source token through cross-attention, match transformers'."""
+    theirs, path = seq2seq_checkpoints.save_tiny(tmp_path, family)
+    ours = ff.from_pretrained(path)
+    pad = seq2seq_checkpoints.FAMILIES[family][1].get("pad_token_id", 0)
+    ids, mask = padded_batch(family, lengths, side, pad=pad, vocab=seq2seq_checkpoints.VOCAB - 1)
+    decoder_ids = torch.randint(3, seq2seq_checkpoints.VOCAB - 1, (len(lengths), 5))
+    with torch.no_grad():
+        want = theirs(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        got = ours(ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    assert_close_rel(got, want)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+def test_packed_gpt2_matches_transformers(tmp_path, lengths, side):
+    theirs = save_tiny_gpt2(tmp_path, pad_token_id=0)
+    ours = ff.from_pretrained(tmp_path)
+    ids, mask = padded_batch("gpt2", lengths, side, pad=0, vocab=97)
+    with torch.no_grad():
+        got, want = ours(ids, attention_mask=mask).logits, theirs(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert_close_rel(got[real], want[real])
+
+
+def test_gpt2_prefill_runs_packed_and_generates_transformers_tokens(tmp_path, monkeypatch):
+    """generate's prefill of left-padded prompts runs packed, writes the cache, and the greedy tokens
+    that follow are transformers'."""
+    packs = []
+    monkeypatch.setattr(PackedBatch, "pack", lambda self, x, pack=PackedBatch.pack: packs.append(1) or pack(self, x))
+    theirs = save_tiny_gpt2(tmp_path, pad_token_id=0)
+    ours = ff.from_pretrained(tmp_path)
+    ids, mask = padded_batch("gpt2", LENGTHS["ratios"], "left", pad=0, vocab=97)
+    want = theirs.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    got = ours.generate(ids, mask, max_new_tokens=8, pad_token_id=0)
+    assert packs == [1]
+    assert torch.equal(got, want)
