@@ -62,7 +62,13 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
       CPU cannot run natively is a RuntimeError naming the missing instructions, raised before anything changes.
 
     What was replaced, per kind, is `optimization_report(model)`. A model with nothing to replace (or a
-    transformers model of another family) gets a UserWarning, not an error.
+    transformers model of another family) gets a UserWarning, not an error. Calling it again on an optimized
+    model changes nothing that is already optimized and reports the same.
+
+    Attention implementation: a transformers model running transformers' default ("sdpa") gets "fastformer"; one
+    built with another implementation ("eager", "flex_attention", ...) keeps it, with a UserWarning (the norms are
+    still fused); model.set_attn_implementation(name) afterwards switches as transformers documents, "fastformer"
+    included. output_attentions=True calls run transformers' eager attention (see fastformer.hf.attention).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -81,7 +87,7 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
         counts.update(_swap_torch_modules(model, backend, swap_linear, found_already=bool(counts), skip=hf_models))
     if quantize is not None:
         counts.update(nn_quantize.quantize_model(model, quantize))
-    report = dict(+counts)
+    report = dict(+(Counter(getattr(model, _REPORT_ATTR, {})) + counts))  # a second call adds only what is new
     setattr(model, _REPORT_ATTR, report)
     for note in notes:
         warnings.warn(f"ff.optimize({type(model).__name__}): {note}", stacklevel=2)
@@ -95,5 +101,18 @@ def optimization_report(model: nn.Module) -> dict:
     """{kind: count} of what ff.optimize replaced in `model`: "attention" (attention modules on ff.ops.attention),
     "t5_relative_bias", "layer_norm", "rms_norm", "fused_add_norm" (norms that now take the residual add),
     "softmax", "multihead_attention", "transformer_encoder_layer", "transformer_decoder_layer", "linear", "int8_linear" / "bf16_model" (quantize=).
-    Kinds with nothing replaced are absent; {} for a model ff.optimize was not called on or found nothing in."""
-    return dict(getattr(model, _REPORT_ATTR, {}))
+    Kinds with nothing replaced are absent; {} for a model ff.optimize was not called on or found nothing in.
+    "attention" and "t5_relative_bias" count the transformers models that run the "fastformer" implementation
+    now: after model.set_attn_implementation("sdpa") they are absent, after ...("fastformer") back."""
+    report = Counter(getattr(model, _REPORT_ATTR, {}))
+    hf_models = [model] if hf_optimize.is_hf_model(model) else hf_optimize.hf_submodels(model)
+    for hf_model in hf_models:
+        if hf_optimize.unsupported_reason(hf_model) is None and not hf_optimize.runs_fastformer_attention(hf_model):
+            report -= _attention_counts(hf_model)
+    return dict(+report)
+
+
+def _attention_counts(hf_model) -> Counter:
+    """What the fastformer attention implementation covers in one supported transformers model."""
+    prepared = [m for m in hf_model.modules() if hasattr(m, "_fastformer_backend")]
+    return Counter(attention=len(prepared), t5_relative_bias=sum("compute_bias" in vars(m) for m in prepared))

@@ -4,7 +4,10 @@ Per model instance, never per class:
   - attention: every config object the model's modules read (T5's stacks hold their own copies) selects the
     "fastformer" attention implementation (fastformer.hf.attention, registered in transformers' registries);
     the chosen backend is stored on each attention module. config._attn_implementation is not serialized, so
-    save_pretrained writes the config it would have written before;
+    save_pretrained writes the config it would have written before. A model built with an implementation other
+    than transformers' default ("eager", "flex_attention", ...) keeps it (with a note); "sdpa", the default, is
+    replaced. model.set_attn_implementation(...) afterwards behaves as transformers documents, "fastformer"
+    included; optimization_report counts attention only while the model runs it;
   - T5: the relative position bias stays in the kernel (fastformer.hf.t5);
   - norms: nn.LayerNorm -> ff.nn.LayerNorm, T5LayerNorm -> ff.nn.RMSNorm (fastformer.hf.t5.T5RMSNorm), sharing
     the parameters (same keys);
@@ -55,10 +58,25 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
-def _use_fastformer_attention(model, backend) -> Counter:
+# The implementation transformers picks for these families when none is asked for (models built with an explicit
+# "sdpa" cannot be told apart from it: both are replaced).
+_DEFAULT_ATTENTION = (None, "sdpa")
+
+
+def runs_fastformer_attention(model) -> bool:
+    from fastformer.hf.attention import ATTENTION_NAME  # transformers is loaded: model is a transformers model
+
+    return model.config._attn_implementation == ATTENTION_NAME
+
+
+def _use_fastformer_attention(model, backend) -> tuple[Counter, list[str]]:
+    """Prepares every attention module of `model` for the fastformer implementation (modules already prepared by
+    an earlier call are left as they are and not counted again) and selects it in every config the modules read,
+    unless the model runs an implementation the user chose (not transformers' default): then it stays, with a
+    note, and model.set_attn_implementation("fastformer") selects ours later."""
     from fastformer.hf.attention import register  # imports transformers, which a torch.nn-only user may lack
 
-    counts = Counter()
+    counts, notes = Counter(), []
     name = register()
     attention_classes = SUPPORTED[model.config.model_type]
     configs = {id(model.config): model.config}
@@ -66,15 +84,20 @@ def _use_fastformer_attention(model, backend) -> Counter:
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
             configs[id(config)] = config
-        if type(module).__name__ not in attention_classes:
+        if type(module).__name__ not in attention_classes or hasattr(module, "_fastformer_backend"):
             continue
         module._fastformer_backend = backend
         counts["attention"] += 1
         if model.config.model_type == "t5":
             counts["t5_relative_bias"] += patch_t5_attention(module, path.endswith("EncDecAttention"))
+    chosen = model.config._attn_implementation
+    if chosen not in _DEFAULT_ATTENTION + (name,):
+        notes.append(f"attention stays on the {chosen!r} implementation the model was built with (norms are "
+                     f"fused); model.set_attn_implementation({name!r}) runs fastformer's attention")
+        return counts, notes
     for config in configs.values():
         config._attn_implementation = name
-    return counts
+    return counts, notes
 
 
 def _fuse_add_norms(model) -> int:
@@ -94,8 +117,7 @@ def _fuse_add_norms(model) -> int:
 def optimize_hf(model: nn.Module, backend=None, linear: bool = False) -> tuple[Counter, list[str]]:
     """Puts fastformer's kernels into a supported transformers model in place; returns (counts, notes): what
     was replaced per kind, and why a part was left as it was."""
-    counts, notes = Counter(), []
-    counts.update(_use_fastformer_attention(model, backend))
+    counts, notes = _use_fastformer_attention(model, backend)
     counts.update(swap_modules(model, ("layer_norm", "linear") if linear else ("layer_norm",), backend))
     if model.config.model_type == "t5":
         from transformers.models.t5.modeling_t5 import T5LayerNorm
