@@ -4,20 +4,13 @@ Attention runs on ff.ops.attention with a fused QKV projection (q, k, v are stri
 [B, S, 3, H, D] tensor, no copies); every residual add is fused into the following norm through
 ff.ops.layer_norm / rms_norm(residual=...).
 """
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastformer import nn as ffnn
 from fastformer import ops
 from fastformer.models.config import ModelConfig
+from fastformer.nn.activation import ACTIVATIONS
 
-ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -59,15 +52,22 @@ class SelfAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.act = ACTIVATIONS[config.activation]
+        self.activation = config.activation
         self.up = ffnn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias)
         self.gate = ffnn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias) if config.gated_ffn else None
         self.down = ffnn.Linear(config.intermediate_size, config.hidden_size, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        h = self.act(self.gate(x)) * self.up(x) if self.gate is not None else self.act(self.up(x))
+        h = self._activated(self.gate, x) * self.up(x) if self.gate is not None else self._activated(self.up, x)
         return self.down(self.dropout(h))
+
+    def _activated(self, linear, x):
+        """act(linear(x)). ff.nn.Linear fuses the activation into its matmul; a linear swapped in by quantization
+        (ff.nn.Int8Linear) does not."""
+        if isinstance(linear, ffnn.Linear):
+            return linear(x, activation=self.activation)
+        return ACTIVATIONS[self.activation](linear(x))
 
 
 class TransformerBlock(nn.Module):

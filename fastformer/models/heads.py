@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastformer.models.block import ACTIVATIONS, make_norm
+from fastformer.models.block import make_norm
+from fastformer.nn.activation import ACTIVATIONS
 from fastformer.models.config import ModelConfig
 from fastformer.models.encoder import Encoder
 

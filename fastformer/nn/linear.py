@@ -20,6 +20,7 @@ from torch import nn
 
 from fastformer.nn import cpu_features
 from fastformer.nn._dropin import _DropIn
+from fastformer.nn.activation import ACTIVATIONS, ONEDNN_POST_OPS
 
 _HAS_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -30,13 +31,19 @@ def _packs(dtype: torch.dtype) -> bool:
 
 
 class Linear(_DropIn, nn.Linear):
-    def forward(self, x):
+    def forward(self, x, activation=None):
+        """activation (a name in fastformer.nn.activation.ACTIVATIONS): returns activation(linear(x)), fused
+        into the matmul as a oneDNN post-op on the packed path."""
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or None, got {activation!r}")
         if self._use_packed(x):
             if x.dim() == 0 or x.shape[-1] != self.in_features:  # oneDNN's own message names neither
                 raise ValueError(f"input must have shape [..., in_features={self.in_features}], got "
                                  f"{tuple(x.shape)}")
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            post_op, algorithm = ONEDNN_POST_OPS[activation] if activation is not None else ("none", "")
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, post_op, [], algorithm)
+        y = F.linear(x, self.weight, self.bias)
+        return ACTIVATIONS[activation](y) if activation is not None else y
 
     def _use_packed(self, x) -> bool:
         needs_grad = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)

@@ -67,3 +67,24 @@ def test_bf16_runs_the_packed_path_where_the_cpu_has_native_bf16():
         baseline = ref(x)
     assert got.dtype == torch.bfloat16
     assert (got.double() - want).abs().max() <= 2 * (baseline.double() - want).abs().max() + 1.6e-2
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
+def test_fused_activation_matches_fp64_on_both_paths(activation):
+    from fastformer.nn.activation import ACTIVATIONS
+
+    ours = ff.nn.Linear(96, 200)
+    x = torch.randn(3, 17, 96)
+    want = ACTIVATIONS[activation](torch.nn.functional.linear(x.double(), ours.weight.double(), ours.bias.double()))
+    with torch.no_grad():
+        assert ours._use_packed(x)
+        packed = ours(x, activation=activation)
+    autograd = ours(x, activation=activation)  # weight requires grad: the F.linear path
+    assert autograd.requires_grad
+    for got in (packed, autograd.detach()):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_activation_is_named():
+    with pytest.raises(ValueError, match="activation"):
+        ff.nn.Linear(4, 4)(torch.randn(2, 4), activation="swish")
