@@ -127,13 +127,14 @@ if wanted ops; then
     --dtype float16 --shapes 1024x768,4096x1024,32768x1024 --reps 100 --json "$results_dir/$stamp-kernel-mode.json"
 fi
 
-# model_bench NAME ARGS...: fastformer bench, fp16, every backend, to $stamp-NAME.json / .csv.
+# model_bench NAME ARGS...: fastformer bench, fp16, every backend, dense rows of exactly --seq tokens
+# (--lengths fixed, comparable with earlier GPU results), to $stamp-NAME.json / .csv.
 model_bench() {
   local name=$1
   shift
   step "fastformer bench $name: $*"
   timed "$MODEL_BENCH_TIMEOUT_S" "fastformer bench $name" python -m fastformer bench --device cuda --dtype float16 \
-    --backends all "$@" --json "$results_dir/$stamp-$name.json" --csv "$results_dir/$stamp-$name.csv"
+    --backends all --lengths fixed "$@" --json "$results_dir/$stamp-$name.json" --csv "$results_dir/$stamp-$name.csv"
 }
 if wanted models; then
   # The standard GPU grid: the real MiniLM, BERT-base at batch 1 and 32 x 128 tokens, GPT-2 prefill 8 x 512.

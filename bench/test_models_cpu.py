@@ -26,7 +26,7 @@ def model_context(tmp_path_factory):
             workdir = str(tmp_path_factory.mktemp("models"))
             source = models.resolve(name, workdir)
             tokenizer, _ = inputs.load_tokenizer(source)
-            model_inputs = inputs.make_inputs(source, tokenizer, BATCH, SEQ, "cpu")
+            model_inputs = inputs.make_inputs(source, tokenizer, BATCH, SEQ, "cpu", "fixed")
             made[name] = (backends.LoadContext(source, "cpu", torch.float32, torch.get_num_threads(), workdir,
                                                model_inputs), model_inputs)
         return made[name]

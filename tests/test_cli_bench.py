@@ -12,7 +12,7 @@ import torch
 
 import fastformer
 from fastformer import cli, opbench
-from fastformer.modelbench import backends, inputs, models, report, runner, timing
+from fastformer.modelbench import backends, inputs, models, report, runner, timing, verdict
 
 transformers = pytest.importorskip("transformers")
 
@@ -70,13 +70,14 @@ def test_json_and_csv_report_every_backend_at_every_grid_point(tmp_path, checkpo
             "reference", "timed_call", "inputs"} <= set(meta)
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["units"]["median_ms"] == "ms" and meta["units"]["peak_mem_MiB"] == "MiB"
-    assert "random token ids" in meta["inputs"]
+    assert "random token ids" in meta["inputs"] and meta["lengths"] == "real"
     assert len(rows) == len(names) * 2 * 2
     for r in rows:
         assert ROW_FIELDS <= set(r)
+        assert r["padded_tokens"] == r["batch"] * r["padded_seq"] and 0 < r["real_tokens"] <= r["padded_tokens"]
         if r["status"] == "ok":
             assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["p99_ms"] >= r["p90_ms"]
-            assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["seq"] / (r["median_ms"] / 1e3))
+            assert r["tokens_per_s"] == pytest.approx(r["real_tokens"] / (r["median_ms"] / 1e3))
             assert r["max_abs_diff"] < 1e-4  # fp32 everywhere: the same function as the reference
         else:
             assert r["reason"], r
@@ -94,24 +95,46 @@ def test_json_and_csv_report_every_backend_at_every_grid_point(tmp_path, checkpo
 
 
 def test_default_model_runs_on_real_sentences(tmp_path, capsys):
-    status, result = _bench(tmp_path, "--backends", "fastformer,hf-eager", "--batch", "2", "--seq", "16")
+    status, result = _bench(tmp_path, "--backends", "fastformer,hf-eager", "--batch", "2", "--seq", "16",
+                            "--lengths", "fixed")
     assert status == 0
     assert result["meta"]["model"]["name"] == "all-MiniLM-L6-v2"
     assert result["meta"]["model"]["weights"] == "from the checkpoint"
-    assert "real sentences" in result["meta"]["inputs"]
+    assert "real sentences" in result["meta"]["inputs"] and "exactly seq tokens" in result["meta"]["inputs"]
     assert all(r["status"] == "ok" and r["max_abs_diff"] < 1e-4 for r in result["results"])
+    assert all(r["real_tokens"] == r["padded_tokens"] == 32 for r in result["results"])
     table = capsys.readouterr().out
-    assert "cpu float32 batch 2 x seq 16" in table and "fastformer" in table and "tokens/s" in table
+    assert "cpu float32 batch 2 x seq 16 (32 tokens, no padding)" in table and "fastformer" in table
+    assert "tokens/s" in table
     assert "after 1 warm-up round;" in table  # QUICK's --warmup 1
     assert "last hidden state" in table and "Hugging Face eager, float32" in table  # what max|diff| compares
 
 
-def test_sentence_inputs_are_exactly_seq_tokens():
+def test_fixed_inputs_are_exactly_seq_tokens_and_real_ones_are_the_sentences_padded():
     source = models.ModelSource(name="t", path="", model_type="t5", kind="encoder-decoder", random_weights=True,
                                 vocab_size=100, max_positions=None)
-    random_inputs = inputs.make_inputs(source, None, 3, 11, "cpu")
+    random_inputs = inputs.make_inputs(source, None, 3, 11, "cpu", "fixed")
     assert random_inputs["input_ids"].shape == (3, 11) and random_inputs["decoder_input_ids"].shape == (3, 11)
-    assert len(inputs.sentences()) >= 5
+    assert inputs.token_counts(random_inputs) == (33, 33)
+    lines = inputs.sentences()
+    assert len(lines) >= 32 and len(set(lines)) == len(lines)
+    assert min(map(len, lines)) < 30 and max(map(len, lines)) > 100  # short queries to long sentences
+
+    tokenizer, why_not = inputs.load_tokenizer(models.resolve(None, ""))
+    assert why_not is None
+    minilm = models.resolve(None, "")
+    real = inputs.make_inputs(minilm, tokenizer, 32, 128, "cpu")  # --lengths real, the default
+    lengths = real["attention_mask"].sum(1)
+    expected = [len(tokenizer(line)["input_ids"]) for line in lines[:32]]
+    assert lengths.tolist() == expected  # row i is sentence i, tokenized as it is
+    assert real["input_ids"].shape == (32, max(expected))  # padded to the longest row
+    assert (real["input_ids"][real["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+    assert inputs.token_counts(real) == (sum(expected), 32 * max(expected))
+    capped = inputs.make_inputs(minilm, tokenizer, 8, 12, "cpu")
+    assert capped["input_ids"].shape[1] == 12  # seq caps the longest row
+    # Without a tokenizer: random ids with the sentences' word counts (+2 special tokens) as lengths.
+    no_tokenizer = inputs.make_inputs(source, None, 4, 128, "cpu")
+    assert no_tokenizer["attention_mask"].sum(1).tolist() == [len(line.split()) + 2 for line in lines[:4]]
 
 
 def test_decoder_and_encoder_decoder_prefill(tmp_path, checkpoint):
@@ -176,7 +199,7 @@ def test_shape_too_long_and_out_of_memory_leave_the_others_reporting(tmp_path, c
 
     monkeypatch.setitem(backends.BACKENDS, "hf-sdpa", backends.Backend("hf-sdpa", "fails", lambda ctx: out_of_memory))
     status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "hf-eager,hf-sdpa",
-                            "--batch", "1", "--seq", "8,65")
+                            "--batch", "1", "--seq", "8,65", "--lengths", "fixed")
     assert status == 0
     by_key = {(r["backend"], r["seq"]): r for r in result["results"]}
     assert by_key["hf-eager", 8]["status"] == "ok"
@@ -360,3 +383,116 @@ def test_pinned_extras_match_ci_requirements():
         ci = {line.split("#")[0].strip() for line in f} - {""}
     pinned = [pin for group in extras.values() for pin in group if "==" in pin]
     assert pinned and set(pinned) <= ci, set(pinned) - ci
+
+
+PEERS = ["onnxruntime", "openvino", "ctranslate2", "ctranslate2-int8"]
+
+
+def test_peers_run_beside_fastformer_on_padded_batches(tmp_path, checkpoint, monkeypatch):
+    for package in ("onnxruntime", "openvino", "ctranslate2"):
+        pytest.importorskip(package)
+    monkeypatch.setenv("FASTFORMER_CACHE", str(tmp_path / "cache"))
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", ",".join(["fastformer", *PEERS]),
+                            "--batch", "1,8", "--seq", "32")
+    assert status == 0
+    padded = [r for r in result["results"] if r["batch"] == 8]
+    assert all(r["real_tokens"] < r["padded_tokens"] for r in padded)  # the sentences differ in length
+    for r in result["results"]:
+        assert r["status"] == "ok", r
+        assert r["quantized"] == (r["backend"] == "ctranslate2-int8") and r["ours"] == (r["backend"] == "fastformer")
+        # Accuracy over the real tokens only: CTranslate2 does not compute the padded positions at all.
+        if r["quantized"]:
+            assert 1e-4 < r["max_abs_diff"] < 1.0, r
+        else:
+            assert r["max_abs_diff"] < 1e-4, r
+    # Spinning thread pools: timed in alternating blocks, and the header says so.
+    assert {r["timing"] for r in result["results"]} == {"blocks"}
+    assert "alternating blocks" in result["meta"]["timing"]["cpu"] and "onnxruntime" in result["meta"]["timing"]["cpu"]
+    # CTranslate2's conversion is cached by content: a copy of the checkpoint elsewhere reuses it.
+    converted = os.listdir(tmp_path / "cache" / "ctranslate2")
+    assert len(converted) == 1 and converted[0].startswith(os.path.basename(checkpoint("bert")))
+    copy = tmp_path / "copy"
+    shutil.copytree(checkpoint("bert"), copy)
+    from fastformer.modelbench import ctranslate2_runtime
+    assert ctranslate2_runtime.converted_folder(str(copy), "copy").endswith(converted[0].split("-")[-1])
+
+
+def test_peers_not_installed_or_not_applicable_say_why(tmp_path, checkpoint, monkeypatch):
+    for package in ("onnxruntime", "openvino", "ctranslate2"):
+        monkeypatch.setitem(sys.modules, package, None)  # import now raises ImportError
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", ",".join(["hf-eager", *PEERS]),
+                            "--batch", "1", "--seq", "8")
+    assert status == 0
+    for r in result["results"]:
+        if r["backend"] != "hf-eager":
+            package = r["backend"].removesuffix("-int8")
+            assert r["status"] == "unavailable" and f"{package} is not installed" in r["reason"], r
+    monkeypatch.undo()
+    pytest.importorskip("ctranslate2")
+    status, result = _bench(tmp_path, "--model", checkpoint("gpt2"), "--backends", "hf-eager,ctranslate2",
+                            "--batch", "1", "--seq", "8")
+    ct2 = _rows(result, "ctranslate2")[0]
+    assert ct2["status"] == "unavailable" and "encoders only" in ct2["reason"]
+
+
+def test_blocks_give_each_backend_an_untimed_call_then_timed_calls_in_a_row():
+    calls = []
+    fns = [lambda name=name: calls.append(name) for name in "abc"]
+    samples = timing.sample_blocks(fns, reps=6, warmup=1, block=4)
+    assert [len(s) for s in samples] == [6, 6, 6]
+    warmup, timed = calls[:3], calls[3:]
+    assert warmup == ["a", "b", "c"]
+    # Round 1 starts at a, round 2 at b: 1 untimed + 4 timed calls, then 1 untimed + the 2 left.
+    assert "".join(timed) == "aaaaa" "bbbbb" "ccccc" "bbb" "ccc" "aaa"
+    assert [len(s) for s in timing.sample_blocks(fns, reps=50, warmup=0, budget_s=0.0, min_reps=5)] == [8, 8, 8]
+
+
+def _row(backend, ms, **flags):
+    return {"device": "cpu", "dtype": "float32", "batch": 8, "seq": 128, "padded_seq": 30, "backend": backend,
+            "status": "ok", "median_ms": ms, "ours": backend.startswith("fastformer"), **flags}
+
+
+def test_verdict_names_the_fastest_and_says_when_fastformer_loses():
+    lost = verdict.point_verdict([_row("fastformer", 30.0), _row("hf-eager", 45.0), _row("onnxruntime", 20.0)])
+    assert lost["fastest"] == "onnxruntime" and lost["fastformer_vs_fastest_other"] == pytest.approx(1.5)
+    assert lost["text"] == "onnxruntime is faster (20.00 ms): fastformer (30.00 ms) takes 1.50x its time"
+    won = verdict.point_verdict([_row("fastformer", 16.0), _row("openvino", 20.0),
+                                 {**_row("onnxruntime", 0), "status": "error", "median_ms": None}])
+    assert won["text"] == "fastformer is fastest (16.00 ms), 1.25x ahead of openvino (20.00 ms)"
+    quantized = verdict.point_verdict([_row("fastformer", 30.0), _row("ctranslate2-int8", 10.0, quantized=True),
+                                       _row("ctranslate2", 40.0)])
+    assert quantized["fastest"] == "ctranslate2-int8" and quantized["fastest_full_precision_other"] == "ctranslate2"
+    assert quantized["text"].startswith("ctranslate2-int8 (quantized) is faster (10.00 ms): fastformer takes 3.00x")
+    assert quantized["text"].endswith("fastformer is fastest among full-precision backends (30.00 ms), 1.33x ahead of "
+                                      "ctranslate2 (40.00 ms)")
+    summary = verdict.summarize([lost, won, quantized])
+    assert (summary["points_with_fastformer"], summary["fastformer_fastest"],
+            summary["fastformer_fastest_full_precision"]) == (3, 1, 2)
+
+
+def test_table_prints_a_verdict_per_point_and_a_summary(tmp_path, checkpoint, capsys):
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "fastformer,hf-eager",
+                            "--batch", "1,2", "--seq", "8")
+    assert status == 0
+    table = capsys.readouterr().out
+    assert table.count("\nverdict: ") == 2 and "\nsummary (ratio: fastformer's median / the other's" in table
+    points = result["summary"]["points"]
+    assert [p["batch"] for p in points] == [1, 2] and all(p["fastformer"] == "fastformer" for p in points)
+    assert result["summary"]["points_with_fastformer"] == 2
+
+
+def test_waiting_for_spinning_threads_stops_once_the_process_is_idle(monkeypatch):
+    clock = {"wall": 0.0, "cpu": 0.0}
+    busy_until = 0.05  # a pool that spins for 50 ms after the call
+
+    def sleep(seconds):
+        spinning = max(0.0, min(clock["wall"] + seconds, busy_until) - clock["wall"])
+        clock["wall"] += seconds
+        clock["cpu"] += spinning
+
+    monkeypatch.setattr(timing.time, "sleep", sleep)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(timing.time, "process_time", lambda: clock["cpu"])
+    assert timing.wait_until_idle(window_s=0.01) == pytest.approx(0.06)  # 5 busy windows, then an idle one
+    busy_until = 10.0
+    assert timing.wait_until_idle(max_s=0.25, window_s=0.01) == pytest.approx(0.25)  # bounded

@@ -2,7 +2,12 @@
 the benchmark's keyword inputs and returning the last hidden state, or raises BackendUnavailable with
 the exact reason, so a backend that is not in this build, not installed or not applicable reports why
 instead of stopping the run. Backends that depend on work not merged yet (ff.optimize, native
-decoders and encoder-decoders) light up with no change here once it is."""
+decoders and encoder-decoders) light up with no change here once it is.
+
+A new backend is one Backend entry in BACKENDS: ours=True for fastformer's own variants (the verdict
+compares them with the fastest other backend), quantized=True when it computes below --dtype (its row
+is labelled, and the verdict also names the fastest full-precision backend), spins=True when its
+threads busy-wait between calls (the run is then timed in alternating blocks)."""
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,7 +16,7 @@ import torch
 import fastformer
 from fastformer.hf import seq2seq as hf_seq2seq
 from fastformer.hf.checkpoint import read_config
-from fastformer.modelbench import onnx_runtime
+from fastformer.modelbench import ctranslate2_runtime, onnx_runtime, openvino_runtime
 from fastformer.modelbench.models import ModelSource, import_transformers
 
 
@@ -97,15 +102,20 @@ def _hf_compile(ctx: LoadContext) -> Runner:
     return _as_runner(torch.compile(load_hf(ctx, "sdpa")))
 
 
-def _onnxruntime(ctx: LoadContext) -> Runner:
+def _require_cpu_float32(ctx: LoadContext, package: str, install: str):
+    """The CPU engines run here on the CPU in float32 only, and only when installed."""
     if torch.device(ctx.device).type != "cpu":
-        raise BackendUnavailable("runs on the CPU execution provider only; use --device cpu")
+        raise BackendUnavailable("runs on the CPU only here; use --device cpu")
     if ctx.dtype != torch.float32:
-        raise BackendUnavailable(f"exported in float32 only, not {str(ctx.dtype).removeprefix('torch.')}")
+        raise BackendUnavailable(f"benchmarked in float32 only, not {str(ctx.dtype).removeprefix('torch.')}")
     try:
-        import onnxruntime  # noqa: F401
+        __import__(package)
     except ImportError:
-        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime onnx)") from None
+        raise BackendUnavailable(f"{package} is not installed (pip install {install}, or the `peers` extras)") from None
+
+
+def _onnxruntime(ctx: LoadContext) -> Runner:
+    _require_cpu_float32(ctx, "onnxruntime", "onnxruntime onnx")
     model = load_hf(ctx, "eager", dtype=torch.float32)
     try:
         with torch.inference_mode():
@@ -115,20 +125,54 @@ def _onnxruntime(ctx: LoadContext) -> Runner:
         raise BackendUnavailable(f"ONNX export or session failed: {type(e).__name__}: {e}") from None
 
 
+def _openvino(ctx: LoadContext) -> Runner:
+    _require_cpu_float32(ctx, "openvino", "openvino")
+    model = load_hf(ctx, "sdpa", dtype=torch.float32)
+    try:
+        return openvino_runtime.compiled_runner(model, ctx.example_inputs, ctx.threads)
+    except Exception as e:
+        raise BackendUnavailable(f"OpenVINO conversion or compilation failed: {type(e).__name__}: {e}") from None
+
+
+def _ctranslate2(compute_type: str) -> Callable[[LoadContext], Runner]:
+    def load(ctx: LoadContext) -> Runner:
+        _require_cpu_float32(ctx, "ctranslate2", "ctranslate2")
+        if ctx.source.kind != "encoder":
+            raise BackendUnavailable(f"CTranslate2 gives hidden states for encoders only; {ctx.source.model_type} is "
+                                     f"{'a' if ctx.source.kind == 'decoder' else 'an'} {ctx.source.kind}")
+        try:
+            folder = ctranslate2_runtime.converted_folder(ctx.source.path, ctx.source.name)
+            return ctranslate2_runtime.encoder_runner(folder, compute_type, ctx.threads)
+        except Exception as e:
+            raise BackendUnavailable(f"CTranslate2 conversion or loading failed: {type(e).__name__}: {e}") from None
+    return load
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
     description: str
     load: Callable[[LoadContext], Runner]
+    ours: bool = False  # a fastformer row: the verdict reports it against the fastest of the others
+    quantized: bool = False  # computes below --dtype (int8 weights, ...): labelled, and ranked apart in the verdict
+    spins: bool = False  # its worker threads spin between calls: timed in blocks, not interleaved call by call
 
 
 BACKENDS = {b.name: b for b in [
-    Backend("fastformer", "fastformer native model (ff.from_pretrained)", _native),
-    Backend("hf+optimize", "Hugging Face model with fastformer kernels swapped in (ff.optimize)", _hf_optimize),
+    Backend("fastformer", "fastformer native model (ff.from_pretrained)", _native, ours=True),
+    Backend("hf+optimize", "Hugging Face model with fastformer kernels swapped in (ff.optimize)", _hf_optimize,
+            ours=True),
     Backend("hf-eager", "Hugging Face, attn_implementation='eager'", _hf_eager),
     Backend("hf-sdpa", "Hugging Face, attn_implementation='sdpa'", _hf_sdpa),
     Backend("hf+compile", "torch.compile of the Hugging Face sdpa model", _hf_compile),
-    Backend("onnxruntime", "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", _onnxruntime),
+    Backend("onnxruntime", "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL, default (spinning) thread pool",
+            _onnxruntime, spins=True),
+    Backend("openvino", "OpenVINO CPU plugin, converted from the Hugging Face sdpa model, f32 precision hint, "
+            "latency hint", _openvino, spins=True),
+    Backend("ctranslate2", "CTranslate2 Encoder, float32, converted with its own converter (cached)",
+            _ctranslate2("float32"), spins=True),
+    Backend("ctranslate2-int8", "CTranslate2 Encoder, int8 weights and matmuls (quantized: lower accuracy)",
+            _ctranslate2("int8"), quantized=True, spins=True),
 ]}
 
 

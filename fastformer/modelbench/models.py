@@ -2,6 +2,7 @@
 architecture preset built with random weights from transformers' config classes (no network; latency
 does not depend on weight values). Every source ends up as a local Hugging Face folder, so every
 backend loads it the same way."""
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -58,6 +59,18 @@ class ModelSource:
                 "decoder": "one forward (prefill) of the batch, no generation",
                 "encoder-decoder": "one forward (prefill) of the batch: encoder input and decoder_input_ids of the "
                                    "same length, no generation"}[self.kind]
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' logger at error level inside (converters load models with arguments it warns about)."""
+    logging = import_transformers().utils.logging
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def import_transformers():

@@ -6,9 +6,9 @@ import sys
 
 # CSV columns: the row's own fields, then the run's facts repeated on every row so a CSV alone says
 # where and with what it was measured.
-ROW_FIELDS = ("model", "model_type", "device", "dtype", "batch", "seq", "backend", "status", "reason",
-              "median_ms", "p90_ms", "p99_ms", "reps", "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup",
-              "max_abs_diff", "reference_error")
+ROW_FIELDS = ("model", "model_type", "device", "dtype", "batch", "seq", "padded_seq", "real_tokens", "padded_tokens",
+              "backend", "ours", "quantized", "status", "reason", "median_ms", "p90_ms", "p99_ms", "reps", "timing",
+              "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup", "max_abs_diff", "reference_error")
 META_FIELDS = ("time_utc", "machine", "cpu", "cpu_isa_detected", "fastformer_compiled_cpu_isa", "gpu", "torch_threads", "load_average_1m", "git_sha",
                "baseline")
 VERSION_FIELDS = ("fastformer", "torch", "triton", "transformers", "onnxruntime")
@@ -51,34 +51,69 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _point_title(r: dict) -> str:
+    title = f"{r['device']} {r['dtype']} batch {r['batch']}"
+    if r.get("real_tokens") is None:
+        return f"{title} x seq {r['seq']}"
+    if r["real_tokens"] == r["padded_tokens"]:
+        return f"{title} x seq {r['padded_seq']} ({r['real_tokens']} tokens, no padding)"
+    return (f"{title}, real lengths padded to {r['padded_seq']} tokens (at most {r['seq']}): {r['real_tokens']} real "
+            f"tokens of {r['padded_tokens']} positions ({100 * (1 - r['real_tokens'] / r['padded_tokens']):.0f}% padding)")
+
+
+def _summary_table(summary: dict) -> list[str]:
+    head = (f"{'point':<28} {'fastest':<17} {'ms':>9} {'fastformer ms':>13} {'ratio':>6}  "
+            f"{'fastest full-precision other':<28} {'ratio':>6}")
+    lines = ["", "summary (ratio: fastformer's median / the other's; above 1.00 fastformer is slower)", head,
+             "-" * len(head)]
+    for v in summary["points"]:
+        point = f"{v['device']} {v['dtype']} b{v['batch']}" + (f" (padded {v['padded_seq']})" if v["padded_seq"] else "")
+        lines.append(f"{point:<28} {v['fastest'] or '-':<17} {_fmt(v['fastest_ms'], '9.2f'):>9} "
+                     f"{_fmt(v['fastformer_ms'], '13.2f'):>13} {_fmt(v['fastformer_vs_fastest_other'], '5.2f'):>5}x  "
+                     f"{v['fastest_full_precision_other'] or '-':<28} "
+                     f"{_fmt(v['fastformer_vs_fastest_full_precision_other'], '5.2f'):>5}x")
+    lines.append(f"fastformer is fastest at {summary['fastformer_fastest']} of {summary['points_with_fastformer']} "
+                 f"points, and fastest among full-precision backends at "
+                 f"{summary['fastformer_fastest_full_precision']} of {summary['points_with_fastformer']}")
+    return lines
+
+
 def format_table(result: dict) -> str:
     meta, rows = result["meta"], result["results"]
     model = meta["model"]
     lines = [f"model {model['name']} ({model['model_type']}, {model['kind']}; weights {model['weights']})",
              f"timed call: {meta['timed_call']}; inputs: {meta['inputs']}",
-             f"up to {meta['reps']} interleaved timed rounds per point"
+             f"up to {meta['reps']} timed calls per backend and point"
              + (f" (at least 5, fewer once they pass {meta['budget_s_per_point']:g} s)" if meta['budget_s_per_point']
                 else "")
              + f" after {_count(meta['warmup_rounds'], 'warm-up round')}; speed-up vs {meta['baseline']}",
+             *(f"timing on {device}: {how}" for device, how in meta["timing"].items()),
              f"max|diff|: {meta['units']['max_abs_diff']}",
              f"torch threads {meta['torch_threads']}, load average {meta['load_average_1m']}",
              f"peak memory: " + "; ".join(f"{d}: {how}" for d, how in meta["memory"].items())]
-    head = (f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'reps':>4} {'tokens/s':>10} "
+    head = (f"{'backend':<17} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'reps':>4} {'tokens/s':>10} "
             f"{'peak MiB':>9} {'speedup':>8} {'max|diff|':>9}")
+    verdicts = {(v["device"], v["dtype"], v["batch"], v["seq"]): v for v in result.get("summary", {}).get("points", [])}
     group = None
-    for r in rows:
+    for i, r in enumerate(rows):
         key = (r["device"], r["dtype"], r["batch"], r["seq"])
         if key != group:
             group = key
-            lines += ["", f"{r['device']} {r['dtype']} batch {r['batch']} x seq {r['seq']}", head, "-" * len(head)]
+            lines += ["", _point_title(r), head, "-" * len(head)]
         if r["status"] != "ok":
-            lines.append(f"{r['backend']:<12} {r['status']}: {r['reason']}")
-            continue
-        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        lines.append(f"{r['backend']:<12} {r['median_ms']:>10.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
-                     f"{r['reps']:>4} {r['tokens_per_s']:>10.0f} {_fmt(r['peak_mem_MiB'], '9.1f')} {speedup:>8} "
-                     f"{_fmt(r['max_abs_diff'], '9.1e')}"
-                     + (f"  (no accuracy check: {r['reference_error']})" if r["reference_error"] else ""))
+            lines.append(f"{r['backend']:<17} {r['status']}: {r['reason']}")
+        else:
+            speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+            lines.append(f"{r['backend']:<17} {r['median_ms']:>10.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+                         f"{r['reps']:>4} {r['tokens_per_s']:>10.0f} {_fmt(r['peak_mem_MiB'], '9.1f')} {speedup:>8} "
+                         f"{_fmt(r['max_abs_diff'], '9.1e')}" + ("  quantized" if r.get("quantized") else "")
+                         + (f"  (no accuracy check: {r['reference_error']})" if r["reference_error"] else ""))
+        last_of_point = i + 1 == len(rows) or key != (rows[i + 1]["device"], rows[i + 1]["dtype"],
+                                                       rows[i + 1]["batch"], rows[i + 1]["seq"])
+        if last_of_point and key in verdicts:
+            lines.append(f"verdict: {verdicts[key]['text']}")
+    if verdicts:
+        lines += _summary_table(result["summary"])
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """The model benchmark's grid: for each device and dtype every requested backend is loaded once; at
 each (batch, seq) the backends take the same inputs, are checked against the fp32 reference (Hugging
-Face eager, float32, same device) and are timed interleaved. Every requested backend gets one row per
-grid point: status "ok" with its numbers, or "unavailable" / "error" / "skipped" with the reason."""
+Face eager, float32, same device) on the real (unpadded) tokens and are timed interleaved, or in
+alternating blocks when a backend's threads spin between calls. Every requested backend gets one row
+per grid point: status "ok" with its numbers, or "unavailable" / "error" / "skipped" with the reason."""
 import gc
 import itertools
 from dataclasses import dataclass, field
@@ -9,13 +10,20 @@ from typing import Callable
 
 import torch
 
-from fastformer.modelbench import backends, inputs, machine, models, timing
+from fastformer.modelbench import backends, inputs, machine, models, timing, verdict
 
 REFERENCE = "Hugging Face eager, float32, same device"
-UNITS = {"median_ms": "ms", "p90_ms": "ms", "p99_ms": "ms", "tokens_per_s": "input tokens / s",
+UNITS = {"median_ms": "ms", "p90_ms": "ms", "p99_ms": "ms", "tokens_per_s": "real (unpadded) input tokens / s",
+         "real_tokens": "tokens of the batch that are not padding", "padded_tokens": "batch x padded length",
          "peak_mem_MiB": "MiB", "first_call_s": "s (includes torch.compile's compilation for hf+compile)",
          "speedup": "baseline median / this median", "max_abs_diff": "largest |difference| between this backend's "
-         f"last hidden state (the decoder's for encoder-decoders) and the reference's ({REFERENCE})"}
+         f"last hidden state (the decoder's for encoder-decoders) and the reference's ({REFERENCE}), over the "
+         "real tokens"}
+TIMING = {"interleaved": "interleaved rounds (one call of each backend per round, the order fixed)",
+          "blocks": "alternating blocks (each round: per backend one untimed call, then up to 4 timed calls in a "
+                    "row; the first backend rotates each round), because {spinning} keep their threads spinning "
+                    "after a call, which would steal the cores from the next backend's timed calls; after their "
+                    "blocks the process waits (at most 0.25 s) until its threads are idle"}
 
 
 @dataclass
@@ -30,6 +38,7 @@ class BenchConfig:
     reps: int = 20
     warmup: int = 1
     budget_s: float | None = 10.0  # per grid point: fewer timed rounds (at least 5) past this
+    lengths: str = "real"  # inputs.LENGTHS: real sentences padded to the batch's longest, or exactly seq tokens
 
 
 # How an allocation failure reads where it is not a torch.OutOfMemoryError: torch's CPU allocator, and
@@ -69,6 +78,12 @@ def _why_not_shape(source: models.ModelSource, seq: int) -> str | None:
     return None
 
 
+def timing_mode(device: str, names) -> str:
+    """"blocks" on the CPU when one of the backends spins between calls, else "interleaved"."""
+    spinning = torch.device(device).type == "cpu" and any(backends.BACKENDS[n].spins for n in names)
+    return "blocks" if spinning else "interleaved"
+
+
 class _Point:
     """One (device, dtype, batch, seq) of the grid: its rows, one per requested backend."""
 
@@ -86,9 +101,10 @@ class _Point:
 def _measure_point(point: _Point, runners: dict, reference_runner, model_inputs: dict, config: BenchConfig,
                    device: str, batch: int, seq: int, advance: Callable[[], None] | None):
     reference = None
+    real = model_inputs["attention_mask"].bool()  # [B, S]: padded positions' outputs are undefined
     if reference_runner is not None:
         try:
-            reference = reference_runner(**model_inputs).float()
+            reference = reference_runner(**model_inputs).float()[real]  # [real tokens, H]
         except Exception as e:  # the backends may still run; their accuracy column says why it is missing
             point.reference_error = _error_reason(e, batch, seq)
     calls = {}
@@ -101,21 +117,28 @@ def _measure_point(point: _Point, runners: dict, reference_runner, model_inputs:
             continue
         point.rows[name].update(first_call_s=seconds, peak_mem_MiB=peak,
                                 max_abs_diff=None if reference is None else
-                                (out.float().to(reference.device) - reference).abs().max().item())
+                                (out.float().to(reference.device)[real] - reference).abs().max().item())
         calls[name] = lambda r=runners[name]: r(**model_inputs)
     del reference
     if not calls:
         return
+    mode = timing_mode(device, calls)
     try:
-        samples = timing.sample_interleaved(list(calls.values()), config.reps, config.warmup, device, advance,
-                                            config.budget_s)
+        if mode == "blocks":
+            samples = timing.sample_blocks(list(calls.values()), config.reps, config.warmup, progress=advance,
+                                           budget_s=config.budget_s,
+                                           spinning=[backends.BACKENDS[n].spins for n in calls])
+        else:
+            samples = timing.sample_interleaved(list(calls.values()), config.reps, config.warmup, device, advance,
+                                                config.budget_s)
     except Exception as e:  # e.g. out of memory with every backend's activations alive at once
         for name in calls:
             point.fail(name, "error", "during the timed runs: " + _error_reason(e, batch, seq))
         return
+    real_tokens, _ = inputs.token_counts(model_inputs)
     for name, s in zip(calls, samples):
         stats = timing.summarize(s)
-        point.rows[name].update(stats, tokens_per_s=batch * seq / (stats["median_ms"] / 1e3))
+        point.rows[name].update(stats, timing=mode, tokens_per_s=real_tokens / (stats["median_ms"] / 1e3))
 
 
 def _add_speedups(rows: list[dict], baseline: str):
@@ -142,7 +165,8 @@ def _load(config: BenchConfig, source, tokenizer, device: str, dtype: torch.dtyp
     not_here = why_not_device_dtype(device, dtype)
     if not_here:
         return {}, dict.fromkeys(config.backends, not_here), None, not_here
-    example = inputs.make_inputs(source, tokenizer, 2, min(16, *config.seqs), device)  # [2, <=16] for ONNX export
+    # [2, <=16]: what the graph exporters and converters trace (with dynamic batch and sequence axes)
+    example = inputs.make_inputs(source, tokenizer, 2, min(16, *config.seqs), device, config.lengths)
     ctx = backends.LoadContext(source, device, dtype, threads, workdir, example)
     runners, why_not = _load_all(config.backends, ctx)
     try:
@@ -159,22 +183,29 @@ def _grid_point(config: BenchConfig, source, tokenizer, device: str, dtype_name:
     point = _Point(common, config.backends, reference_error)
     for name, reason in why_not.items():
         point.fail(name, "unavailable", reason)
-    shape_problem = _why_not_shape(source, seq)
-    for name in point.ok() if shape_problem else []:
-        point.fail(name, "skipped", shape_problem)
     if progress:
         progress.point(f"{device} {dtype_name} batch {batch} x seq {seq}")
+    model_inputs = None
     if point.ok():
         try:
-            model_inputs = inputs.make_inputs(source, tokenizer, batch, seq, device)
+            model_inputs = inputs.make_inputs(source, tokenizer, batch, seq, device, config.lengths)
         except Exception as e:
             for name in point.ok():
                 point.fail(name, "error", "making the inputs: " + _error_reason(e, batch, seq))
-        else:
+    if model_inputs is not None:
+        real_tokens, padded_tokens = inputs.token_counts(model_inputs)
+        padded_seq = model_inputs["input_ids"].shape[1]
+        for row in point.rows.values():
+            row.update(padded_seq=padded_seq, real_tokens=real_tokens, padded_tokens=padded_tokens)
+        shape_problem = _why_not_shape(source, padded_seq)
+        for name in point.ok() if shape_problem else []:
+            point.fail(name, "skipped", shape_problem)
+        if point.ok():
             with torch.inference_mode():
                 _measure_point(point, runners, reference_runner, model_inputs, config, device, batch, seq,
                                progress.round if progress else None)
     for row in point.rows.values():
+        row.update(ours=backends.BACKENDS[row["backend"]].ours, quantized=backends.BACKENDS[row["backend"]].quantized)
         no_accuracy = row["status"] == "ok" and row.get("max_abs_diff") is None
         row["reference_error"] = point.reference_error if no_accuracy else None
     rows = list(point.rows.values())
@@ -182,17 +213,21 @@ def _grid_point(config: BenchConfig, source, tokenizer, device: str, dtype_name:
     return rows
 
 
+def _describe_timing(device: str, names: list[str]) -> str:
+    clock = "CUDA events" if torch.device(device).type == "cuda" else "time.perf_counter"
+    spinning = ", ".join(n for n in names if backends.BACKENDS[n].spins)
+    return TIMING[timing_mode(device, names)].format(spinning=spinning) + f"; {clock}"
+
+
 def _meta(config: BenchConfig, source, tokenizer, why_no_tokenizer) -> dict:
     return {**machine.describe(),
             "model": {"name": source.name, "path": source.path, "model_type": source.model_type, "kind": source.kind,
                       "weights": "random (latency does not depend on weight values)" if source.random_weights
                       else "from the checkpoint"},
-            "inputs": inputs.describe_tokens(tokenizer, why_no_tokenizer) + "; every row exactly seq tokens, "
-                      "attention mask all ones",
+            "inputs": inputs.describe_tokens(tokenizer, why_no_tokenizer, config.lengths), "lengths": config.lengths,
             "timed_call": source.timed_call, "reference": REFERENCE, "baseline": config.baseline,
             "reps": config.reps, "warmup_rounds": config.warmup, "budget_s_per_point": config.budget_s,
-            "timing": "interleaved rounds (one call of each backend per round); CUDA events on GPU, "
-                      "time.perf_counter on CPU",
+            "timing": {d: _describe_timing(d, config.backends) for d in config.devices},
             "memory": {d: timing.MEMORY_METHOD[torch.device(d).type] for d in config.devices},
             "units": UNITS, "backends": {n: backends.BACKENDS[n].description for n in config.backends}}
 
@@ -202,12 +237,15 @@ def run(config: BenchConfig, workdir: str, threads: int, progress=None) -> dict:
     --model names nothing usable (nothing can run then). progress: a report.ProgressBar or None."""
     source = models.resolve(config.model, workdir)
     tokenizer, why_no_tokenizer = inputs.load_tokenizer(source)
-    rows = []
+    rows, verdicts = [], []
     for device, dtype_name in itertools.product(config.devices, config.dtypes):
         loaded = _load(config, source, tokenizer, device, getattr(torch, dtype_name), threads, workdir)
         for batch, seq in itertools.product(config.batches, config.seqs):
-            rows += _grid_point(config, source, tokenizer, device, dtype_name, batch, seq, loaded, progress)
+            point_rows = _grid_point(config, source, tokenizer, device, dtype_name, batch, seq, loaded, progress)
+            rows += point_rows
+            verdicts.append(verdict.point_verdict(point_rows))
             _free(device)
         del loaded
         _free(device)
-    return {"meta": _meta(config, source, tokenizer, why_no_tokenizer), "results": rows}
+    return {"meta": _meta(config, source, tokenizer, why_no_tokenizer), "results": rows,
+            "summary": verdict.summarize(verdicts)}

@@ -1,6 +1,7 @@
 """Timing and statistics shared by the model and kernel benchmarks: several callables timed
 interleaved (one call of each per round, so load drift on a shared machine hits all of them alike),
 CUDA events on the GPU, wall clock on the CPU, and peak memory of one call."""
+import itertools
 import resource
 import statistics
 import sys
@@ -48,6 +49,52 @@ def sample_interleaved(fns: Sequence[Callable[[], object]], reps: int, warmup: i
                 t0 = time.perf_counter()
                 fn()
                 s.append(time.perf_counter() - t0)
+        if progress:
+            progress()
+    return samples
+
+
+def wait_until_idle(max_s: float = 0.25, window_s: float = 0.01, busy_fraction: float = 0.2) -> float:
+    """Sleeps until this process's threads stop using the CPU (less than busy_fraction of a core over a
+    window), at most max_s; returns the seconds waited. Thread pools that spin after a call keep going for
+    tens of ms (measured: ONNX Runtime's ~50 ms of CPU after a 1 ms call), and on a 2-core machine torch's
+    next calls run up to 50x slower beside them."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < max_s:
+        cpu_before = time.process_time()  # every thread of the process
+        time.sleep(window_s)
+        if time.process_time() - cpu_before < busy_fraction * window_s:
+            break
+    return time.perf_counter() - started
+
+
+def sample_blocks(fns: Sequence[Callable[[], object]], reps: int, warmup: int = 3, block: int = 4,
+                  progress: Callable[[], None] | None = None, budget_s: float | None = None,
+                  min_reps: int = 5, spinning: Sequence[bool] | None = None) -> list[list[float]]:
+    """Like sample_interleaved on the CPU, for backends whose threads spin between calls: each round gives
+    every fn a block of one untimed call (it refills the caches) and up to `block` timed calls in a row,
+    the starting fn rotating each round so load drift still hits every fn alike. After the block of a
+    spinning fn (spinning[i]) the process waits until its threads have gone idle (wait_until_idle)."""
+    spinning = spinning or [False] * len(fns)
+    for _ in range(warmup):
+        for fn, spins in zip(fns, spinning):
+            fn()
+            if spins:
+                wait_until_idle()
+    samples = [[] for _ in fns]
+    timed_since = time.perf_counter()
+    for start in itertools.count():
+        done = min(len(s) for s in samples)
+        if done >= reps or (budget_s is not None and done >= min_reps and time.perf_counter() - timed_since > budget_s):
+            break
+        for i in [(start + k) % len(fns) for k in range(len(fns))]:
+            fns[i]()
+            for _ in range(min(block, reps - len(samples[i]))):
+                t0 = time.perf_counter()
+                fns[i]()
+                samples[i].append(time.perf_counter() - t0)
+            if spinning[i]:
+                wait_until_idle()
         if progress:
             progress()
     return samples
