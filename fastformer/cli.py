@@ -15,6 +15,7 @@ import torch
 import fastformer
 from fastformer.modelbench.backends import BACKENDS
 from fastformer.modelbench.inputs import LENGTHS
+from fastformer.modelbench.machine_load import QUIET_LOAD
 from fastformer.modelbench.models import DEFAULT_MODEL, PRESETS
 
 BENCH_DESCRIPTION = """\
@@ -119,6 +120,7 @@ def _bench_ops(args) -> int:
     print(opbench.format_table(rows, limits))
     if args.json:
         meta = {**machine.describe(), "device": device, "limits": limits, "backends": _backends.available_backends(),
+                "wait_quiet": args.waited,
                 "units": {"ours_ms": "ms", "baseline_ms": "ms", "ours_GBps": "GB/s (bytes the ideal fused op reads "
                           "+ writes)", "ours_TFLOPs": "TFLOP/s", "pct_of_limit": "% of copy_GBps (memory-bound) or "
                           "matmul_TFLOPs (compute-bound)"}}
@@ -155,7 +157,7 @@ def _bench_models(args) -> int:
     bar = report.ProgressBar(len(devices) * len(dtypes) * len(args.batch) * len(args.seq))
     with tempfile.TemporaryDirectory(prefix="fastformer-bench-") as workdir:
         try:
-            result = runner.run(config, workdir, torch.get_num_threads(), progress=bar)
+            result = runner.run(config, workdir, torch.get_num_threads(), progress=bar, waited=args.waited)
         except models.ModelSourceError as e:
             print(e, file=sys.stderr)
             return 2
@@ -189,7 +191,22 @@ def _bench(args) -> int:
                 return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.waited = _wait_quiet(args.wait_quiet) if args.wait_quiet is not None else None
     return _bench_ops(args) if args.ops else _bench_models(args)
+
+
+def _wait_quiet(max_s: float) -> dict:
+    from fastformer.modelbench import machine_load
+
+    def announce(load):
+        print(f"waiting up to {max_s:g} s for a quiet machine (1-minute load average at most {QUIET_LOAD}; now "
+              f"{load:.1f})", file=sys.stderr)
+
+    waited = machine_load.wait_quiet(max_s, on_wait=announce)
+    if not waited["quiet"]:
+        print(f"the machine did not get quiet in {max_s:g} s (load average {waited['load_average_1m']:.1f}); "
+              f"running anyway", file=sys.stderr)
+    return waited
 
 
 def _shape_list(text: str) -> list[list[int]]:
@@ -278,6 +295,10 @@ def main(argv=None) -> int:
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     bench.add_argument("--reps", type=_positive_int, default=None, help="timed repetitions (default 20 models, 50 ops)")
     bench.add_argument("--json", metavar="PATH", help="also write results and machine facts as JSON")
+    bench.add_argument("--wait-quiet", type=_seconds, default=None, metavar="SECONDS",
+                       help=f"first wait, at most SECONDS, until the machine's 1-minute load average is at most "
+                            f"{QUIET_LOAD} (other processes idle); the run reports the load before and during it "
+                            f"either way")
     _add_serve_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -496,3 +496,96 @@ def test_waiting_for_spinning_threads_stops_once_the_process_is_idle(monkeypatch
     assert timing.wait_until_idle(window_s=0.01) == pytest.approx(0.06)  # 5 busy windows, then an idle one
     busy_until = 10.0
     assert timing.wait_until_idle(max_s=0.25, window_s=0.01) == pytest.approx(0.25)  # bounded
+
+
+def _fake_load(monkeypatch, loads):
+    """The load source returns `loads` in turn (the last one from then on)."""
+    from fastformer.modelbench import machine_load
+    values = iter(loads)
+    last = [loads[-1]]
+
+    def read():
+        last[0] = next(values, last[0])
+        return last[0]
+    monkeypatch.setattr(machine_load, "read_load_average", read)
+    return machine_load
+
+
+def test_busy_machine_is_flagged_in_the_header_the_json_and_the_point_verdict(tmp_path, checkpoint, monkeypatch,
+                                                                               capsys):
+    _fake_load(monkeypatch, [0.3, 4.7, 1.5])  # before the run, after point 1, after point 2
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "fastformer,hf-eager",
+                            "--batch", "1,2", "--seq", "8")
+    assert status == 0
+    load = result["meta"]["load"]
+    assert (load["load_average_1m_before"], load["load_average_1m_during"], load["threads"]) == (0.3, [4.7, 1.5], 2)
+    assert load["busy"] and "reached 4.7 during the run, above the 2 threads in use" in load["warning"]
+    assert [r["load_average_1m"] for r in result["results"]] == [4.7, 4.7, 1.5, 1.5]
+    busy, quiet = result["summary"]["points"]
+    assert busy["machine_busy"] and busy["text"].endswith("(machine busy: load average 4.7 above the 2 threads in use)")
+    assert not quiet["machine_busy"] and "busy" not in quiet["text"]
+    table = capsys.readouterr().out
+    assert "\nWARNING: the machine was busy: the 1-minute load average reached 4.7" in table
+    assert "0.3 before the run, up to 4.7 during it" in table
+
+    _fake_load(monkeypatch, [0.2, 1.9, 2.0])  # our own 2 threads: not busy
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "fastformer,hf-eager",
+                            "--batch", "1,2", "--seq", "8")
+    assert not result["meta"]["load"]["busy"] and result["meta"]["load"]["warning"] is None
+    assert "WARNING" not in capsys.readouterr().out
+
+
+def test_wait_quiet_polls_until_the_load_drops_and_gives_up_after_its_limit(monkeypatch):
+    clock = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock[0] += seconds
+
+    machine_load = _fake_load(monkeypatch, [3.0, 2.0, 0.4])
+    seen = []
+    waited = machine_load.wait_quiet(60, on_wait=seen.append, sleep=sleep, clock=lambda: clock[0])
+    assert waited == {"max_s": 60, "waited_s": 10.0, "quiet_load": 0.5, "load_average_1m": 0.4, "quiet": True}
+    assert seen == [3.0] and slept == [5.0, 5.0]
+    slept.clear()
+    clock[0] = 0.0
+    machine_load = _fake_load(monkeypatch, [3.0])
+    waited = machine_load.wait_quiet(12, sleep=sleep, clock=lambda: clock[0])
+    assert (waited["waited_s"], waited["quiet"], slept) == (12.0, False, [5.0, 5.0, 2.0])  # bounded by max_s
+    assert machine_load.wait_quiet(60, read=lambda: 0.1, sleep=sleep)["waited_s"] == 0.0  # quiet: no wait
+
+
+def test_wait_quiet_option_reaches_the_json(tmp_path, checkpoint, monkeypatch, capsys):
+    machine_load = _fake_load(monkeypatch, [0.4])
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "hf-eager", "--batch", "1",
+                            "--seq", "8", "--wait-quiet", "30")
+    assert status == 0 and result["meta"]["load"]["wait_quiet"]["quiet"]
+    assert "waited 0 s for a quiet machine" in capsys.readouterr().out
+    assert machine_load.QUIET_LOAD == result["meta"]["load"]["wait_quiet"]["quiet_load"]
+
+
+def test_verdict_is_honest_when_a_peer_wins_under_a_fake_timer(tmp_path, checkpoint, monkeypatch, capsys):
+    """The timer says hf-eager takes 20 ms and fastformer 30 ms: the verdict and the summary say we lose."""
+    fake_ms = {"fastformer": 30.0, "hf-eager": 20.0}
+    order = []
+
+    def fake_sample(fns, reps, *args, **kwargs):
+        return [[fake_ms[name] / 1e3] * reps for name in order]
+
+    real_measure = runner._measure_point
+
+    def measure(point, runners, *args, **kwargs):
+        order[:] = list(runners)
+        return real_measure(point, runners, *args, **kwargs)
+    monkeypatch.setattr(runner, "_measure_point", measure)
+    monkeypatch.setattr(timing, "sample_interleaved", fake_sample)
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "fastformer,hf-eager",
+                            "--batch", "1", "--seq", "8")
+    assert status == 0
+    (point,) = result["summary"]["points"]
+    assert point["fastest"] == "hf-eager" and point["fastformer_vs_fastest_other"] == pytest.approx(1.5)
+    assert result["summary"]["fastformer_fastest"] == 0
+    table = capsys.readouterr().out
+    assert "verdict: hf-eager is faster (20.00 ms): fastformer (30.00 ms) takes 1.50x its time" in table
+    assert "fastformer is fastest at 0 of 1 points" in table

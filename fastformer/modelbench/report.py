@@ -8,9 +8,11 @@ import sys
 # where and with what it was measured.
 ROW_FIELDS = ("model", "model_type", "device", "dtype", "batch", "seq", "padded_seq", "real_tokens", "padded_tokens",
               "backend", "ours", "quantized", "status", "reason", "median_ms", "p90_ms", "p99_ms", "reps", "timing",
-              "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup", "max_abs_diff", "reference_error")
-META_FIELDS = ("time_utc", "machine", "cpu", "cpu_isa_detected", "fastformer_compiled_cpu_isa", "gpu", "torch_threads", "load_average_1m", "git_sha",
-               "baseline")
+              "tokens_per_s", "peak_mem_MiB", "first_call_s", "speedup", "max_abs_diff", "reference_error",
+              "load_average_1m")
+META_FIELDS = ("time_utc", "machine", "cpu", "cpu_isa_detected", "fastformer_compiled_cpu_isa", "gpu", "torch_threads",
+               "git_sha", "baseline")
+LOAD_FIELDS = ("load_average_1m_before", "load_average_1m_during_max", "busy")
 VERSION_FIELDS = ("fastformer", "torch", "triton", "transformers", "onnxruntime")
 
 
@@ -78,18 +80,34 @@ def _summary_table(summary: dict) -> list[str]:
     return lines
 
 
+def _load_line(meta: dict) -> str:
+    load = meta.get("load")
+    if not load:
+        return f"torch threads {meta['torch_threads']}, load average {meta['load_average_1m']}"
+    line = (f"torch threads {meta['torch_threads']}; 1-minute load average (every runnable thread, ours included) "
+            f"{_fmt(load['load_average_1m_before'], '.1f')} before the run, up to "
+            f"{_fmt(load['load_average_1m_during_max'], '.1f')} during it (above {load['threads']}: other processes "
+            f"shared the cores)")
+    waited = load.get("wait_quiet")
+    if waited:
+        line += (f"; waited {waited['waited_s']:g} s for a quiet machine"
+                 + ("" if waited["quiet"] else f" (not reached in {waited['max_s']:g} s)"))
+    return line
+
+
 def format_table(result: dict) -> str:
     meta, rows = result["meta"], result["results"]
     model = meta["model"]
     lines = [f"model {model['name']} ({model['model_type']}, {model['kind']}; weights {model['weights']})",
              f"timed call: {meta['timed_call']}; inputs: {meta['inputs']}",
              f"up to {meta['reps']} timed calls per backend and point"
-             + (f" (at least 5, fewer once they pass {meta['budget_s_per_point']:g} s)" if meta['budget_s_per_point']
-                else "")
+             + (f" (fewer once they pass {meta['budget_s_per_point']:g} s, but at least 5)"
+                if meta['budget_s_per_point'] and meta['reps'] > 5 else "")
              + f" after {_count(meta['warmup_rounds'], 'warm-up round')}; speed-up vs {meta['baseline']}",
              *(f"timing on {device}: {how}" for device, how in meta["timing"].items()),
              f"max|diff|: {meta['units']['max_abs_diff']}",
-             f"torch threads {meta['torch_threads']}, load average {meta['load_average_1m']}",
+             _load_line(meta),
+             *([f"WARNING: {meta['load']['warning']}"] if meta.get("load", {}).get("warning") else []),
              f"peak memory: " + "; ".join(f"{d}: {how}" for d, how in meta["memory"].items())]
     head = (f"{'backend':<17} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'reps':>4} {'tokens/s':>10} "
             f"{'peak MiB':>9} {'speedup':>8} {'max|diff|':>9}")
@@ -137,7 +155,8 @@ def write_json(result: dict, path: str):
 
 def write_csv(result: dict, path: str):
     meta = result["meta"]
-    run_facts = {k: meta.get(k) for k in META_FIELDS} | {k: meta["versions"].get(k) for k in VERSION_FIELDS}
+    run_facts = ({k: meta.get(k) for k in META_FIELDS} | {k: meta["versions"].get(k) for k in VERSION_FIELDS}
+                 | {f"machine_{k}" if k == "busy" else k: meta.get("load", {}).get(k) for k in LOAD_FIELDS})
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*ROW_FIELDS, *run_facts])
         writer.writeheader()

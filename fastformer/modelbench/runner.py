@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from fastformer.modelbench import backends, inputs, machine, models, timing, verdict
+from fastformer.modelbench import backends, inputs, machine, machine_load, models, timing, verdict
 
 REFERENCE = "Hugging Face eager, float32, same device"
 UNITS = {"median_ms": "ms", "p90_ms": "ms", "p99_ms": "ms", "tokens_per_s": "real (unpadded) input tokens / s",
@@ -232,9 +232,11 @@ def _meta(config: BenchConfig, source, tokenizer, why_no_tokenizer) -> dict:
             "units": UNITS, "backends": {n: backends.BACKENDS[n].description for n in config.backends}}
 
 
-def run(config: BenchConfig, workdir: str, threads: int, progress=None) -> dict:
-    """Runs the grid; returns {"meta": ..., "results": rows}. Raises models.ModelSourceError when
-    --model names nothing usable (nothing can run then). progress: a report.ProgressBar or None."""
+def run(config: BenchConfig, workdir: str, threads: int, progress=None, waited: dict | None = None) -> dict:
+    """Runs the grid; returns {"meta": ..., "results": rows, "summary": verdicts}. Raises
+    models.ModelSourceError when --model names nothing usable (nothing can run then). progress: a
+    report.ProgressBar or None; waited: what machine_load.wait_quiet did before, for the JSON."""
+    monitor = machine_load.LoadMonitor(threads)
     source = models.resolve(config.model, workdir)
     tokenizer, why_no_tokenizer = inputs.load_tokenizer(source)
     rows, verdicts = [], []
@@ -242,10 +244,15 @@ def run(config: BenchConfig, workdir: str, threads: int, progress=None) -> dict:
         loaded = _load(config, source, tokenizer, device, getattr(torch, dtype_name), threads, workdir)
         for batch, seq in itertools.product(config.batches, config.seqs):
             point_rows = _grid_point(config, source, tokenizer, device, dtype_name, batch, seq, loaded, progress)
+            point_load = monitor.sample()
+            for row in point_rows:
+                row["load_average_1m"] = point_load
             rows += point_rows
-            verdicts.append(verdict.point_verdict(point_rows))
+            verdicts.append(verdict.point_verdict(point_rows, busy_load=point_load if monitor.busy(point_load)
+                                                  else None, threads=threads))
             _free(device)
         del loaded
         _free(device)
-    return {"meta": _meta(config, source, tokenizer, why_no_tokenizer), "results": rows,
-            "summary": verdict.summarize(verdicts)}
+    meta = _meta(config, source, tokenizer, why_no_tokenizer)
+    meta["load"] = {**monitor.describe(), "wait_quiet": waited}
+    return {"meta": meta, "results": rows, "summary": verdict.summarize(verdicts)}

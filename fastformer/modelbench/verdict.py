@@ -27,10 +27,12 @@ def _versus(ours: dict, other: dict | None, among: str) -> str:
     return f"{among}{other['backend']} is faster ({_ms(other)}): fastformer ({_ms(ours)}) takes {ratio:.2f}x its time"
 
 
-def point_verdict(rows: list[dict]) -> dict:
-    """The verdict of one grid point's rows (one per backend)."""
+def point_verdict(rows: list[dict], busy_load: float | None = None, threads: int | None = None) -> dict:
+    """The verdict of one grid point's rows (one per backend). busy_load: the load average when it was
+    above the `threads` in use (the verdict then says the point is not to be trusted)."""
     first = rows[0]
     verdict = {k: first.get(k) for k in ("device", "dtype", "batch", "seq", "padded_seq")}
+    verdict["machine_busy"] = busy_load is not None
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["median_ms"])
     ours = _ours(ok)
     fastest = ok[0] if ok else None
@@ -56,6 +58,8 @@ def point_verdict(rows: list[dict]) -> dict:
                 + _versus(ours, full_precision[0] if full_precision else None, "full-precision "))
     else:
         text = _versus(ours, others[0] if others else None, "")
+    if busy_load is not None:
+        text += f" (machine busy: load average {busy_load:.1f} above the {threads} threads in use)"
     verdict["text"] = text
     return verdict
 
