@@ -4,7 +4,6 @@ Auto (backend=None): on CPU tensors the C++ CPU kernels; on CUDA tensors the bac
 op in GPU_AUTO. FASTFORMER_BACKEND overrides auto globally. An explicit backend that cannot run on
 the given tensors raises a ValueError naming `backend` and saying why.
 """
-import functools
 import os
 
 import torch
@@ -25,13 +24,21 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_IMPORT_ERROR = {}  # the answer, once asked: a failed import is not cached by Python and retries each time
+
+
+# torch.compile runs this at trace time and keeps the answer as a constant of the graph (an lru_cache here
+# made it trace through the cache wrapper and warn that it ignores the cache).
+@torch.compiler.assume_constant_result
 def _triton_import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # ImportError, or a broken install raising anything
-        return f"triton cannot be imported ({type(e).__name__}: {e})"
-    return None
+    if "triton" not in _TRITON_IMPORT_ERROR:
+        try:
+            import triton  # noqa: F401
+        except Exception as e:  # ImportError, or a broken install raising anything
+            _TRITON_IMPORT_ERROR["triton"] = f"triton cannot be imported ({type(e).__name__}: {e})"
+        else:
+            _TRITON_IMPORT_ERROR["triton"] = None
+    return _TRITON_IMPORT_ERROR["triton"]
 
 
 def _extension():
