@@ -11,9 +11,9 @@ from importlib import resources
 import torch
 
 from fastformer.modelbench.models import ModelSource, import_transformers
+from fastformer.pipelines.tokenizer import TOKENIZER_FILES
 
 LENGTHS = ("real", "fixed")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 # Rows without a tokenizer: a sentence counts one token per word plus two special tokens (BERT's
 # [CLS] ... [SEP]), a little under what a word-piece tokenizer gives.
 _SPECIAL_TOKENS = 2
@@ -27,7 +27,7 @@ def sentences() -> list[str]:
 def load_tokenizer(source: ModelSource):
     """The checkpoint's tokenizer, right-padding (with its end token where it has no padding token), or
     (None, why not)."""
-    if not any(os.path.isfile(os.path.join(source.path, f)) for f in _TOKENIZER_FILES):
+    if not any(os.path.isfile(os.path.join(source.path, f)) for f in TOKENIZER_FILES):
         return None, "the checkpoint has no tokenizer"
     try:
         tokenizer = import_transformers().AutoTokenizer.from_pretrained(source.path)
