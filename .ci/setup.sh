@@ -31,4 +31,17 @@ if [ "$(cat "$build_stamp" 2>/dev/null)" != "$build_hash" ] || ! ls fastformer/_
   PYTHONWARNINGS="ignore:Editable installation" "${pip[@]}" --no-build-isolation --no-deps -e .
   echo "$build_hash" > "$build_stamp"
 fi
+
+# transformers' own common model tests (tests/hf/conformance): the tests/ folder of the transformers source
+# distribution at the pinned version, fetched once into a cache folder outside the repository.
+transformers_version=$(sed -n 's/^transformers==//p' .ci/requirements.txt)
+transformers_tests=${FASTFORMER_TRANSFORMERS_TESTS:-${XDG_CACHE_HOME:-$HOME/.cache}/fastformer/transformers-$transformers_version/tests}
+if [ ! -f "$transformers_tests/test_modeling_common.py" ]; then
+  sdist_dir=$(mktemp -d)
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: "transformers==$transformers_version" -d "$sdist_dir"
+  mkdir -p "$transformers_tests"
+  tar xzf "$sdist_dir/transformers-$transformers_version.tar.gz" -C "$transformers_tests" --strip-components=2 \
+      "transformers-$transformers_version/tests"
+  rm -rf "$sdist_dir"
+fi
 .venv/bin/python -c "import fastformer, json; print(json.dumps(fastformer.available_backends()['build']))"
