@@ -10,9 +10,6 @@ forward of every subclass in its checkpointing (gradient_checkpointing_enable() 
 blocks), and module hooks see the same module. The classes in transformers are not modified. Pre-norm T5 and
 GPT-2's ln_1 take the residual from the previous block, outside any one module, so they are not fused.
 """
-import functools
-import inspect
-
 import torch
 import torch.nn.functional as F
 
@@ -34,13 +31,6 @@ def distilbert_block_forward(self, hidden_states, attention_mask=None, **kwargs)
     return _add_norm(self.output_layer_norm, self.ffn(attention_output), attention_output)
 
 
-@functools.cache
-def _cache_parameter(attention_class: type) -> str:
-    """The name under which an attention forward takes the KV cache: "cache" from transformers 5.25 (which warns
-    about "past_key_values"), "past_key_values" before."""
-    return "cache" if "cache" in inspect.signature(attention_class.forward).parameters else "past_key_values"
-
-
 def gpt2_block_forward(self, hidden_states, cache=None, attention_mask=None, encoder_hidden_states=None,
                        encoder_attention_mask=None, use_cache=False, **kwargs):
     """GPT2Block: ln_2 takes the attention residual add; with cross-attention, the block's own forward. The cache
@@ -50,8 +40,10 @@ def gpt2_block_forward(self, hidden_states, cache=None, attention_mask=None, enc
         return self._fastformer_unfused_class.forward(self, hidden_states, cache, attention_mask,
                                                       encoder_hidden_states, encoder_attention_mask, use_cache,
                                                       **kwargs)
-    attn_output, _ = self.attn(self.ln_1(hidden_states), attention_mask=attention_mask, use_cache=use_cache,
-                               **{_cache_parameter(type(self.attn)): cache}, **kwargs)
+    # The cache goes second, positionally, as GPT2Attention takes it under either name (a per-class lookup of the
+    # name made torch.compile warn about tracing through its cache).
+    attn_output, _ = self.attn(self.ln_1(hidden_states), cache, attention_mask=attention_mask, use_cache=use_cache,
+                               **kwargs)
     normed, hidden_states = self.ln_2(attn_output, residual=hidden_states)
     return hidden_states + self.mlp(normed)
 

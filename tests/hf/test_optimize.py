@@ -314,10 +314,12 @@ def test_torch_compile_of_an_optimized_model():
     torch.manual_seed(0)
     model = cls(config).eval()
     inputs = _inputs(family, cls)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         want = model(**inputs).logits
         got = torch.compile(ff.optimize(copy.deepcopy(model)))(**inputs).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not [str(w.message) for w in caught if "lru_cache" in str(w.message)]  # our code traced cleanly
 
 
 @pytest.mark.parametrize("name,causal", [("BertModel", False), ("GPT2LMHeadModel", True), ("BartModel", None)])
