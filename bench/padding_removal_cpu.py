@@ -96,7 +96,7 @@ def main():
                   f"{100 * r['unpadded_mask_overhead']:+.1f}%, max rel diff {r['max_rel_diff_packed_vs_dense']:.1e}")
     load = {"before": load_before, "after": os.getloadavg()}
     print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}; threads {args.threads}; "
-          f"cpu_isa {machine.describe().get('cpu_isa')}")
+          f"cpu_isa {machine.describe().get('cpu_isa_detected')}")
     if args.json:
         report.write_json({"meta": {**machine.describe(), "benchmark": "padding-removal-cpu",
                                     "settings": {"threads": args.threads, "reps": args.reps}, "load_average": load},
