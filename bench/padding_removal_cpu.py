@@ -26,8 +26,7 @@ def bert_base_batch(tmp: str):
     transformers = models.import_transformers()
     torch.manual_seed(0)
     transformers.BertModel(transformers.BertConfig()).save_pretrained(f"{tmp}/bert-base")
-    lengths = torch.linspace(16, 128, 8).long()  # [8]
-    mask = (torch.arange(128)[None, :] < lengths[:, None]).long()  # [8, 128]
+    mask = inputs.spread_mask(8, 128)  # [8, 128]: lengths 16, 32, ..., 128, as `fastformer bench --lengths spread`
     ids = torch.randint(1000, 20000, (8, 128)).masked_fill(mask == 0, 0)
     return ff.from_pretrained(f"{tmp}/bert-base"), ids, mask
 

@@ -267,12 +267,13 @@ def main(argv=None) -> int:
     models_group.add_argument("--batch", type=_int_list, default=_int_list(DEFAULT_BATCHES),
                               help=f"batch sizes, comma-separated (default {DEFAULT_BATCHES})")
     models_group.add_argument("--seq", type=_int_list, default=_int_list(DEFAULT_SEQS),
-                              help=f"tokens per row with --lengths fixed, the longest row with --lengths real; "
-                                   f"comma-separated (default {DEFAULT_SEQS})")
+                              help=f"tokens per row with --lengths fixed, the longest row with --lengths real or "
+                                   f"spread; comma-separated (default {DEFAULT_SEQS})")
     models_group.add_argument("--lengths", choices=LENGTHS, default="real",
                               help="real (default): row i is sentence i tokenized as it is, the batch padded to its "
                                    "longest row, as serving traffic; fixed: every row exactly --seq tokens, no "
-                                   "padding")
+                                   "padding; spread: row i of B has --seq * (i + 1) / B tokens, padded to --seq "
+                                   "(long inputs of mixed length)")
     models_group.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first call (default 1)")
     models_group.add_argument("--budget", type=_seconds, default=10.0,
                               help="seconds of timed rounds per grid point: past it, stop after at least 5 rounds "

@@ -589,3 +589,21 @@ def test_verdict_is_honest_when_a_peer_wins_under_a_fake_timer(tmp_path, checkpo
     table = capsys.readouterr().out
     assert "verdict: hf-eager is faster (20.00 ms): fastformer (30.00 ms) takes 1.50x its time" in table
     assert "fastformer is fastest at 0 of 1 points" in table
+
+
+def test_spread_lengths_pad_rows_of_growing_length_to_seq():
+    minilm = models.resolve(None, "")
+    tokenizer, _ = inputs.load_tokenizer(minilm)
+    spread = inputs.make_inputs(minilm, tokenizer, 8, 128, "cpu", "spread")
+    mask, ids = spread["attention_mask"], spread["input_ids"]
+    assert ids.shape == (8, 128) and mask.sum(1).tolist() == list(range(16, 129, 16))
+    assert inputs.token_counts(spread) == (576, 1024)
+    assert (ids[mask == 0] == tokenizer.pad_token_id).all()
+    ends = ids[torch.arange(8), mask.sum(1) - 1]
+    assert (ends == tokenizer.sep_token_id).all()  # every row ends as the tokenizer ends a text
+    fixed = inputs.make_inputs(minilm, tokenizer, 8, 128, "cpu", "fixed")["input_ids"]
+    assert all((ids[i, :n - 1] == fixed[i, :n - 1]).all() for i, n in enumerate(mask.sum(1).tolist()))
+    source = models.ModelSource(name="t", path="", model_type="bert", kind="encoder", random_weights=True,
+                                vocab_size=100, max_positions=None)
+    assert inputs.make_inputs(source, None, 3, 10, "cpu", "spread")["attention_mask"].sum(1).tolist() == [3, 6, 10]
+    assert inputs.make_inputs(source, None, 4, 2, "cpu", "spread")["attention_mask"].sum(1).tolist() == [1, 1, 1, 2]

@@ -1,10 +1,12 @@
 """Benchmark inputs: real sentences (shipped in sentences.txt) tokenized with the checkpoint's own
 tokenizer where it has one, else seeded random token ids.
 
-Two modes (`--lengths`): "real" (the default) is serving traffic: batch row i is sentence i (cycling
+Three modes (`--lengths`): "real" (the default) is serving traffic: batch row i is sentence i (cycling
 through the file), tokenized as it is, the batch right-padded to its longest row (seq caps the length);
 "fixed" makes every row exactly seq tokens with no padding (the text repeated and cut), as a dense
-model-throughput measure. Either way token counts say how many positions are real."""
+model-throughput measure; "spread" makes row i of B exactly seq * (i + 1) / B tokens (batch 8, seq 128:
+16, 32, ..., 128, 56% of positions real), the text of "fixed" cut shorter and right-padded to seq: a
+padded batch of long inputs, as documents or RAG chunks give. Token counts say how many positions are real."""
 import os
 from importlib import resources
 
@@ -13,7 +15,7 @@ import torch
 from fastformer.modelbench.models import ModelSource, import_transformers
 from fastformer.pipelines.tokenizer import TOKENIZER_FILES
 
-LENGTHS = ("real", "fixed")
+LENGTHS = ("real", "fixed", "spread")
 # Rows without a tokenizer: a sentence counts one token per word plus two special tokens (BERT's
 # [CLS] ... [SEP]), a little under what a word-piece tokenizer gives.
 _SPECIAL_TOKENS = 2
@@ -70,11 +72,19 @@ def _real_length_mask(batch: int, seq: int) -> torch.Tensor:
     return (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()  # [B, S]
 
 
+def spread_mask(batch: int, seq: int) -> torch.Tensor:
+    lengths = torch.tensor([max(1, seq * (i + 1) // batch) for i in range(batch)])  # row i: seq * (i + 1) / B
+    return (torch.arange(seq)[None, :] < lengths[:, None]).long()  # [B, seq]
+
+
 def describe_tokens(tokenizer, why_not: str | None, lengths: str) -> str:
     ids = ("real sentences (fastformer/modelbench/sentences.txt) with the checkpoint's tokenizer" if tokenizer is not None
            else f"seeded random token ids ({why_not})")
     if lengths == "fixed":
         return ids + "; every row exactly seq tokens (the text repeated), attention mask all ones"
+    if lengths == "spread":
+        return ids + ("; spread lengths: row i of B is seq * (i + 1) / B tokens of the text repeated, right-padded "
+                      "to seq; tokens/s counts real tokens")
     lengths_from = "tokenized as they are" if tokenizer is not None else "one per word of each sentence + 2"
     return (ids + f"; real lengths: row i is sentence i, {lengths_from}, right-padded to the longest row of the "
             "batch (seq caps it); tokens/s counts real tokens")
@@ -92,7 +102,13 @@ def make_inputs(source: ModelSource, tokenizer, batch: int, seq: int, device, le
         ids = _random_ids(source, batch, mask.shape[1]) * mask  # id 0 at padded positions
     else:
         ids = _fixed_sentence_ids(tokenizer, batch, seq) if tokenizer is not None else _random_ids(source, batch, seq)
-        mask = torch.ones_like(ids)
+        mask = spread_mask(batch, seq) if lengths == "spread" else torch.ones_like(ids)
+        if lengths == "spread":
+            # Cut row i after its length, ending it with the row's last token (the tokenizer's end token where
+            # it appends one, [SEP] or </s>), and pad the rest, as a tokenizer pads a shorter text.
+            end_token = ids[:, -1].clone()  # [B]
+            ids = torch.where(mask.bool(), ids, tokenizer.pad_token_id if tokenizer is not None else 0)
+            ids[torch.arange(batch), mask.sum(1) - 1] = end_token
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}  # [B, S] each
     if source.kind == "encoder-decoder":
         inputs["decoder_input_ids"] = inputs["input_ids"]  # the prefill of a decoder as long as the encoder input
