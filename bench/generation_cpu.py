@@ -1,7 +1,11 @@
-"""Greedy decoding: fastformer generate vs Hugging Face generate on GPT-2-small (random weights, the
-default GPT2Config: 12 layers, 768 hidden), same prompt, interleaved in one run, medians. Prints
-tokens/s (new tokens over the whole call, prefill included) and ms/token (the decode steps alone:
-(time for N new tokens - time for 1) / (N - 1)), and whether both produced the same tokens.
+"""Greedy decoding: fastformer generate vs Hugging Face generate and, on the CPU, CTranslate2's Generator
+(float32, and int8 as a row labelled quantized) on GPT-2-small (random weights, the default GPT2Config:
+12 layers, 768 hidden), same prompt, interleaved in one run, medians. Prints tokens/s (new tokens over
+the whole call, prefill included) and ms/token (the decode steps alone: (time for N new tokens - time
+for 1) / (N - 1)), whether each produced Hugging Face's tokens, and the weight bandwidth of a decode
+step (every parameter is read once per token: parameter bytes / ms per token; fp32 GPT-2-small: 498 MB)
+beside the machine's copy bandwidth measured in the same run (opbench.machine_limits, as
+`fastformer bench --ops`).
 
   python bench/generation_cpu.py --threads 2 [--prompt 32] [--new 64] [--batch 1] [--reps 5] [--json PATH]
   python bench/generation_cpu.py --device cuda   # fp16 on a GPU
@@ -16,7 +20,8 @@ import time
 import torch
 
 import fastformer as ff
-from fastformer.modelbench import machine, report
+from fastformer import opbench
+from fastformer.modelbench import ctranslate2_runtime, machine, report
 
 
 def _gpt2_small_path(tmp):
@@ -54,38 +59,70 @@ def write_json(path: str, benchmark: str, settings: dict, results: dict) -> None
     print(f"wrote {path}")
 
 
+def _ctranslate2_runners(path, threads) -> tuple[dict, dict]:
+    """(name -> runner(ids, new_tokens)) for CTranslate2 float32 and int8, and (name -> why not) for those
+    that cannot run here."""
+    try:
+        folder = ctranslate2_runtime.converted_folder(path, "gpt2-small-random")
+    except ImportError:
+        return {}, {name: "ctranslate2 is not installed" for name in CT2_ROWS}
+    return {name: ctranslate2_runtime.generator_runner(folder, compute_type, threads)
+            for name, compute_type in CT2_ROWS.items()}, {}
+
+
+CT2_ROWS = {"ctranslate2": "float32", "ctranslate2-int8": "int8"}
+
+
 def bench(path, batch, prompt_len, new_tokens, reps, device, dtype):
     import transformers
 
     hf = transformers.GPT2LMHeadModel.from_pretrained(path, dtype=dtype).to(device).eval()
     hf.generation_config.eos_token_id = None  # every call makes exactly new_tokens tokens
     native = ff.from_pretrained(path, task="causal-lm", dtype=dtype, device=device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in native.parameters())
     ids = torch.randint(1000, 2000, (batch, prompt_len), device=device)
     mask = torch.ones_like(ids)
+    ct2, skipped = _ctranslate2_runners(path, torch.get_num_threads()) if device.type == "cpu" else ({}, {})
 
     def runner(name, n):
         if name == "hf":
             return lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                       pad_token_id=0)
-        return lambda: native.generate(ids, attention_mask=mask, max_new_tokens=n, eos_token_id=None)
+                                       pad_token_id=0)[:, prompt_len:]
+        if name in ct2:
+            return lambda: ct2[name](ids, n)
+        return lambda: native.generate(ids, attention_mask=mask, max_new_tokens=n, eos_token_id=None)[:, prompt_len:]
 
-    runners = {(name, n): runner(name, n) for name in ("hf", "fastformer") for n in (1, new_tokens)}
+    names = ["hf", "fastformer", *ct2]
+    runners = {(name, n): runner(name, n) for name in names for n in (1, new_tokens)}
     with torch.inference_mode():
-        same = torch.equal(runners["hf", new_tokens](), runners["fastformer", new_tokens]())
+        reference = runners["hf", new_tokens]().cpu()
+        same = {name: torch.equal(runners[name, new_tokens]().cpu(), reference) for name in names}
         for fn in runners.values():  # warm-up: oneDNN weight packing, allocator, CUDA kernels
             fn()
         med = interleaved_medians(runners, reps, device)
+    limits = opbench.machine_limits(device=device)
     print(f"\nGPT-2-small greedy, batch {batch}, {prompt_len}-token prompt, {new_tokens} new tokens, {dtype}, "
-          f"{device.type}, {torch.get_num_threads()} threads, {reps} interleaved reps (medians); same tokens: {same}")
+          f"{device.type}, {torch.get_num_threads()} threads, {reps} interleaved reps (medians); "
+          f"machine copy bandwidth {limits['copy_GBps']:.1f} GB/s (read + written)")
     results = {}
-    for name in ("hf", "fastformer"):
+    for name in names:
         total, first = med[name, new_tokens], med[name, 1]
-        results[name] = {"tokens_per_s": batch * new_tokens / total,
-                         "ms_per_token": (total - first) / (new_tokens - 1) * 1e3, "same_tokens_as_hf": same}
+        ms_per_token = (total - first) / (new_tokens - 1) * 1e3
+        results[name] = {"tokens_per_s": batch * new_tokens / total, "ms_per_token": ms_per_token,
+                         "same_tokens_as_hf": same[name], "quantized": name == "ctranslate2-int8"}
+        if name in ("hf", "fastformer"):  # fp32 weights, every one read once per step
+            results[name]["weight_GBps"] = weight_bytes / (ms_per_token / 1e3) / 1e9
+    results["machine"] = {**limits, "fastformer_weight_bytes": weight_bytes}
+    results["skipped"] = skipped
     hf = results["hf"]
-    for name, r in results.items():
-        print(f"  {name:<11} {r['tokens_per_s']:8.1f} tokens/s  x{r['tokens_per_s'] / hf['tokens_per_s']:5.2f}    "
-              f"{r['ms_per_token']:7.2f} ms/token decode  x{hf['ms_per_token'] / r['ms_per_token']:5.2f}")
+    for name in names:
+        r = results[name]
+        streamed = f"  weights {r['weight_GBps']:5.1f} GB/s" if "weight_GBps" in r else ""
+        print(f"  {name:<17} {r['tokens_per_s']:8.1f} tokens/s  x{r['tokens_per_s'] / hf['tokens_per_s']:5.2f}    "
+              f"{r['ms_per_token']:7.2f} ms/token decode  x{hf['ms_per_token'] / r['ms_per_token']:5.2f}{streamed}"
+              f"  same tokens as hf: {r['same_tokens_as_hf']}" + ("  quantized" if r["quantized"] else ""))
+    for name, why in skipped.items():
+        print(f"  {name:<17} skipped: {why}")
     return results
 
 

@@ -3,7 +3,8 @@ into a cache folder (FASTFORMER_CACHE, default ~/.cache/fastformer, keyed by the
 and the CTranslate2 version), loaded as a ctranslate2.Encoder in float32 or int8.
 
 CTranslate2 gives hidden states for encoders only (its Generator and Translator return logits or
-tokens). It takes token ids and per-row lengths, i.e. right-padded batches, and skips the padding."""
+tokens). It takes token ids and per-row lengths, i.e. right-padded batches, and skips the padding.
+Decoders (GPT-2) run as a ctranslate2.Generator for greedy decoding (bench/generation_cpu.py)."""
 import contextlib
 import hashlib
 import io
@@ -58,6 +59,37 @@ def _checkpoint_for_converter(checkpoint: str, scratch: str) -> str:
     return view
 
 
+class _PlaceholderTokenizer:
+    """What the converter reads of a tokenizer, for a checkpoint without one (random-weight presets):
+    token i is "t{i}" (CTranslate2 stores a vocabulary of the model's size; the benchmark maps ids to
+    tokens and back through it, so the strings do not matter)."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab = {f"t{i}": i for i in range(vocab_size)}
+        self.bos_token = self.eos_token = self.unk_token = self.pad_token = f"t{vocab_size - 1}"
+
+    def get_vocab(self) -> dict:
+        return self.vocab
+
+
+def _converter(checkpoint: str):
+    """CTranslate2's TransformersConverter, with the placeholder vocabulary where the checkpoint has no
+    tokenizer or one whose vocabulary is not the model's size."""
+    import ctranslate2
+
+    class Converter(ctranslate2.converters.TransformersConverter):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            with open(os.path.join(model_name_or_path, "config.json")) as f:
+                vocab_size = json.load(f)["vocab_size"]
+            try:
+                tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
+            except (OSError, ValueError, TypeError):  # no tokenizer files
+                return _PlaceholderTokenizer(vocab_size)
+            return tokenizer if len(tokenizer.get_vocab()) == vocab_size else _PlaceholderTokenizer(vocab_size)
+
+    return Converter(checkpoint)
+
+
 def converted_folder(checkpoint: str, model_name: str) -> str:
     """The CTranslate2 conversion of `checkpoint`, made on first use (into a temporary folder, then
     renamed, so an interrupted conversion never leaves a broken cache entry)."""
@@ -73,7 +105,7 @@ def converted_folder(checkpoint: str, model_name: str) -> str:
         source = _checkpoint_for_converter(checkpoint, staging)
         # The converter prints its progress and loads the model with a dtype argument transformers warns about.
         with quiet_transformers(), contextlib.redirect_stdout(io.StringIO()):
-            ctranslate2.converters.TransformersConverter(source).convert(os.path.join(staging, "model"), force=True)
+            _converter(source).convert(os.path.join(staging, "model"), force=True)
         try:
             os.replace(os.path.join(staging, "model"), folder)
         except OSError:  # another run converted the same checkpoint meanwhile
@@ -96,5 +128,24 @@ def encoder_runner(folder: str, compute_type: str, threads: int):
         ids = ctranslate2.StorageView.from_array(input_ids.to(torch.int32).cpu().numpy())  # [B, S]
         lengths = ctranslate2.StorageView.from_array(attention_mask.sum(1).to(torch.int32).cpu().numpy())  # [B]
         return torch.from_numpy(np.array(encoder.forward_batch(ids, lengths).last_hidden_state))
+
+    return run
+
+
+def generator_runner(folder: str, compute_type: str, threads: int):
+    """A callable (input_ids [B, S], new_tokens) -> the greedy continuation [B, new_tokens] (token ids),
+    exactly new_tokens long (no end token stops it), as fastformer's generate(eos_token_id=None)."""
+    import ctranslate2
+
+    generator = ctranslate2.Generator(folder, device="cpu", compute_type=compute_type, intra_threads=threads,
+                                      inter_threads=1)
+    with open(os.path.join(folder, "vocabulary.json")) as f:
+        vocabulary = json.load(f)  # token strings by id
+
+    def run(input_ids, new_tokens: int) -> torch.Tensor:
+        prompts = [[vocabulary[i] for i in row] for row in input_ids.tolist()]
+        results = generator.generate_batch(prompts, max_length=new_tokens, min_length=new_tokens, sampling_topk=1,
+                                           include_prompt_in_result=False, end_token=[])
+        return torch.tensor([r.sequences_ids[0] for r in results])  # [B, new_tokens]
 
     return run
