@@ -34,6 +34,8 @@
 //            [Tq, H] fp32. Dropout numbers element (b, h, i, j) as the padded op does with Sq = max_seqlen_q,
 //            Sk = max_seqlen_k and i, j shifted by max_seqlen - the sequence's length (left padding).
 //            CPU only: GPU backends run the padded op (fastformer/ops/varlen_attention.py).
+//   gemv: x [K] contiguous, weight [N, K] last dim contiguous (any row stride), bias [N] contiguous or none,
+//            all fp32, CPU only: y [N] = weight @ x + bias (the single-row linear of batch-1 decoding).
 // Optional outputs that do not apply (residual_out without residual, grad_weight without weight,
 // grad_bias without bias_needs_grad, grad_rel_table without rel_table) come back as empty tensors,
 // so every schema has a fixed number of results.
@@ -74,6 +76,7 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor cu_seqlens_q, Tensor cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, Tensor? rel_table,"
         " Tensor? rel_lut, bool rel_bidirectional, bool causal, float scale, float dropout_p, int seed)"
         " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_rel_table)");
+  m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {

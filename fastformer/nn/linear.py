@@ -7,10 +7,11 @@ state_dict), rebuilt when the weight changes; whenever a gradient is needed, or 
 CPU with native bf16 dot products: 1.5 ms vs fp32's 2.9 ms for the product above, single rows 0.056 vs 0.122 ms
 for F.linear on bf16), forward is plain F.linear.
 
-Single rows (KV-cache decoding) take the packed path too. A matrix-vector product streams the weight
-once, so its speed is memory bandwidth; measured on a quiet 2-core AVX-512 development VM (torch
-2.13.0, GPT-2-small's 48 layer matrices, 340 MB): F.linear reads 10.1 GB/s with 2 threads (11.0 with
-1: no gain from the second core), the packed oneDNN product 18.4 GB/s with 2 threads (10.6 with 1).
+Single fp32 rows (KV-cache decoding at batch 1) run fastformer's own matrix-vector kernel
+(ff.ops.gemv) on the unpacked weight instead. A matrix-vector product streams the weight once, so its
+speed is memory bandwidth; measured on a quiet 2-core AVX-512 development VM (torch 2.13.0, 2 threads,
+GPT-2-small's 48 layer matrices + LM head, 498 MB): F.linear reads 13.5 GB/s, the packed oneDNN product
+21.0-22.6 GB/s, ff.ops.gemv 25.9 GB/s (a read-only sum of the same bytes: 27.1 GB/s).
 On a machine whose cores are busy with other processes any OpenMP region waits for descheduled
 threads (seen: 12-16 ms per call); there, run with torch.set_num_threads(1).
 """
@@ -18,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastformer import ops
 from fastformer.nn import cpu_features
+from fastformer.ops.gemv import AVAILABLE as _HAS_GEMV
 from fastformer.nn._dropin import _DropIn
 from fastformer.nn.activation import ACTIVATIONS, ONEDNN_POST_OPS
 
@@ -40,6 +43,9 @@ class Linear(_DropIn, nn.Linear):
             if x.dim() == 0 or x.shape[-1] != self.in_features:  # oneDNN's own message names neither
                 raise ValueError(f"input must have shape [..., in_features={self.in_features}], got "
                                  f"{tuple(x.shape)}")
+            if x.numel() == self.in_features and x.dtype == torch.float32 and _HAS_GEMV:
+                y = ops.gemv(x, self.weight, self.bias)  # one row: memory-bound, our kernel streams W faster
+                return ACTIVATIONS[activation](y) if activation is not None else y
             post_op, algorithm = ONEDNN_POST_OPS[activation] if activation is not None else ("none", "")
             return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, post_op, [], algorithm)
         y = F.linear(x, self.weight, self.bias)

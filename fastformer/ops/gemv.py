@@ -1,0 +1,74 @@
+"""gemv: y = x @ weight.T + bias for ONE input row, CPU fp32: the linear layers of a batch-1 KV-cache decode step.
+
+A single row makes a linear layer memory-bound (each weight is read once for one multiply-add), so its speed
+is the bandwidth at which the weight streams: measured on the 2-core AVX-512 development VM, 2 threads,
+GPT-2-small's 49 decode matrices (498 MB), the C++ kernel (csrc/cpu/gemv.cpp) reads 25.9 GB/s where
+oneDNN's prepacked product reaches 21.0 GB/s and a read-only sum of the same bytes 27.1 GB/s. ff.nn.Linear
+calls it for single-row fp32 inference on the CPU; everything else keeps oneDNN / F.linear.
+
+The op is registered in C++ (schema in csrc/fastformer.cpp); here: its fake impl, autograd (so it is a
+complete op under torch.compile and in training, though the model only calls it without gradients), the
+functional wrapper with its input checks, and gemv_ref.
+"""
+import torch
+import torch.nn.functional as F
+
+from fastformer.ops import _dispatch
+
+_ops = torch.ops.fastformer
+# A build older than the op has no kernel: ff.nn.Linear then keeps oneDNN for single rows.
+AVAILABLE = hasattr(_ops, "gemv")
+
+
+def gemv_ref(x, weight, bias=None):
+    """The semantics: F.linear on a single row."""
+    return F.linear(x, weight, bias)
+
+
+def _check(x, weight, bias):
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is None and name == "bias":
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32 (gemv is the fp32 CPU single-row kernel), got {t.dtype}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got {t.device}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [N, K], got shape {tuple(weight.shape)}")
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1] or x.numel() != weight.shape[1]:
+        raise ValueError(f"x must hold one row of K={weight.shape[1]} features ([..., K] with every other dim 1), "
+                         f"got shape {tuple(x.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [N={weight.shape[0]}], got shape {tuple(bias.shape)}")
+
+
+def gemv(x, weight, bias=None):
+    """x [..., K] holding one row, weight [N, K], bias [N] or None (all fp32, CPU) -> [..., N]."""
+    _check(x, weight, bias)
+    if weight.stride(1) != 1:  # the kernel walks rows; any row stride, contiguous within a row
+        weight = weight.contiguous()
+    y = _dispatch.call(_ops.gemv.default, x.reshape(-1).contiguous(), weight,
+                       bias.contiguous() if bias is not None else None, grad_inputs=(x, weight, bias))  # [N]
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+if AVAILABLE:
+    @torch.library.register_fake(_ops.gemv.default)
+    def _fake(x, weight, bias):
+        return x.new_empty((weight.shape[0],))
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    def _backward(ctx, grad_y):  # grad_y [N]
+        x, weight = ctx.saved_tensors
+        grad_x = grad_y @ weight if ctx.needs_input_grad[0] else None  # [K]
+        grad_weight = torch.outer(grad_y, x) if ctx.needs_input_grad[1] else None  # [N, K]
+        grad_bias = grad_y if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+    torch.library.register_autograd(_ops.gemv.default, _backward, setup_context=_setup_context)

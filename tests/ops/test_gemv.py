@@ -1,0 +1,93 @@
+"""ff.ops.gemv (the single-row fp32 CPU linear) against fp64 and F.linear, and ff.nn.Linear's use of it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastformer as ff
+from fastformer.ops.gemv import AVAILABLE
+
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this build of fastformer._C has no gemv kernel (rebuild)")
+
+
+def _assert_close_to_fp64(got, x, weight, bias):
+    """Error vs the fp64 product at most 2x F.linear's own fp32 error, plus a small atol."""
+    want = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    baseline = (F.linear(x, weight, bias).double() - want).abs().max()
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert (got.double() - want).abs().max() <= 2 * baseline + 1e-5 * weight.shape[1] ** 0.5
+
+
+# K below, at and past the 16-float chunk; N below, at and past the 4 rows per step; GPT-2's shapes.
+@pytest.mark.parametrize("K", [1, 7, 16, 17, 100, 768, 3072])
+@pytest.mark.parametrize("N", [1, 3, 4, 5, 257, 1000])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matches_fp64(K, N, with_bias):
+    x, weight = torch.randn(K), torch.randn(N, K)
+    bias = torch.randn(N) if with_bias else None
+    _assert_close_to_fp64(ff.ops.gemv(x, weight, bias), x, weight, bias)
+
+
+def test_any_leading_shape_strided_weight_rows_and_strided_x():
+    wide = torch.randn(300, 200)
+    weight = wide[:, :123]  # row stride 200, read in place
+    x = torch.randn(1, 1, 246)[..., ::2]  # one row, last dim stride 2
+    got = ff.ops.gemv(x, weight)
+    assert got.shape == (1, 1, 300)
+    _assert_close_to_fp64(got, x, weight, None)
+    transposed = torch.randn(50, 40).t()  # [40, 50] with a strided last dim: copied for the kernel
+    v = torch.randn(50)
+    _assert_close_to_fp64(ff.ops.gemv(v, transposed), v, transposed, None)
+
+
+def test_gradients_match_f_linear():
+    x, weight, bias = (torch.randn(*s, requires_grad=True) for s in ((1, 37), (29, 37), (29,)))
+    y = ff.ops.gemv(x, weight, bias)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, weight, bias), grad)
+    want = torch.autograd.grad(F.linear(x, weight, bias), (x, weight, bias), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck():
+    x, weight, bias = torch.randn(37), torch.randn(29, 37), torch.randn(29)
+    torch.library.opcheck(torch.ops.fastformer.gemv.default, (x, weight, bias))
+    torch.library.opcheck(torch.ops.fastformer.gemv.default, (x, weight, None))
+
+
+def test_compiles_fullgraph():
+    x, weight, bias = torch.randn(1, 64), torch.randn(48, 64), torch.randn(48)
+    compiled = torch.compile(ff.ops.gemv, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, weight, bias), ff.ops.gemv(x, weight, bias))
+
+
+@pytest.mark.parametrize("args, error, match", [
+    ((torch.randn(2, 8), torch.randn(4, 8), None), ValueError, "one row"),
+    ((torch.randn(7), torch.randn(4, 8), None), ValueError, "x must hold one row"),
+    ((torch.randn(8), torch.randn(4, 8, 1), None), ValueError, "weight must be"),
+    ((torch.randn(8), torch.randn(4, 8), torch.randn(5)), ValueError, "bias must be"),
+    ((torch.randn(8).double(), torch.randn(4, 8), None), TypeError, "x must be float32"),
+    ((torch.randn(8), torch.randn(4, 8).half(), None), TypeError, "weight must be float32"),
+    (([0.0] * 8, torch.randn(4, 8), None), TypeError, "x must be a torch.Tensor"),
+])
+def test_bad_input_is_named(args, error, match):
+    with pytest.raises(error, match=match):
+        ff.ops.gemv(*args)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu", "relu"])
+def test_linear_runs_single_rows_through_gemv(activation, monkeypatch):
+    linear = ff.nn.Linear(96, 200)
+    calls = []
+    real = ff.ops.gemv
+    monkeypatch.setattr(ff.ops, "gemv", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = torch.randn(1, 1, 96)
+    with torch.no_grad():
+        got = linear(x, activation=activation)
+        linear(torch.randn(2, 96))  # two rows: oneDNN
+    assert calls == [(1, 1, 96)]
+    want = F.linear(x, linear.weight, linear.bias)
+    if activation is not None:
+        from fastformer.nn.activation import ACTIVATIONS
+        want = ACTIVATIONS[activation](want)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
