@@ -13,7 +13,14 @@ import fastformer as ff
 from tests.hf.conformance import transformers_tests
 
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.conformance
+pytestmark = [
+    pytest.mark.conformance,
+    # Our own notes, provoked on purpose by transformers' tests: models built with attn_implementation="eager"
+    # (ff.optimize keeps it, with this warning) and output_attentions=True (answered by eager attention). Both
+    # are asserted in tests/hf/test_optimize.py; here they would only repeat once per family.
+    pytest.mark.filterwarnings("ignore:ff.optimize.*attention stays on the:UserWarning"),
+    pytest.mark.filterwarnings("ignore:fastformer. output_attentions=True runs transformers' eager:UserWarning"),
+]
 
 if transformers_tests.missing_reason() is not None:
     pytest.skip(transformers_tests.missing_reason(), allow_module_level=True)
