@@ -1,5 +1,7 @@
 """Padding removal (fastformer.models.packing): padded batches run on their real tokens only, with outputs
 equal to transformers' on every real token, whatever the mix of lengths."""
+import warnings
+
 import pytest
 import torch
 
@@ -69,7 +71,12 @@ def test_packed_encoder_matches_transformers(tmp_path, monkeypatch, family, leng
 def test_pooled_heads_ignore_padding(tmp_path, pooling):
     """Pooling over a packed encoder's output equals pooling each sequence run alone, unpadded."""
     _, path = save_tiny(tmp_path, "bert", "ForSequenceClassification", num_hidden_layers=3)
-    model = ff.from_pretrained(path, task="sequence-classification", pooling=pooling)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = ff.from_pretrained(path, task="sequence-classification", pooling=pooling)
+    notes = [str(w.message) for w in caught]
+    if pooling != "cls":  # the checkpoint's pooler and classifier serve CLS pooling only: the loader says so
+        assert any("newly initialized" in n for n in notes) and any("not used" in n for n in notes), notes
     ids, mask = padded_batch("bert", LENGTHS["ratios"], "right")
     with torch.no_grad():
         batched = model(ids, mask).logits
