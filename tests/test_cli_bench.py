@@ -467,7 +467,20 @@ def test_verdict_names_the_fastest_and_says_when_fastformer_loses():
                                       "ctranslate2 (40.00 ms)")
     summary = verdict.summarize([lost, won, quantized])
     assert (summary["points_with_fastformer"], summary["fastformer_fastest"],
-            summary["fastformer_fastest_full_precision"]) == (3, 1, 2)
+            summary["fastformer_fastest_full_precision"], summary["points_with_quantized_rows"]) == (3, 1, 2, 0)
+    # fastformer's own quantized row against the quantized peer, after the full-precision verdict.
+    both = verdict.point_verdict([_row("fastformer", 30.0), _row("ctranslate2-int8", 10.0, quantized=True),
+                                  _row("fastformer-int8", 8.0, quantized=True), _row("ctranslate2", 40.0)])
+    assert both["fastformer"] == "fastformer" and both["fastformer_quantized"] == "fastformer-int8"
+    assert both["fastformer_quantized_vs_fastest_quantized_other"] == pytest.approx(0.8)
+    assert both["text"].endswith("; quantized: fastformer-int8 is fastest (8.00 ms), 1.25x ahead of ctranslate2-int8 "
+                                 "(10.00 ms)")
+    slower = verdict.point_verdict([_row("fastformer", 30.0), _row("ctranslate2-int8", 10.0, quantized=True),
+                                    _row("fastformer-int8", 12.0, quantized=True)])
+    assert slower["text"].endswith("; quantized: ctranslate2-int8 is faster (10.00 ms): fastformer-int8 (12.00 ms) "
+                                   "takes 1.20x its time")
+    summary = verdict.summarize([both, slower])
+    assert (summary["points_with_quantized_rows"], summary["fastformer_quantized_fastest_quantized"]) == (2, 1)
 
 
 def test_table_prints_a_verdict_per_point_and_a_summary(tmp_path, checkpoint, capsys):

@@ -77,6 +77,10 @@ def _summary_table(summary: dict) -> list[str]:
     lines.append(f"fastformer is fastest at {summary['fastformer_fastest']} of {summary['points_with_fastformer']} "
                  f"points, and fastest among full-precision backends at "
                  f"{summary['fastformer_fastest_full_precision']} of {summary['points_with_fastformer']}")
+    if summary.get("points_with_quantized_rows"):
+        lines.append(f"fastformer's quantized rows beat the fastest quantized peer at "
+                     f"{summary['fastformer_quantized_fastest_quantized']} of {summary['points_with_quantized_rows']} "
+                     "points")
     return lines
 
 
