@@ -6,9 +6,12 @@ GPT-2, BERT classification / token classification / QA and Marian checkpoints in
 (GPT-2 with one ongoing and one queued request, to overload). Ray startup dominates the time."""
 import base64
 import concurrent.futures
+import os
+import signal
 import socket
 import struct
 import tempfile
+import threading
 import time
 
 import pytest
@@ -17,6 +20,7 @@ import torch
 import fastformer as ff
 from tests.bert_tiny import LABELS, save_tiny_bert
 from tests.gpt2_tiny import save_tiny_gpt2, save_word_tokenizer
+from tests.processes import descendants
 from tests.seq2seq_checkpoints import VOCAB, save_tiny, save_tokenizer
 
 ray = pytest.importorskip("ray")
@@ -265,3 +269,49 @@ def test_prometheus_metrics_include_ours(server, client):
         time.sleep(1)
     missing = [name for name in wanted if name not in text]
     assert not missing, missing
+
+
+def test_a_killed_replica_is_restarted_and_every_request_is_answered(server):
+    _, tight, _ = server  # the last test on "tight": it kills that application's one replica
+    body = {"prompt": "w5 w6", "max_tokens": 4, "temperature": 0}
+    answers, stop = [], threading.Event()
+
+    def load():  # one request at a time (max_ongoing 1, max_queued 1 leaves room for /health), bounded
+        deadline = time.monotonic() + 150
+        with httpx.Client(timeout=TIMEOUT) as c:
+            for _ in range(3000):
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                response = c.post(f"{tight}/v1/completions", json=body)
+                answers.append((response.status_code, response.headers.get("content-type", ""), response.text))
+                time.sleep(0.05)  # while no replica is up, 503s come back at once
+
+    with httpx.Client(timeout=TIMEOUT) as c, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        replica = c.get(f"{tight}/health").json()["pid"]
+        assert replica in descendants(os.getpid())  # a worker of the Ray instance this module started
+        loading = pool.submit(load)
+        deadline = time.monotonic() + 60
+        while len(answers) < 3:
+            assert time.monotonic() < deadline and not loading.done(), answers
+            time.sleep(0.05)
+        os.kill(replica, signal.SIGKILL)
+        answered_at_kill, restarted = len(answers), None
+        deadline = time.monotonic() + 120
+        # Done when /health answers from a new replica process and a completion after the kill got a 200.
+        while restarted is None or not any(status == 200 for status, _, _ in answers[answered_at_kill + 1:]):
+            assert time.monotonic() < deadline and not loading.done(), (restarted, answers[answered_at_kill:][:5])
+            try:
+                health = c.get(f"{tight}/health")
+                if health.status_code == 200 and health.json()["pid"] != replica:
+                    restarted = health.json()["pid"]
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        stop.set()
+        loading.result()  # the load loop ended normally: no request raised (timed out, connection lost)
+    assert {status for status, _, _ in answers} <= {200, 500, 503}, answers
+    for status, content_type, text in answers:
+        # 5xx from our routes are JSON; Ray Serve's proxy answers the request the dying replica held with a
+        # plain-text 500 and backpressure (no replica up yet) with a plain-text 503.
+        if status >= 500 and not content_type.startswith("application/json"):
+            assert text == "Internal Server Error" or text.startswith("Request dropped due to backpressure"), text

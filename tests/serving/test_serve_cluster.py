@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.bert_tiny import save_tiny_bert
+from tests.processes import descendants
 
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
@@ -43,22 +44,15 @@ MARKER = "FASTFORMER_SERVE_CLUSTER_TEST"
 def processes_marked(value: str) -> list[int]:
     """The processes whose environment has MARKER=value (those this test started) and all their descendants
     (Ray's agents retitle themselves with setproctitle, which overwrites their /proc environ)."""
-    parents, marked, wanted = {}, set(), f"{MARKER}={value}".encode()
+    marked, wanted = set(), f"{MARKER}={value}".encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                parents[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{pid}/environ", "rb") as f:
                 if wanted in f.read().split(b"\0"):
                     marked.add(int(pid))
         except OSError:
             continue
-    grew = True
-    while grew:
-        children = {pid for pid, parent in parents.items() if parent in marked} - marked
-        grew = bool(children)
-        marked |= children
-    return sorted(marked)
+    return sorted(marked | descendants(*marked))
 
 
 def stop(pids: list[int]):
