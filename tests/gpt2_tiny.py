@@ -19,14 +19,15 @@ def save_tiny_gpt2(path, head: str = "LMHeadModel", noise: float = 0.02, **overr
     return model
 
 
-def save_word_tokenizer(path):
-    """A whitespace word-level tokenizer over TINY_GPT2's vocabulary (w4 .. w96; EOS 2, no pad token, as
-    GPT-2's), saved into path so AutoTokenizer finds it there. Returns it."""
+def save_word_tokenizer(path, vocab_size: int = TINY_GPT2["vocab_size"]):
+    """A whitespace word-level tokenizer over ids 0 .. vocab_size - 1 (w4 .. w<vocab_size - 1>; EOS 2, no pad
+    token, as GPT-2's; TINY_GPT2's vocabulary by default), saved into path so AutoTokenizer finds it there.
+    Returns it."""
     import tokenizers
     import transformers
 
     vocab = {"<unk>": 0, "<pad>": 3, "<bos>": 1, "<eos>": 2}
-    vocab.update({f"w{i}": i for i in range(4, TINY_GPT2["vocab_size"])})
+    vocab.update({f"w{i}": i for i in range(4, vocab_size)})
     word_level = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
     word_level.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>",

@@ -1,0 +1,544 @@
+"""Load on `fastformer serve` from this client process over loopback (issue 14, "Measurements"). Every server
+runs in its own process on 127.0.0.1 and is stopped (its process tree, by PID) before the next starts.
+
+  python bench/serve_load.py [--parts throughput,overload,faults,overhead,streaming] [--json PATH]
+
+Parts:
+  throughput  open-loop embeddings of the real sentences (TEI POST /embed, one sentence per request) at several
+              rates, on `fastformer serve` (Ray Serve, dynamic batching, 1 replica) and on the baseline teams
+              write by hand (bench/serve_baseline.py: FastAPI + uvicorn + transformers' AutoModel per request,
+              no batching), in this same run. The rates are --rate-multiples of the baseline's capacity (its
+              closed-loop requests/s). Open loop: request i is sent at its scheduled time (Poisson arrivals,
+              or --arrival fixed) whatever the answers, and its latency counts from that time, so a slow server
+              cannot slow the client down and hide its queueing. Reports req/s, tokens/s, p50/p90/p99.
+  overload    on the same fastformer server: --overload-reference-seconds at 50% of its capacity, then
+              --overload-seconds at 3x: every request answered (200 or 503/429; sent == answered) and the p99
+              of accepted requests against 2x its 50%-load value.
+  faults      fastformer serve with 2 replicas at --fault-load of its capacity for --fault-seconds; halfway,
+              one replica's process (its PID from GET /health, checked to descend from the server process) is
+              killed: Ray restarts it; every request is accounted for (200, 503 or 5xx; none lost).
+  overhead    one request at a time: `fastformer serve` (--batch-wait-ms 0 so no batch waits to fill) vs the
+              same pipeline called in this process; the difference is the server's overhead (target <= 3 ms).
+  streaming   GPT-2 (gpt2-small shape, random weights via save_pretrained, a word-level tokenizer) on the
+              same server as overhead: POST /v1/completions stream: true; time to first token and tokens/s per
+              stream at 1 and 8 concurrent streams.
+Every loop is bounded in requests and seconds; every request has a --timeout.
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the tiny-tokenizer and process helpers live with the tests
+
+from fastformer.modelbench import machine, report  # noqa: E402
+from tests.gpt2_tiny import save_word_tokenizer  # noqa: E402
+from tests.processes import descendants  # noqa: E402
+
+SENTENCES_FILE = os.path.join(ROOT, "fastformer", "modelbench", "sentences.txt")
+ACCEPTED_WHEN_OVERLOADED = (200, 429, 503)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 2)
+
+
+def _latencies(ms: list[float]) -> dict:
+    return {"p50_ms": _percentile(ms, 50), "p90_ms": _percentile(ms, 90), "p99_ms": _percentile(ms, 99)}
+
+
+class Workload:
+    """The real sentences as TEI /embed bodies, with their token counts (special tokens included)."""
+
+    def __init__(self, model_dir: str):
+        import transformers
+
+        with open(SENTENCES_FILE) as f:
+            self.sentences = [line.strip() for line in f if line.strip()]
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        self.tokens = [len(ids) for ids in tokenizer(self.sentences)["input_ids"]]
+
+    def body(self, i: int) -> dict:
+        return {"inputs": self.sentences[i % len(self.sentences)]}
+
+    def tokens_of(self, i: int) -> int:
+        return self.tokens[i % len(self.sentences)]
+
+
+def _client(timeout: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=httpx.Limits(max_connections=None,
+                                                                                 max_keepalive_connections=512))
+
+
+# ---- servers: started here, stopped by PID with everything they started ----
+
+class Server:
+    def __init__(self, name: str, command: list[str], base: str, threads: int):
+        self.name, self.command, self.base = name, command, base
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.process = None
+
+    def __enter__(self):
+        started = time.perf_counter()
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n"
+                                   f"{self.log.read()[-3000:].decode(errors='replace')}")
+            try:
+                if httpx.post(f"{self.base}/embed", json={"inputs": "ready?"}, timeout=10).status_code == 200:
+                    self.start_seconds = round(time.perf_counter() - started, 1)
+                    print(f"{self.name} up in {self.start_seconds} s", flush=True)
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"{self.name} did not answer within 300 s")
+
+    def __exit__(self, *_):
+        family = descendants(self.process.pid)  # Ray's daemons and workers, to be sure none outlives the run
+        self.process.send_signal(signal.SIGINT)  # fastformer serve deletes its app and shuts Ray down
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in family):
+            time.sleep(0.2)
+        for pid in family:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+def fastformer_server(args, models: list[str], replicas: int = 1, batch_wait_ms: float | None = None) -> Server:
+    port = _free_port()
+    wait = args.batch_wait_ms if batch_wait_ms is None else batch_wait_ms
+    command = [sys.executable, "-m", "fastformer", "serve", *models, "--port", str(port),
+               "--metrics-port", str(_free_port()), "--threads", str(args.threads), "--replicas", str(replicas),
+               "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(wait),
+               "--max-queued", str(args.max_queued)]
+    if args.max_ongoing:
+        command += ["--max-ongoing", str(args.max_ongoing)]
+    return Server(f"fastformer serve ({replicas} replica(s), batch wait {wait} ms)", command,
+                  f"http://127.0.0.1:{port}", args.threads)
+
+
+def baseline_server(args) -> Server:
+    port = _free_port()
+    command = [sys.executable, os.path.join(ROOT, "bench", "serve_baseline.py"), args.model, "--port", str(port),
+               "--threads", str(args.threads)]
+    return Server("baseline (FastAPI + uvicorn + AutoModel)", command, f"http://127.0.0.1:{port}", args.threads)
+
+
+# ---- clients ----
+
+async def closed_loop(url: str, work: Workload, clients: int, seconds: float, timeout: float) -> dict:
+    """clients workers, each sending its next request when its last is answered, for `seconds`: the
+    server's capacity in requests/s."""
+    ok, tokens, statuses = [0], [0], {}
+    async with _client(timeout) as http:
+        start = time.perf_counter()
+
+        async def worker(i: int):
+            while time.perf_counter() - start < seconds:
+                try:
+                    status = (await http.post(url, json=work.body(i))).status_code
+                except httpx.HTTPError as e:  # no answer: a timeout or a lost connection
+                    status = type(e).__name__
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    ok[0] += 1
+                    tokens[0] += work.tokens_of(i)
+                i += clients
+
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        elapsed = time.perf_counter() - start
+    return {"clients": clients, "seconds": round(elapsed, 2), "statuses": statuses,
+            "requests_per_s": round(ok[0] / elapsed, 2), "tokens_per_s": round(tokens[0] / elapsed, 1)}
+
+
+def _schedule(rate: float, seconds: float, max_requests: int, arrival: str, seed: int) -> list[float]:
+    """Send times (seconds from the start): Poisson (exponential gaps) or a fixed interval of 1/rate."""
+    rng, times, t = random.Random(seed), [], 0.0
+    while len(times) < max_requests:
+        t += rng.expovariate(rate) if arrival == "poisson" else 1 / rate
+        if t > seconds:
+            break
+        times.append(t)
+    return times
+
+
+async def open_loop(url: str, work: Workload, rate: float, args, seconds: float, during=None) -> dict:
+    """Requests sent at scheduled times (not waiting for answers) for `seconds` (at most --max-requests);
+    latency counts from each request's scheduled time. during(http, start): a coroutine run alongside."""
+    times = _schedule(rate, seconds, args.max_requests, args.arrival, args.seed)
+    outcomes, lags = [], []
+    async with _client(args.timeout) as http:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        side = asyncio.create_task(during(http, start)) if during else None
+
+        async def one(i: int, due: float):
+            try:
+                response = await http.post(url, json=work.body(i))
+                json_body = response.headers.get("content-type", "").startswith("application/json")
+                outcomes.append((response.status_code, (loop.time() - due) * 1000, work.tokens_of(i), json_body))
+            except httpx.HTTPError as e:  # no answer: a timeout or a lost connection
+                outcomes.append((type(e).__name__, None, 0, False))
+
+        tasks = []
+        for i, offset in enumerate(times):
+            delay = start + offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lags.append((loop.time() - start - offset) * 1000)
+            tasks.append(asyncio.create_task(one(i, start + offset)))
+        await asyncio.gather(*tasks)
+        elapsed = loop.time() - start
+        side_result = await side if side else None
+    statuses = {}
+    for status, *_ in outcomes:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    accepted = [ms for status, ms, _, _ in outcomes if status == 200]
+    sent_per_s = len(times) / seconds
+    result = {"offered_per_s": round(rate, 2), "arrival": args.arrival, "sent": len(times),
+              "sent_per_s": round(sent_per_s, 2), "keeping_up": len(accepted) / elapsed >= 0.9 * sent_per_s,
+              "answered": sum(isinstance(status, int) for status, *_ in outcomes), "statuses": statuses,
+              "errors_not_json": sum(isinstance(s, int) and s >= 500 and not j for s, _, _, j in outcomes),
+              "seconds": round(elapsed, 2), "requests_per_s": round(len(accepted) / elapsed, 2),
+              "tokens_per_s": round(sum(t for status, _, t, _ in outcomes if status == 200) / elapsed, 1),
+              **_latencies(accepted), "send_lag_p99_ms": _percentile(lags, 99), "load_average": _load()}
+    if side_result is not None:
+        result.update(side_result)
+    return result
+
+
+async def one_at_a_time(url: str, work: Workload, count: int, timeout: float) -> dict:
+    ms = []
+    async with _client(timeout) as http:
+        for i in range(count):
+            start = time.perf_counter()
+            response = await http.post(url, json=work.body(i))
+            response.raise_for_status()
+            ms.append((time.perf_counter() - start) * 1000)
+    return {"requests": count, **_latencies(ms)}
+
+
+# ---- parts ----
+
+def part_throughput(args, work: Workload, results: dict) -> None:
+    with baseline_server(args) as baseline:
+        url = f"{baseline.base}/embed"
+        asyncio.run(closed_loop(url, work, 1, 2, args.timeout))  # warm-up
+        capacity = asyncio.run(closed_loop(url, work, args.probe_clients, args.probe_seconds, args.timeout))
+        print(f"baseline capacity {capacity}", flush=True)
+        rates = [float(r) for r in args.rates.split(",")] if args.rates else \
+            [m * capacity["requests_per_s"] for m in args.rate_multiples]
+        runs = []
+        for rate in rates:
+            runs.append(asyncio.run(open_loop(url, work, rate, args, args.rate_seconds)))
+            print(f"baseline   {runs[-1]}", flush=True)
+        single = asyncio.run(one_at_a_time(url, work, args.single, args.timeout))
+        baseline_result = {"start_seconds": baseline.start_seconds, "capacity": capacity, "open_loop": runs,
+                           "one_at_a_time": single}
+    server = fastformer_server(args, [args.model])
+    with server:
+        url = f"{server.base}/embed"
+        asyncio.run(closed_loop(url, work, 4, 2, args.timeout))  # warm-up
+        capacity = asyncio.run(closed_loop(url, work, args.probe_clients, args.probe_seconds, args.timeout))
+        print(f"fastformer capacity {capacity}", flush=True)
+        runs = []
+        for rate in rates:
+            runs.append(asyncio.run(open_loop(url, work, rate, args, args.rate_seconds)))
+            print(f"fastformer {runs[-1]}", flush=True)
+        results["throughput"] = {"rates_per_s": [round(r, 2) for r in rates], "baseline": baseline_result,
+                                 "fastformer": {"start_seconds": server.start_seconds, "capacity": capacity,
+                                                "open_loop": runs}}
+        results["throughput"]["summary"] = _throughput_summary(results["throughput"])
+        print(f"summary {results['throughput']['summary']}", flush=True)
+        if "overload" in args.parts:
+            part_overload(args, work, url, capacity["requests_per_s"], results)
+
+
+def _sustained(runs: list[dict], p99_at_most: float | None = None) -> dict | None:
+    """The run with the most requests/s among those the server kept up with (answered >= 90% of the rate
+    actually sent) and, if given, with p99 <= p99_at_most."""
+    kept_up = [r for r in runs if r["keeping_up"] and r["p99_ms"] is not None
+               and (p99_at_most is None or r["p99_ms"] <= p99_at_most)]
+    return max(kept_up, key=lambda r: r["requests_per_s"]) if kept_up else None
+
+
+def _throughput_summary(throughput: dict) -> dict:
+    """Capacity ratio (closed loop), and the issue's target: the most fastformer sustains at a p99 no higher
+    than the baseline's at the most the baseline sustains."""
+    base = _sustained(throughput["baseline"]["open_loop"])
+    ours = _sustained(throughput["fastformer"]["open_loop"], base and base["p99_ms"])
+    return {"capacity_ratio": round(throughput["fastformer"]["capacity"]["requests_per_s"]
+                                    / max(throughput["baseline"]["capacity"]["requests_per_s"], 1e-9), 2),
+            "baseline_sustained_requests_per_s": base and base["requests_per_s"],
+            "baseline_sustained_p99_ms": base and base["p99_ms"],
+            "fastformer_sustained_at_equal_or_lower_p99_requests_per_s": ours and ours["requests_per_s"],
+            "fastformer_sustained_at_equal_or_lower_p99_p99_ms": ours and ours["p99_ms"],
+            "throughput_ratio_at_equal_or_lower_p99": base and ours and round(
+                ours["requests_per_s"] / max(base["requests_per_s"], 1e-9), 2),
+            "target": ">= 3x"}
+
+
+def part_overload(args, work: Workload, url: str, capacity: float, results: dict) -> None:
+    reference = asyncio.run(open_loop(url, work, 0.5 * capacity, args, args.overload_reference_seconds))
+    print(f"overload reference (50% load) {reference}", flush=True)
+    overloaded = asyncio.run(open_loop(url, work, 3 * capacity, args, args.overload_seconds))
+    print(f"overload (3x capacity) {overloaded}", flush=True)
+    answers_ok = all(int(s) in ACCEPTED_WHEN_OVERLOADED for s in overloaded["statuses"] if s.isdigit())
+    results["overload"] = {
+        "capacity_per_s": capacity, "reference_at_50_percent": reference, "at_3x_capacity": overloaded,
+        "checks": {"sent_equals_answered": overloaded["sent"] == overloaded["answered"],
+                   "only_200_503_429": answers_ok and all(s.isdigit() for s in overloaded["statuses"]),
+                   "p99_ratio_to_50_percent_load": overloaded["p99_ms"] and reference["p99_ms"] and
+                   round(overloaded["p99_ms"] / reference["p99_ms"], 2), "p99_ratio_target": "<= 2"}}
+    print(f"overload checks {results['overload']['checks']}", flush=True)
+
+
+async def _replica_pids(http: httpx.AsyncClient, base: str, replicas: int, tries: int = 60) -> set[int]:
+    """The replicas' PIDs from GET /health (the router picks a replica at random for each request)."""
+    pids = set()
+    for _ in range(tries):
+        response = await http.get(f"{base}/health")
+        if response.status_code == 200:
+            pids.add(response.json()["pid"])
+        if len(pids) == replicas:
+            break
+    return pids
+
+
+def part_faults(args, work: Workload, results: dict) -> None:
+    server = fastformer_server(args, [args.model], replicas=2)
+    with server:
+        url = f"{server.base}/embed"
+        asyncio.run(closed_loop(url, work, 4, 2, args.timeout))  # warm-up
+        capacity = asyncio.run(closed_loop(url, work, args.probe_clients, args.probe_seconds, args.timeout))
+
+        async def kill_one_replica(http: httpx.AsyncClient, start: float) -> dict:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, start + args.fault_seconds / 2 - loop.time()))
+            before = await _replica_pids(http, server.base, 2)
+            victim = min(before)
+            if victim not in descendants(server.process.pid):
+                raise RuntimeError(f"replica PID {victim} is not a process of the server this run started")
+            os.kill(victim, signal.SIGKILL)
+            killed_at = loop.time()
+            deadline = killed_at + args.timeout * 2
+            while loop.time() < deadline:  # restarted: two replicas again, one of them new
+                try:
+                    now = await _replica_pids(http, server.base, 2, tries=10)
+                    if len(now) == 2 and victim not in now:
+                        return {"killed_pid": victim, "killed_at_s": round(killed_at - start, 2),
+                                "restarted_after_s": round(loop.time() - killed_at, 2)}
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+            return {"killed_pid": victim, "killed_at_s": round(killed_at - start, 2), "restarted_after_s": None}
+
+        run = asyncio.run(open_loop(url, work, args.fault_load * capacity["requests_per_s"], args,
+                                    args.fault_seconds, during=kill_one_replica))
+    failed = sum(n for status, n in run["statuses"].items() if status != "200")
+    results["faults"] = {"replicas": 2, "capacity": capacity, "run": run, "failed": failed,
+                         "lost": run["sent"] - run["answered"]}
+    print(f"faults {results['faults']}", flush=True)
+
+
+def _save_gpt2(path: str) -> None:
+    """gpt2-small's shape with random weights, and a word-level tokenizer over its 50257 ids (w4 ...)."""
+    import transformers
+
+    vocab = transformers.GPT2Config().vocab_size
+    config = transformers.GPT2Config(bos_token_id=1, eos_token_id=2)  # the word tokenizer's <bos> / <eos>
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    save_word_tokenizer(path, vocab_size=vocab)
+
+
+async def _stream(http: httpx.AsyncClient, url: str, body: dict) -> dict:
+    """One streamed completion: time to the first text, and tokens/s after it (the word-level tokenizer
+    makes one token per word)."""
+    start = time.perf_counter()
+    first, text = None, ""
+    async with http.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            piece = json.loads(line[len("data: "):])["choices"][0]["text"]
+            if piece and first is None:
+                first = time.perf_counter()
+            text += piece
+    end, tokens = time.perf_counter(), len(text.split())
+    return {"ttft_ms": (first - start) * 1000 if first else None, "tokens": tokens,
+            "tokens_per_s": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else None}
+
+
+async def streams(url: str, concurrency: int, rounds: int, args) -> dict:
+    body = {"prompt": " ".join(f"w{4 + 7 * i}" for i in range(args.stream_prompt_words)),
+            "max_tokens": args.stream_tokens, "temperature": 0, "stream": True}
+    done = []
+    async with _client(args.timeout) as http:
+        start = time.perf_counter()
+        for _ in range(rounds):
+            done += await asyncio.gather(*(_stream(http, url, body) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ttft = [d["ttft_ms"] for d in done if d["ttft_ms"] is not None]
+    rates = [d["tokens_per_s"] for d in done if d["tokens_per_s"] is not None]
+    return {"concurrent_streams": concurrency, "streams": len(done), "max_tokens": args.stream_tokens,
+            "tokens_per_stream_mean": round(sum(d["tokens"] for d in done) / len(done), 1),
+            "ttft_p50_ms": _percentile(ttft, 50), "ttft_max_ms": _percentile(ttft, 100),
+            "tokens_per_s_per_stream_p50": _percentile(rates, 50), "tokens_per_s_per_stream_min": _percentile(rates, 0),
+            "tokens_per_s_all_streams": round(sum(d["tokens"] for d in done) / elapsed, 1), "load_average": _load()}
+
+
+def part_overhead_and_streaming(args, work: Workload, results: dict) -> None:
+    with tempfile.TemporaryDirectory(prefix="ffserve") as tmp:
+        models = [args.model]
+        if "streaming" in args.parts:
+            _save_gpt2(os.path.join(tmp, "gpt2"))
+            models.append(os.path.join(tmp, "gpt2"))
+        server = fastformer_server(args, models, batch_wait_ms=0)
+        with server:
+            if "overhead" in args.parts:
+                url = f"{server.base}/embed"
+                asyncio.run(one_at_a_time(url, work, 10, args.timeout))  # warm-up
+                served = asyncio.run(one_at_a_time(url, work, args.single, args.timeout))
+                direct = _direct(args, work)
+                results["overhead"] = {"server": served, "direct": direct, "overhead_p50_ms": round(
+                    served["p50_ms"] - direct["p50_ms"], 2), "target": "<= 3 ms", "load_average": _load()}
+                print(f"overhead {results['overhead']}", flush=True)
+            if "streaming" in args.parts:
+                url = f"{server.base}/v1/completions"
+                asyncio.run(streams(url, 1, 1, args))  # warm-up
+                results["streaming"] = [asyncio.run(streams(url, c, args.stream_rounds, args)) for c in (1, 8)]
+                for line in results["streaming"]:
+                    print(f"streaming {line}", flush=True)
+
+
+def _direct(args, work: Workload) -> dict:
+    """The pipeline the server runs, called in this process one sentence at a time."""
+    import torch
+
+    import fastformer as ff
+
+    torch.set_num_threads(args.threads)
+    embed = ff.pipelines.Embedder(args.model)
+    for i in range(10):
+        embed(work.body(i)["inputs"])
+    ms = []
+    for i in range(args.single):
+        start = time.perf_counter()
+        embed(work.body(i)["inputs"])
+        ms.append((time.perf_counter() - start) * 1000)
+    return {"requests": args.single, **_latencies(ms)}
+
+
+PARTS = ("throughput", "overload", "faults", "overhead", "streaming")
+
+
+def _floats(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",")]
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"positive numbers separated by commas, got {text!r}")
+    return values
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--model", default=None, help="a sentence-embedding checkpoint folder (default: MiniLM)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per server replica (and direct)")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-ongoing", type=int, default=None, help="default: the server's (2 x max batch)")
+    parser.add_argument("--max-queued", type=int, default=64)
+    parser.add_argument("--arrival", choices=["poisson", "fixed"], default="poisson")
+    parser.add_argument("--seed", type=int, default=0, help="of the Poisson arrivals")
+    parser.add_argument("--rate-multiples", type=_floats, default=[0.5, 1, 2, 3],
+                        help="open-loop rates as multiples of the baseline's capacity")
+    parser.add_argument("--rates", default=None, help="open-loop rates in requests/s (instead of multiples)")
+    parser.add_argument("--rate-seconds", type=float, default=8.0, help="seconds of arrivals per rate")
+    parser.add_argument("--max-requests", type=int, default=20000, help="requests per open-loop run (at most)")
+    parser.add_argument("--probe-clients", type=int, default=32, help="closed-loop clients measuring capacity")
+    parser.add_argument("--probe-seconds", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds one request may take")
+    parser.add_argument("--overload-reference-seconds", type=float, default=10.0)
+    parser.add_argument("--overload-seconds", type=float, default=30.0)
+    parser.add_argument("--fault-seconds", type=float, default=20.0)
+    parser.add_argument("--fault-load", type=float, default=0.5, help="offered load as a fraction of capacity")
+    parser.add_argument("--single", type=int, default=100, help="one-at-a-time requests (overhead)")
+    parser.add_argument("--stream-tokens", type=int, default=32)
+    parser.add_argument("--stream-prompt-words", type=int, default=16)
+    parser.add_argument("--stream-rounds", type=int, default=2)
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    args.parts = args.parts.split(",")
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser.error(f"--parts: unknown {sorted(unknown)} (of {', '.join(PARTS)})")
+    if "overload" in args.parts and "throughput" not in args.parts:
+        parser.error("--parts: overload runs on the throughput part's server at its measured capacity")
+    if args.rates:
+        _floats(args.rates)
+    if args.model is None:
+        from fastformer.serving import default_model_dir
+
+        args.model = default_model_dir()
+    if args.json:
+        report.check_writable(args.json, "--json")
+    work = Workload(args.model)
+    print(f"{len(work.sentences)} sentences, {sum(work.tokens) / len(work.tokens):.1f} tokens on average; "
+          f"load average {_load()} on {os.cpu_count()} CPUs", flush=True)
+    results, load_before, started = {}, os.getloadavg(), time.perf_counter()
+    if "throughput" in args.parts:
+        part_throughput(args, work, results)
+    if "faults" in args.parts:
+        part_faults(args, work, results)
+    if "overhead" in args.parts or "streaming" in args.parts:
+        part_overhead_and_streaming(args, work, results)
+    print(f"done in {time.perf_counter() - started:.0f} s; load average {load_before} -> {os.getloadavg()}")
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        report.write_json({"meta": {**machine.describe(), "benchmark": "serve-load", "settings": settings,
+                                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+                           "results": results}, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
