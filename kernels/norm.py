@@ -32,11 +32,15 @@ def _grid_size(rows: int, device: torch.device) -> int:
 
 @triton.jit
 def _load_sum(X, R, cols, N, HAS_RESIDUAL: tl.constexpr, ACC: tl.constexpr):
-    """x (+ residual) for the columns `cols` of one row, in the accumulation dtype; 0 past N."""
+    """x (+ residual) for the columns `cols` of one row, in the accumulation dtype; 0 past N.
+
+    The sum is rounded to the input dtype, as it is stored in residual_out: the backward re-reads that,
+    and a mean of the unrounded sum would leave (s - mean) * rstd off by an ulp of s times rstd (inf in
+    fp16 for a constant row at eps 1e-12). This is also PyTorch's add then LayerNorm."""
     mask = cols < N
     s = tl.load(X + cols, mask=mask, other=0.0).to(ACC)
     if HAS_RESIDUAL:
-        s += tl.load(R + cols, mask=mask, other=0.0).to(ACC)
+        s = (s + tl.load(R + cols, mask=mask, other=0.0).to(ACC)).to(X.dtype.element_ty).to(ACC)
     return s
 
 

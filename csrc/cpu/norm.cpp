@@ -22,8 +22,9 @@ using at::vec::Vectorized;
 
 // Forward, one row at a time (rows split across threads):
 //   1. s = x (+ residual), summed (LayerNorm) or square-summed (RMSNorm). s goes to residual_out when
-//      there is a residual, and to an acc_t row buffer for fp16/bf16, so passes 2-3 re-read it in acc_t
-//      from L1/L2 (a 1024-column row is 4 KB); fp32 without a residual re-reads x itself.
+//      there is a residual (rounded to the input dtype, as used from then on), and to an acc_t row
+//      buffer for fp16/bf16, so passes 2-3 re-read it in acc_t from L1/L2 (a 1024-column row is 4 KB);
+//      fp32 without a residual re-reads x itself.
 //   2. LayerNorm: the sum of squared deviations from the mean (two-pass: more accurate than one-pass).
 //   3. y = (s - mean) * rstd * weight + bias.
 // Every reduction keeps two independent vector accumulators (the lo / hi halves of a chunk): with
@@ -65,6 +66,10 @@ void norm_fwd_kernel(const Tensor& x, const std::optional<Tensor>& residual, con
           lo = lo + rlo;
           hi = hi + rhi;
           IO::store(sr + c, lo, hi, n);
+          // Normalize s as stored (rounded to fp16/bf16), like PyTorch's add then LayerNorm: the backward
+          // re-reads the stored s, and a mean of the unrounded s would leave (s - mean) * rstd off by an
+          // ulp of s times rstd (inf in fp16 for a constant row at eps 1e-12).
+          if constexpr (IO::kReduced) IO::load(sr + c, lo, hi, n);
         }
         if constexpr (kRms) {
           sum_lo = at::vec::fmadd(lo, lo, sum_lo);

@@ -58,6 +58,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads) norm_fwd_kernel(NormFwdArgs 
         load_floats<T, V>(x + p * V, s[i]);
         if (residual) {
           add_floats<T, V>(residual + p * V, s[i]);
+          // s rounded to T, as stored in residual_out, which the backward re-reads: a mean of the
+          // unrounded s would leave (s - mean) * rstd off by an ulp of s times rstd there (inf in fp16
+          // for a constant row at eps 1e-12). Also PyTorch's add then LayerNorm.
+#pragma unroll
+          for (int k = 0; k < V; ++k) s[i][k] = to_float(from_float<T>(s[i][k]));
           if (store_sum) store_floats<T, V>(residual_out + p * V, s[i]);
         }
       }

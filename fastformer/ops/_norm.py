@@ -158,7 +158,11 @@ def _check_like(name: str, t, x: Tensor, shape) -> None:
 def _rows_view(t: Tensor, n_cols: int) -> Tensor:
     """[..., N] -> [rows, N] with a contiguous last dim; a copy only when no such view exists."""
     rows = t if t.dim() == 2 else t.reshape(-1, n_cols)
-    return rows if rows.stride(-1) == 1 or rows.shape[0] == 0 else rows.contiguous()
+    if rows.stride(-1) == 1 or rows.shape[0] == 0:
+        return rows
+    # Not .contiguous(): a [1, 1] view counts as contiguous with any strides and would come back with
+    # its last stride != 1, which the kernels refuse.
+    return rows.clone(memory_format=torch.contiguous_format)
 
 
 def norm(op_name: str, reference, x, residual, weight, bias, eps, backend):
