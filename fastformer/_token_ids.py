@@ -23,7 +23,8 @@ def check_dtype(ids, name: str) -> None:
         raise TypeError(f"{name} must be an int64 or int32 tensor of token ids, got {ids.dtype}")
 
 
-def check_token_ids(ids, vocab_size: int, name: str = "input_ids", *, on_any_device: bool = False) -> None:
+def check_token_ids(ids, vocab_size: int, name: str = "input_ids", *, on_any_device: bool = False,
+                    size_name: str = "the model's vocabulary size") -> None:
     """check_dtype, then ValueError unless every id lies in [0, vocab_size): on CPU tensors always, on other
     devices only with on_any_device (it synchronizes with the device). Not checked while torch.compile traces
     (a data-dependent branch would break the graph)."""
@@ -33,4 +34,4 @@ def check_token_ids(ids, vocab_size: int, name: str = "input_ids", *, on_any_dev
     low, high = (int(v) for v in torch.aminmax(ids))
     if low < 0 or high >= vocab_size:
         bad = low if low < 0 else high
-        raise ValueError(f"{name} must lie in [0, {vocab_size}) (the model's vocabulary size), got token id {bad}")
+        raise ValueError(f"{name} must lie in [0, {vocab_size}) ({size_name}), got token id {bad}")

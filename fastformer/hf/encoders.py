@@ -1,14 +1,6 @@
 """BERT, RoBERTa and DistilBERT: Hugging Face config -> ModelConfig, and one key map per family."""
 from fastformer.models.config import ModelConfig
-
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                  "silu": "silu", "swish": "silu"}
-
-
-def _activation(name: str) -> str:
-    if name not in HF_ACTIVATIONS:
-        raise ValueError(f"unsupported activation {name!r} in config.json (supported: {sorted(HF_ACTIVATIONS)})")
-    return HF_ACTIVATIONS[name]
+from fastformer.nn.activation import activation_name
 
 
 def _labels(hf: dict) -> dict:
@@ -29,26 +21,32 @@ def bert_config(hf: dict) -> ModelConfig:
     return ModelConfig(
         model_type=hf["model_type"], vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
         num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"], activation=_activation(hf.get("hidden_act", "gelu")),
+        intermediate_size=hf["intermediate_size"],
+        activation=activation_name(hf.get("hidden_act", "gelu"), "hidden_act"),
         norm_eps=hf.get("layer_norm_eps", 1e-12), max_positions=hf.get("max_position_embeddings", 512),
         positions_from_padding=roberta, type_vocab_size=hf.get("type_vocab_size", 2),
         pad_token_id=hf.get("pad_token_id", 1 if roberta else 0) or 0,
         dropout=hf.get("hidden_dropout_prob", 0.1), attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         classifier_dropout=hf.get("classifier_dropout"),
-        extra={"classifier": {"act": "tanh", "dropout_before_dense": roberta}},
+        extra={"classifier": {"act": "tanh", "dropout_before_dense": roberta},
+               "tie_word_embeddings": hf.get("tie_word_embeddings", True) is not False,
+               # RobertaLMHead applies gelu whatever hidden_act says; BERT's head applies hidden_act.
+               **({"mlm_activation": "gelu"} if roberta else {})},
         **_labels(hf))
 
 
 def distilbert_config(hf: dict) -> ModelConfig:
-    if hf.get("sinusoidal_pos_embds"):
-        raise ValueError("DistilBERT with sinusoidal_pos_embds=true is not supported")
+    # sinusoidal_pos_embds: transformers fills position_embeddings with fixed sinusoids and saves them in the
+    # checkpoint like learned ones, so the learned-table path reads them as they are.
     return ModelConfig(
         model_type="distilbert", vocab_size=hf["vocab_size"], hidden_size=hf["dim"], num_layers=hf["n_layers"],
-        num_heads=hf["n_heads"], intermediate_size=hf["hidden_dim"], activation=_activation(hf.get("activation", "gelu")),
+        num_heads=hf["n_heads"], intermediate_size=hf["hidden_dim"],
+        activation=activation_name(hf.get("activation", "gelu")),
         norm_eps=1e-12, max_positions=hf.get("max_position_embeddings", 512), type_vocab_size=0,
         pad_token_id=hf.get("pad_token_id", 0) or 0, dropout=hf.get("dropout", 0.1),
         attention_dropout=hf.get("attention_dropout", 0.1), classifier_dropout=hf.get("seq_classif_dropout", 0.2),
-        extra={"classifier": {"act": "relu"}, "qa_dropout": hf.get("qa_dropout", 0.1)},
+        extra={"classifier": {"act": "relu"}, "qa_dropout": hf.get("qa_dropout", 0.1),
+               "tie_word_embeddings": hf.get("tie_word_embeddings", True) is not False},
         **_labels(hf))
 
 
@@ -72,6 +70,10 @@ BERT_KEYS = _BERT_BODY + [
     ("head.out.{w}", "classifier.{w}"),
     ("transform.{w}", "cls.predictions.transform.dense.{w}"),
     ("norm.{w}", "cls.predictions.transform.LayerNorm.{w}"),
+    # Untied (tie_word_embeddings false) the head's own decoder and its bias are what transformers uses;
+    # tied, the checkpoint may store only the embeddings and cls.predictions.bias.
+    ("decoder_weight", "cls.predictions.decoder.weight"),
+    ("decoder_bias", "cls.predictions.decoder.bias"),
     ("decoder_bias", "cls.predictions.bias"),
 ]
 ROBERTA_KEYS = _BERT_BODY + [
@@ -79,6 +81,8 @@ ROBERTA_KEYS = _BERT_BODY + [
     ("head.out.{w}", "classifier.out_proj.{w}"),
     ("transform.{w}", "lm_head.dense.{w}"),
     ("norm.{w}", "lm_head.layer_norm.{w}"),
+    ("decoder_weight", "lm_head.decoder.weight"),
+    ("decoder_bias", "lm_head.decoder.bias"),
     ("decoder_bias", "lm_head.bias"),
 ]
 _DISTIL_LAYER = "{p}transformer.layer.{i}."
@@ -98,12 +102,16 @@ DISTILBERT_KEYS = [
     ("qa_outputs.{w}", "qa_outputs.{w}"),
     ("transform.{w}", "vocab_transform.{w}"),
     ("norm.{w}", "vocab_layer_norm.{w}"),
+    ("decoder_weight", "vocab_projector.weight"),
     ("decoder_bias", "vocab_projector.bias"),
 ]
 
 # model_type -> (config adapter, key map, base-model prefix, checkpoint keys that carry nothing we need)
 FAMILIES = {
-    "bert": (bert_config, BERT_KEYS, "bert.", (r"position_ids$", r"cls\.predictions\.decoder\.", r"cls\.seq_relationship\.")),
-    "roberta": (bert_config, ROBERTA_KEYS, "roberta.", (r"position_ids$", r"lm_head\.decoder\.", r"pooler\.")),
+    # Untied, transformers' MLM heads add their decoder's bias and leave cls.predictions.bias / lm_head.bias unused.
+    "bert": (bert_config, BERT_KEYS, "bert.", (r"position_ids$", r"cls\.predictions\.decoder\.", r"cls\.predictions\.bias$",
+                                               r"cls\.seq_relationship\.")),
+    "roberta": (bert_config, ROBERTA_KEYS, "roberta.", (r"position_ids$", r"lm_head\.decoder\.", r"lm_head\.bias$",
+                                                        r"pooler\.")),
     "distilbert": (distilbert_config, DISTILBERT_KEYS, "distilbert.", (r"position_ids$", r"vocab_projector\.weight$")),
 }

@@ -1,9 +1,9 @@
 """T5, BART and Marian: Hugging Face config -> Seq2SeqConfig, and one key map per family."""
 import dataclasses
 
-from fastformer.hf.encoders import _activation
 from fastformer.models.config import ModelConfig
 from fastformer.models.seq2seq import Seq2SeqConfig
+from fastformer.nn.activation import activation_name
 
 # Generation defaults a checkpoint's config.json may carry (older checkpoints keep them there rather
 # than in generation_config.json).
@@ -29,7 +29,9 @@ def _t5_activation(feed_forward_proj: str) -> tuple[str, bool]:
     gated = parts[0] == "gated"
     if len(parts) > 2 or (len(parts) == 2 and not gated):
         raise ValueError(f"unsupported feed_forward_proj {feed_forward_proj!r} in config.json")
-    return ("gelu_tanh" if feed_forward_proj == "gated-gelu" else _activation(parts[-1])), gated
+    if feed_forward_proj == "gated-gelu":
+        return "gelu_tanh", True
+    return activation_name(parts[-1], "feed_forward_proj"), gated
 
 
 def t5_config(hf: dict) -> Seq2SeqConfig:
@@ -69,11 +71,15 @@ def bart_config(hf: dict) -> Seq2SeqConfig:
     encoder = ModelConfig(
         model_type=hf["model_type"], vocab_size=hf["vocab_size"], hidden_size=d_model,
         num_layers=hf["encoder_layers"], num_heads=hf["encoder_attention_heads"],
-        intermediate_size=hf["encoder_ffn_dim"], activation=_activation(hf.get("activation_function", "gelu")),
+        intermediate_size=hf["encoder_ffn_dim"],
+        activation=activation_name(hf.get("activation_function", "gelu"), "activation_function"),
         norm_eps=1e-5, embedding_norm=not marian, position="sinusoidal" if marian else "learned",
         max_positions=hf.get("max_position_embeddings", 1024), pad_token_id=hf.get("pad_token_id", 1),
         dropout=hf.get("dropout", 0.1), attention_dropout=hf.get("attention_dropout", 0.0))
-    share = hf.get("share_encoder_decoder_embeddings", True)
+    # transformers 5 ties nothing when tie_word_embeddings is false: the encoder and decoder then read their
+    # own embed_tokens (and `shared` is unused), the head its own lm_head.
+    tied = hf.get("tie_word_embeddings", True) is not False
+    share = hf.get("share_encoder_decoder_embeddings", True) and tied
     decoder = dataclasses.replace(
         encoder, num_layers=hf["decoder_layers"], num_heads=hf["decoder_attention_heads"],
         intermediate_size=hf["decoder_ffn_dim"],
@@ -83,7 +89,7 @@ def bart_config(hf: dict) -> Seq2SeqConfig:
         decoder_start_token_id=hf.get("decoder_start_token_id", 2), eos_token_id=_eos(hf, 2),
         embedding_scale=d_model ** 0.5 if hf.get("scale_embedding", False) else 1.0,
         position_offset=0 if marian else 2, share_embeddings=share,
-        tie_lm_head=hf.get("tie_word_embeddings", True) is not False, final_logits_bias=True,
+        tie_lm_head=tied, final_logits_bias=True,
         generation=_generation(hf))
 
 
@@ -111,11 +117,12 @@ def _stack_keys(ours: str, theirs: str, self_attn: str, cross_attn: str | None, 
 
 
 def _embedding_keys(prefix_theirs: str) -> list:
-    """Our names of the token tables (shared, encoder's, decoder's) and the LM head, which alias one
-    another when tied: the checkpoint may store the table under `shared` or, untied, under each stack's
-    embed_tokens, and the head as lm_head (untied) or not at all (tied to the decoder's table)."""
+    """Our names of the token tables (shared = the encoder's, the decoder's) and the LM head, which alias
+    one another when tied: the checkpoint may store the table under `shared` or under each stack's
+    embed_tokens (untied, these are what the stacks read: `shared` is then unused), and the head as
+    lm_head (untied) or not at all (tied to the decoder's table)."""
     shared, enc, dec = (f"{prefix_theirs}{n}.weight" for n in ("shared", "encoder.embed_tokens", "decoder.embed_tokens"))
-    return [("shared.weight", shared), ("shared.weight", enc),
+    return [("shared.weight", enc), ("shared.weight", shared),
             ("encoder.embeddings.word.weight", enc), ("encoder.embeddings.word.weight", shared),
             ("decoder.embeddings.word.weight", dec), ("decoder.embeddings.word.weight", shared),
             ("lm_head.weight", "lm_head.weight"), ("lm_head.weight", dec), ("lm_head.weight", shared)]
@@ -159,7 +166,8 @@ BART_KEYS = [
 # model_type -> (config adapter, key map, base-model prefix, checkpoint keys that carry nothing we need)
 FAMILIES = {
     "t5": (t5_config, T5_KEYS, "", (r"EncDecAttention\.relative_attention_bias\.",)),
-    "bart": (bart_config, BART_KEYS, "model.", ()),
+    # Untied (tie_word_embeddings false), the stacks read their own embed_tokens and `shared` is unused.
+    "bart": (bart_config, BART_KEYS, "model.", (r"^model\.shared\.weight$",)),
     # Marian's sinusoidal tables are fixed (some older checkpoints still store them).
-    "marian": (bart_config, BART_KEYS, "model.", (r"embed_positions\.weight$",)),
+    "marian": (bart_config, BART_KEYS, "model.", (r"embed_positions\.weight$", r"^model\.shared\.weight$")),
 }

@@ -12,7 +12,6 @@ from fastformer.models.config import ModelConfig
 from fastformer.nn.activation import ACTIVATIONS
 
 
-
 def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rms":
         return ffnn.RMSNorm(config.hidden_size, eps=config.norm_eps)
@@ -20,10 +19,12 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_index: int = 0):
         super().__init__()
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
         self.scale = None if config.attention_scale else 1.0
+        if config.attention_scale_by_layer:
+            self.scale = (self.head_dim ** -0.5 if config.attention_scale else 1.0) / (layer_index + 1)
         self.dropout = config.attention_dropout
         self.qkv = ffnn.Linear(config.hidden_size, 3 * config.num_heads * config.head_dim, bias=config.bias)
         self.out = ffnn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=config.bias)
@@ -80,10 +81,10 @@ class TransformerBlock(nn.Module):
     attention tells the two apart.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_index: int = 0):
         super().__init__()
         self.pre_norm = config.pre_norm
-        self.attn = SelfAttention(config)
+        self.attn = SelfAttention(config, layer_index)
         self.attn_norm = make_norm(config)
         self.ffn = FeedForward(config)
         self.ffn_norm = make_norm(config)

@@ -12,7 +12,7 @@ class ModelConfig:
     num_heads: int
     intermediate_size: int
     attention_head_dim: int | None = None  # T5's d_kv where it is not hidden_size // num_heads (t5-3b: 1024 / 32 vs 128)
-    activation: str = "gelu"  # gelu (erf) | gelu_tanh | relu | silu
+    activation: str = "gelu"  # a name in fastformer/nn/activation.py (gelu is erf, gelu_tanh the approximation)
     gated_ffn: bool = False  # T5 v1.1: act(x W_gate) * (x W_up)
     norm: str = "layer"  # layer | rms
     norm_eps: float = 1e-12
@@ -26,6 +26,7 @@ class ModelConfig:
     embedding_padding_idx: bool = True  # the word embedding's pad_token_id row gets no gradient (BERT); GPT-2: no
     bias: bool = True  # biases in the attention and feed-forward projections
     attention_scale: bool = True  # scale scores by 1/sqrt(head_dim) (T5 folds it into the weights)
+    attention_scale_by_layer: bool = False  # GPT-2's scale_attn_by_inverse_layer_idx: layer i also divides by i + 1
     layer_norm_bias: bool = True
     dropout: float = 0.1
     attention_dropout: float = 0.1

@@ -43,7 +43,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.num_layers))
         self.final_norm = make_norm(config)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, pack=True):

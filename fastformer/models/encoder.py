@@ -46,6 +46,9 @@ class Embeddings(nn.Module):
         if self.position is not None:
             extra = self.position(position_ids)
         if self.token_type is not None:
+            if token_type_ids is not None:
+                check_token_ids(token_type_ids, self.token_type.num_embeddings, "token_type_ids",
+                                size_name="the model's type_vocab_size")
             types = self.token_type(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
             extra = types if extra is None else extra + types
         if self.norm is not None:
@@ -62,7 +65,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.num_layers))
         self.final_norm = make_norm(config) if config.pre_norm else None
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False, pack=True):

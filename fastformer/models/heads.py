@@ -142,20 +142,27 @@ class EncoderForQuestionAnswering(nn.Module):
 
 
 class EncoderForMaskedLM(nn.Module):
-    """Masked LM: dense -> act -> norm -> decoder tied to the word embeddings (+ bias)."""
+    """Masked LM: dense -> act -> norm -> decoder (+ bias). The decoder is the word embeddings unless
+    config.extra["tie_word_embeddings"] is False (then its own decoder_weight); the activation is
+    config.extra["mlm_activation"] where the family fixes one (RoBERTa: gelu), else config.activation."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.transform = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACTIVATIONS[config.activation]
+        self.act = ACTIVATIONS[config.extra.get("mlm_activation", config.activation)]
         self.norm = make_norm(config)
+        tied = config.extra.get("tie_word_embeddings", True)
+        self.decoder_weight = None if tied else nn.Parameter(torch.empty(config.vocab_size, config.hidden_size))
+        if self.decoder_weight is not None:
+            nn.init.normal_(self.decoder_weight, std=0.02)
         self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> TaskOutput:
         hidden = self.norm(self.act(self.transform(self.encoder(input_ids, attention_mask, token_type_ids))))
-        logits = F.linear(hidden, self.encoder.embeddings.word.weight, self.decoder_bias)  # [B, S, vocab]
+        weight = self.encoder.embeddings.word.weight if self.decoder_weight is None else self.decoder_weight
+        logits = F.linear(hidden, weight, self.decoder_bias)  # [B, S, vocab]
         loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1)) if labels is not None else None
         return TaskOutput(logits=logits, loss=loss)
 

@@ -46,8 +46,9 @@ class Linear(_DropIn, nn.Linear):
             if x.numel() == self.in_features and x.dtype == torch.float32 and _HAS_GEMV:
                 y = ops.gemv(x, self.weight, self.bias)  # one row: memory-bound, our kernel streams W faster
                 return ACTIVATIONS[activation](y) if activation is not None else y
-            post_op, algorithm = ONEDNN_POST_OPS[activation] if activation is not None else ("none", "")
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, post_op, [], algorithm)
+            post_op, algorithm = ONEDNN_POST_OPS.get(activation, ("none", ""))
+            y = torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, post_op, [], algorithm)
+            return y if activation is None or activation in ONEDNN_POST_OPS else ACTIVATIONS[activation](y)
         y = F.linear(x, self.weight, self.bias)
         return ACTIVATIONS[activation](y) if activation is not None else y
 
