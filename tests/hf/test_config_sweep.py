@@ -2,7 +2,10 @@
 configs (odd head dims, one or several layers, tied and untied embeddings, each family's activation
 functions, T5 v1.0 / v1.1 feed-forwards, BART / Marian embedding variants, vocab sizes, head classes), saved
 by transformers with random weights, give transformers' fp32 outputs through ff.from_pretrained, and the
-generators its greedy tokens. Each model is one or two tiny layers (~0.3 s a case here)."""
+generators its greedy tokens; the structural cases also through ff.optimize. Each model is one to three tiny
+layers (~0.3 s a case here, ~60 s the file at load average 6)."""
+import copy
+
 import pytest
 import torch
 
@@ -50,7 +53,8 @@ def _case(family, overrides=None, model_class=None):
     return family, overrides or {}, model_class or MODEL_CLASS[family]
 
 
-def _cases():
+def _activation_cases():
+    """Each family's activations (through from_pretrained only: ff.optimize keeps transformers' own)."""
     cases = {}
     for act in ACTIVATIONS:
         cases[f"bert-{act}"] = _case("bert", dict(hidden_act=act))
@@ -61,7 +65,11 @@ def _cases():
     for proj in ("relu", "gelu", "gelu_new", "silu", "gated-gelu", "gated-silu", "gated-relu", "gated-gelu_new",
                  "gated-gelu_fast"):
         cases[f"t5-{proj}"] = _case("t5", dict(feed_forward_proj=proj))
-    cases.update({
+    return cases
+
+
+def _structure_cases():
+    return {
         # odd head dims (5, 1), several layers, untied heads, tiny and odd vocabularies, other eps
         "bert-head-dim-5": _case("bert", dict(hidden_size=15, num_attention_heads=3)),
         "bert-head-dim-1": _case("bert", dict(hidden_size=7, num_attention_heads=7)),
@@ -125,11 +133,11 @@ def _cases():
         "marian-uneven": _case("marian", dict(encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
                                               decoder_ffn_dim=11)),
         "marian-head-dim-5": _case("marian", dict(d_model=15, encoder_attention_heads=3, decoder_attention_heads=3)),
-    })
-    return cases
+    }
 
 
-CASES = _cases()
+STRUCTURE_CASES = _structure_cases()
+CASES = {**_activation_cases(), **STRUCTURE_CASES}
 
 
 def _save(tmp_path, family, overrides, model_class):
@@ -167,32 +175,50 @@ def _outputs(out) -> dict:
     return {n: getattr(out, n) for n in names if getattr(out, n, None) is not None}
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_config_runs_like_transformers(tmp_path, name):
+def _compare(name: str, tmp_path, model_fn):
+    """Saves case `name`, builds our model with model_fn(folder, transformers model), and checks its outputs on a
+    padded batch against transformers'. Returns (family, transformers model, ours, ids, mask, generate kwargs)."""
     family, overrides, model_class = CASES[name]
     theirs, config = _save(tmp_path, family, overrides, model_class)
     ids, mask = _batch(family, config)
-    ours = ff.from_pretrained(tmp_path)
-    # Every weight transformers saved is used, and none is made up.
-    assert ours.load_report["missing"] == [] and ours.load_report["unexpected"] == [], ours.load_report
+    ours = model_fn(tmp_path, theirs)
     kwargs = {"decoder_input_ids": ids[:, :5]} if family in SEQ2SEQ else {}
     # transformers 5.25's T5 sizes its cache by num_layers and fails with more decoder layers (IndexError).
     uncached = {"use_cache": False} if family == "t5" else {}
     with torch.no_grad():
         want = _outputs(theirs(input_ids=ids, attention_mask=mask, **kwargs, **uncached))
-        got = _outputs(ours(ids, attention_mask=mask, **kwargs))
-    main = next(iter(want))
-    assert main in got, f"{name}: native output lacks {main} (has {sorted(got)})"
+        ours_uncached = uncached if isinstance(ours, transformers.PreTrainedModel) else {}
+        got = _outputs(ours(input_ids=ids, attention_mask=mask, **kwargs, **ours_uncached))
+    assert sorted(got) == sorted(want), f"{name}: outputs {sorted(got)}, transformers gives {sorted(want)}"
     keep = mask.bool() if family not in SEQ2SEQ else slice(None)  # padded positions are read by nobody
-    for key in want:
-        if key not in got:
-            continue
-        w, g = want[key], got[key]
+    for key, w in want.items():
+        g = got[key]
         if w.dim() >= 2 and w.shape[:2] == mask.shape:
             w, g = w[keep], g[keep]
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * max(1.0, w.abs().max().item()), msg=lambda m: f"{name} {key}: {m}")
-    if family in GENERATORS and model_class == MODEL_CLASS[family]:
-        settings = dict(max_new_tokens=5)
-        expected = theirs.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1, **settings,
-                                   **uncached)
-        torch.testing.assert_close(ours.generate(ids, mask, **settings), expected, rtol=0, atol=0)
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * max(1.0, w.abs().max().item()),
+                                   msg=lambda m: f"{name} {key}: {m}")
+    generates = family in GENERATORS and model_class == MODEL_CLASS[family]
+    return theirs, ours, ids, mask, (dict(max_new_tokens=5, **uncached) if generates else None)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_config_runs_like_transformers(tmp_path, name):
+    theirs, ours, ids, mask, generate = _compare(name, tmp_path, lambda folder, _: ff.from_pretrained(folder))
+    # Every weight transformers saved is used, and none is made up.
+    assert ours.load_report["missing"] == [] and ours.load_report["unexpected"] == [], ours.load_report
+    if generate is not None:
+        expected = theirs.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1, **generate)
+        generate.pop("use_cache", None)
+        torch.testing.assert_close(ours.generate(ids, mask, **generate), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", STRUCTURE_CASES)
+def test_optimized_config_runs_like_transformers(tmp_path, name):
+    """ff.optimize on the transformers model itself: the same outputs and greedy tokens."""
+    theirs, optimized, ids, mask, generate = _compare(name, tmp_path,
+                                                      lambda _, model: ff.optimize(copy.deepcopy(model)))
+    if generate is not None:
+        settings = dict(do_sample=False, num_beams=1, **generate)
+        expected = theirs.generate(input_ids=ids, attention_mask=mask, **settings)
+        torch.testing.assert_close(optimized.generate(input_ids=ids, attention_mask=mask, **settings), expected,
+                                   rtol=0, atol=0)
