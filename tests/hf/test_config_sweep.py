@@ -119,6 +119,7 @@ def _structure_cases():
         "t5-v1.1": _case("t5", dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
         "t5-default-buckets": _case("t5", dict(relative_attention_num_buckets=32, relative_attention_max_distance=128)),
         "t5-eps-1e-3": _case("t5", dict(layer_norm_epsilon=1e-3)),
+        "t5-odd-buckets": _case("t5", dict(relative_attention_num_buckets=9, relative_attention_max_distance=7)),
         "bart-scaled-embeddings": _case("bart", dict(scale_embedding=True)),
         "bart-untied": _case("bart", dict(tie_word_embeddings=False)),
         "bart-uneven": _case("bart", dict(encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
