@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fastformer._backends import accumulation_dtype
+from fastformer.ops._layout import contiguous, last_dim_contiguous
 from fastformer.ops._t5_bias import distance_buckets
 
 
@@ -50,7 +51,7 @@ def _attention_bwd_triton(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out
     if rel_table is not None:
         buckets, dist_bias = _t5_by_distance(rel_table, rel_lut, rel_bidirectional, q.shape[2], k.shape[2], q.dtype)
     grad_q, grad_k, grad_v, grad_bias, grad_dist = kernels.attention_bwd(
-        _last_dim_contiguous(grad_out), q, k, v, _last_dim_contiguous(out), lse.contiguous(), attn_bias,
+        last_dim_contiguous(grad_out), q, k, v, last_dim_contiguous(out), contiguous(lse), attn_bias,
         key_padding_mask, dist_bias, causal, scale, dropout_p, seed,
         bias_needs_grad=bias_needs_grad and attn_bias is not None, dist_needs_grad=rel_table is not None)
     if rel_table is None:
@@ -60,10 +61,6 @@ def _attention_bwd_triton(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out
         grad_table = torch.zeros(rel_table.shape, dtype=grad_dist.dtype, device=q.device)
         grad_table = grad_table.index_add_(0, buckets, grad_dist.t()).to(rel_table.dtype)
     return grad_q, grad_k, grad_v, grad_bias, grad_table
-
-
-def _last_dim_contiguous(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 _ops = torch.ops.fastformer
@@ -121,7 +118,7 @@ def _make_backward(backend: str):
         q, k, v, out, lse, attn_bias, key_padding_mask, rel_table, rel_lut = ctx.saved_tensors
         bias_needs_grad = ctx.needs_input_grad[3]
         grad_q, grad_k, grad_v, grad_bias, grad_table = _backward_op(backend, q.device)(
-            grad_out.contiguous(), q, k, v, out, lse, attn_bias, key_padding_mask, rel_table, rel_lut,
+            contiguous(grad_out), q, k, v, out, lse, attn_bias, key_padding_mask, rel_table, rel_lut,
             *ctx.options, bias_needs_grad)
         return (grad_q, grad_k, grad_v, grad_bias if bias_needs_grad else None, None,
                 grad_table if ctx.needs_input_grad[5] else None, None, None, None, None, None, None)

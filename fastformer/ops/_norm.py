@@ -12,6 +12,7 @@ from torch import Tensor
 
 from fastformer import _backends
 from fastformer.ops import _dispatch
+from fastformer.ops._layout import contiguous, last_dim_contiguous
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -119,8 +120,8 @@ def _setup_context(ctx, inputs, output, *, is_rms: bool):
 def _make_backward(bwd_op, *, is_rms: bool):
     def backward(ctx, grad_out, grad_residual_out, *_grad_stats):
         normed_input, weight, mean, rstd = ctx.saved_tensors
-        grad_residual_out = grad_residual_out.contiguous() if grad_residual_out is not None and ctx.has_residual else None
-        args = (grad_out.contiguous(), grad_residual_out, normed_input.contiguous(), weight)
+        grad_residual_out = contiguous(grad_residual_out) if grad_residual_out is not None and ctx.has_residual else None
+        args = (contiguous(grad_out), grad_residual_out, contiguous(normed_input), weight)
         if is_rms:
             grad_x, grad_weight = bwd_op(*args, rstd)
             grad_bias = None
@@ -158,11 +159,7 @@ def _check_like(name: str, t, x: Tensor, shape) -> None:
 def _rows_view(t: Tensor, n_cols: int) -> Tensor:
     """[..., N] -> [rows, N] with a contiguous last dim; a copy only when no such view exists."""
     rows = t if t.dim() == 2 else t.reshape(-1, n_cols)
-    if rows.stride(-1) == 1 or rows.shape[0] == 0:
-        return rows
-    # Not .contiguous(): a [1, 1] view counts as contiguous with any strides and would come back with
-    # its last stride != 1, which the kernels refuse.
-    return rows.clone(memory_format=torch.contiguous_format)
+    return last_dim_contiguous(rows)
 
 
 def norm(op_name: str, reference, x, residual, weight, bias, eps, backend):

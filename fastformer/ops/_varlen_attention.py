@@ -6,6 +6,8 @@ schema and contract in csrc/fastformer.cpp); the GPU backends run the padded att
 """
 import torch
 
+from fastformer.ops._layout import contiguous
+
 _ops = torch.ops.fastformer
 FWD_OP = _ops.varlen_attention_fwd.default
 BWD_OP = _ops.varlen_attention_bwd.default
@@ -35,7 +37,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rel_table, rel_lut = ctx.saved_tensors
-    grad_q, grad_k, grad_v, grad_table = BWD_OP(grad_out.contiguous(), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+    grad_q, grad_k, grad_v, grad_table = BWD_OP(contiguous(grad_out), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                                                 *ctx.options, rel_table, rel_lut, *ctx.score_options)
     return (grad_q, grad_k, grad_v, None, None, None, None, grad_table if ctx.needs_input_grad[7] else None, None,
             None, None, None, None, None)

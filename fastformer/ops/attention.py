@@ -10,6 +10,7 @@ from torch import Tensor
 
 from fastformer import _backends
 from fastformer.ops import _attention, _dispatch, _head_dim
+from fastformer.ops._layout import last_dim_contiguous
 from fastformer.ops._philox import philox_uniform
 from fastformer.ops._t5_bias import T5RelativeBias
 
@@ -210,7 +211,7 @@ def attention(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, scal
     if chosen == "reference":
         return attention_ref(q, k, v, t5_bias if t5_bias is not None else dense_bias, key_padding_mask, causal,
                              scale, dropout_p, dropout_seed=seed)
-    q, k, v = (_attention._last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     if dense_bias is not None:
         # Stride 0 where broadcast; autograd of expand sums the kernels' [B, H, Sq, Sk] gradient back.
         dense_bias = dense_bias.expand(batch, heads, seq_q, seq_k)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fastformer import _backends
 from fastformer.ops import _dispatch
+from fastformer.ops._layout import contiguous, last_dim_contiguous
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -59,7 +60,7 @@ def _make_backward(bwd_op):
     def backward(ctx, grad_out):
         (out,) = ctx.saved_tensors  # [A, B, M, N]
         rows_shape = (math.prod(out.shape[:-1]), out.shape[-1])  # [rows, N]
-        dy = grad_out.reshape(rows_shape).contiguous()
+        dy = contiguous(grad_out.reshape(rows_shape))
         y = out.reshape(rows_shape)
         need_x, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = grad_mask = None
@@ -198,8 +199,8 @@ def softmax(x, dim=-1, scale=1.0, mask=None, causal=False, backend=None):
     if mask is not None:
         mask_last = mask if mask.shape == x.shape else mask.expand(x.shape)  # stride 0 where broadcast
         mask_last = mask_last if last else mask_last.movedim(dim, -1)
-    if x_last.stride(-1) != 1 and x_last.shape[-1] > 1:
-        x_last = x_last.contiguous()  # the kernels read rows as contiguous vectors
+    if x_last.shape[-1] > 1:
+        x_last = last_dim_contiguous(x_last)  # the kernels read rows as contiguous vectors
     x4, mask4 = _as_4d(x_last, mask_last, causal)
     out = _dispatch.call(fwd_op, x4, mask4, float(scale), causal, grad_inputs=(x, mask))  # [A, B, M, N], contiguous
     out = out if x_last.dim() == 4 else out.view(x_last.shape)

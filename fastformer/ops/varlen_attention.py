@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fastformer.ops import _dispatch, _varlen_attention
-from fastformer.ops._attention import _last_dim_contiguous
+from fastformer.ops._layout import last_dim_contiguous
 from fastformer.ops.attention import (T5RelativeBias, _check_options, _choose_backend, attention, attention_ref,
                                       check_qkv_tensors, draw_dropout_seed, dropout_keep_mask)
 
@@ -47,7 +47,7 @@ def varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
             keep_b = keep[b:b + 1, :, max_seqlen_q - q_b.shape[2]:, max_seqlen_k - k_b.shape[2]:]
         out_b = attention_ref(q_b, k_b, v_b, attn_bias, None, causal, scale, dropout_p, dropout_keep=keep_b)
         outs.append(out_b[0].transpose(0, 1))  # [Sq_b, H, D]
-    return torch.cat(outs) if outs else q.new_zeros((0, heads, head_dim))
+    return torch.cat(outs) if outs else q[:0].clone()  # no sequences: [0, H, D], still in q's autograd graph
 
 
 # ---- validation -----------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     if chosen != "cpu":
         return _padded_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, attn_bias, causal,
                                  scale, dropout_p, chosen)
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     rel_table, rel_lut, bidirectional = (None, None, False)
     if attn_bias is not None:
         rel_table, rel_lut, bidirectional = attn_bias.table, attn_bias.lut(), attn_bias.bidirectional

@@ -54,17 +54,23 @@ def _assert_within_2x(what: str, got, ref64, baseline, dtype, rel_allowance=0.0,
     # it bounds nothing: there the op must be within atol of the fp64 reference.
     baseline = torch.where(torch.isfinite(baseline), baseline, ref64.to(baseline.dtype))
     err, base = max_err(got, ref64), max_err(baseline, ref64)
-    magnitude = max(1.0, ref64.abs().max().item()) if ref64.numel() else 1.0
+    magnitude = max(1.0, _abs_max(ref64))
     # A gradient in a coarser dtype than the inputs (a float32 mask's, for float64 x) is summed over
     # its broadcast dims in that dtype: the coarser atol applies.
     tol = 2 * base + (max(ATOL[dtype], ATOL[got.dtype]) + rel_allowance) * magnitude + abs_allowance
     assert err <= tol, f"{what}: error {err:.3g} > 2 x the {dtype} reference's {base:.3g} + atol (tol {tol:.3g})"
 
 
+def _abs_max(t) -> float:
+    """max |t|, 0 for an empty tensor or a non-tensor."""
+    return t.detach().abs().max().item() if isinstance(t, torch.Tensor) and t.numel() else 0.0
+
+
 def _grads(out, leaves, grad_out):
     outs = out if isinstance(out, tuple) else (out,)
     grad_outs = grad_out if isinstance(grad_out, tuple) else (grad_out,)
-    return torch.autograd.grad(outs, leaves, grad_outs, allow_unused=True)
+    grads = torch.autograd.grad(outs, leaves, grad_outs, allow_unused=True)
+    return [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]  # unused: zero gradient
 
 
 def _as(x, dtype=None):
@@ -120,8 +126,8 @@ def _broadcast_shape(draw, shape):
 def attention_cases(draw):
     heads_kv = draw(st.integers(1, 3))
     case = dict(
-        batch=draw(st.integers(1, 3)), heads_kv=heads_kv, heads=heads_kv * draw(st.integers(1, 3)),
-        seq_q=draw(st.integers(1, 24)), seq_k=draw(st.integers(1, 40)),
+        batch=draw(st.integers(0, 3)), heads_kv=heads_kv, heads=heads_kv * draw(st.integers(1, 3)),
+        seq_q=draw(st.integers(0, 24)), seq_k=draw(st.integers(0, 40)),
         # Every D >= 1: the common tiles, odd and prime sizes, and past the GPU limit of 256.
         head_dim=draw(st.one_of(st.integers(1, 160), st.sampled_from([64, 80, 96, 128, 256, 257, 320]))),
         dtype=draw(st.sampled_from(DTYPES)), layouts=[draw(st.sampled_from(LAYOUTS)) for _ in range(3)],
@@ -169,13 +175,21 @@ def _max_abs_lse(inputs64: dict) -> float:
     scale = abs(inputs64["scale"]) if inputs64["scale"] is not None else 1 / math.sqrt(q.shape[-1])
     bias = inputs64.get("attn_bias")
     bias = bias.table if isinstance(bias, T5RelativeBias) else bias
-    bias_max = bias.detach().abs().max().item() if isinstance(bias, torch.Tensor) and bias.is_floating_point() else 0.0
+    bias_max = _abs_max(bias) if isinstance(bias, torch.Tensor) and bias.is_floating_point() else 0.0
     seq_k = inputs64.get("max_seqlen_k", k.shape[-2])
 
     def longest(t):
         return t.norm(dim=-1).max().item() if t.numel() else 0.0
 
     return scale * longest(q) * longest(k) + bias_max + math.log(max(seq_k, 1))
+
+
+def _score_allowance(inputs64: dict) -> float:
+    """Scores s and lse are fp32 in every kernel (and the backward recomputes p = exp(s - lse)): a relative
+    error of 2^-24 |s| in the exponent is a relative error of p, which a kernel that sums q.k in another
+    order than PyTorch's matmul shows where scores are large (measured: 5e-5 vs PyTorch's 6e-6 at scale 2,
+    D 320, |s| ~ 600)."""
+    return 2.0**-24 * _max_abs_lse(inputs64)
 
 
 def _delta_error_bound(inputs64: dict, out, out64, grad_out, dtype) -> dict:
@@ -195,8 +209,7 @@ def _delta_error_bound(inputs64: dict, out, out64, grad_out, dtype) -> dict:
     d_out, out64 = grad_out.double().abs(), out64.detach()
     err = (d_out * (out.detach().double() - out64).abs()).sum(-1) + head_dim * ulp * (d_out * out64.abs()).sum(-1)
     worst, total = (err.max().item(), err.sum().item()) if err.numel() else (0.0, 0.0)
-    return {"dq": scale * k.abs().max().item() * worst if k.numel() else 0.0,
-            "dk": scale * q.abs().max().item() * total if q.numel() else 0.0, "dv": 0.0, "dbias": total}
+    return {"dq": scale * _abs_max(k) * worst, "dk": scale * _abs_max(q) * total, "dv": 0.0, "dbias": total}
 
 
 def _check_attention_grads(out, ref64, baseline, inputs, inputs64, baseline_inputs, dtype, seed):
@@ -205,11 +218,9 @@ def _check_attention_grads(out, ref64, baseline, inputs, inputs64, baseline_inpu
     got = _grads(out, _attention_leaves(inputs), grad_out)
     want = _grads(ref64, _attention_leaves(inputs64), grad_out.double())
     base = _grads(baseline, _attention_leaves(baseline_inputs), grad_out)
-    # Every backward recomputes p = exp(s - lse) from an fp32 lse: relative error up to 2^-24 |lse|.
-    lse_allowance = 2.0**-24 * _max_abs_lse(inputs64)
     delta = _delta_error_bound(inputs64, out, ref64, grad_out, dtype)
     for name, g, w, b in zip(["dq", "dk", "dv", "dbias"], got, want, base):
-        _assert_within_2x(name, g, w, b, dtype, lse_allowance, delta[name])
+        _assert_within_2x(name, g, w, b, dtype, _score_allowance(inputs64), delta[name])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -224,7 +235,7 @@ def test_attention_matches_ref(backend, case):
     ref64 = ff.ops.attention_ref(**inputs64)
     baseline_inputs = {name: _as(x) for name, x in inputs.items()}
     baseline = ff.ops.attention_ref(**baseline_inputs)
-    _assert_within_2x("out", out, ref64, baseline, dtype)
+    _assert_within_2x("out", out, ref64, baseline, dtype, _score_allowance(inputs64))
     if case["backward"]:
         _check_attention_grads(out, ref64, baseline, inputs, inputs64, baseline_inputs, dtype, case["seed"] + 1)
 
@@ -276,8 +287,8 @@ def test_varlen_attention_matches_ref(backend, case):
     inputs64 = {name: _as(x, torch.float64) for name, x in inputs.items()}
     baseline_inputs = {name: _as(x) for name, x in inputs.items()}
     ref64, baseline = ff.ops.varlen_attention_ref(**inputs64), ff.ops.varlen_attention_ref(**baseline_inputs)
-    _assert_within_2x("out", out, ref64, baseline, dtype)
-    if backward and total_q > 0:
+    _assert_within_2x("out", out, ref64, baseline, dtype, _score_allowance(inputs64))
+    if backward:
         _check_attention_grads(out, ref64, baseline, inputs, inputs64, baseline_inputs, dtype, case["seed"] + 1)
 
 
@@ -286,7 +297,7 @@ def test_varlen_attention_matches_ref(backend, case):
 @st.composite
 def norm_cases(draw):
     rank = draw(st.integers(1, 4))
-    lead = [draw(st.integers(1, 5)) for _ in range(rank - 1)]
+    lead = [draw(st.integers(0, 5)) for _ in range(rank - 1)]
     width = draw(st.one_of(st.integers(1, 300), st.sampled_from([384, 768, 1025, 4099])))
     return dict(shape=(*lead, width), dtype=draw(st.sampled_from(DTYPES)),
                 layout=draw(st.sampled_from(LAYOUTS)), residual_layout=draw(st.sampled_from([None, *LAYOUTS])),
@@ -357,7 +368,7 @@ def test_norm_matches_ref(op_name, backend, case):
 @st.composite
 def softmax_cases(draw):
     rank = draw(st.integers(0, 5))
-    shape = tuple(draw(st.integers(1, 6)) for _ in range(rank - 1)) + (
+    shape = tuple(draw(st.integers(0, 6)) for _ in range(rank - 1)) + (
         (draw(st.one_of(st.integers(1, 300), st.sampled_from([1024, 1025, 4099]))),) if rank else ())
     causal = rank >= 2 and draw(st.booleans())
     dim = -1 if causal or rank == 0 else draw(st.integers(-rank, rank - 1))
@@ -400,10 +411,15 @@ def test_softmax_matches_ref(backend, case):
     if not case["backward"]:
         return
     grad_out = torch.randn(shape, generator=gen).to(device, dtype)
+    # The op saves its output in x's dtype for the backward, so a float32 mask's gradient sums dz rounded
+    # at that precision: the same-dtype baseline for the gradients is PyTorch with the mask in x's dtype
+    # too (the float32 one keeps a float32 softmax and is more accurate than any fp16 output can be).
+    x_low, mask_low = _as(x), _as(mask, dtype)
+    baseline = ff.ops.softmax_ref(x_low, mask=mask_low, **kwargs)
     leaves = [t for t in (x, mask) if t is not None and t.requires_grad]
     leaves64 = [t for t in (x64, mask64) if t is not None and t.requires_grad]
     leaves_low = [t for t in (x_low, mask_low) if t is not None and t.requires_grad]
     got, want, base = (_grads(o, ls, grad_out.to(o.dtype))
                        for o, ls in ((out, leaves), (ref64, leaves64), (baseline, leaves_low)))
     for name, g, w, b in zip(["dx", "dmask"], got, want, base):
-        _assert_within_2x(name, g, w, b, dtype)
+        _assert_within_2x(name, g, w, b.to(g.dtype), dtype)
