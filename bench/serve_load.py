@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 
+import aiohttp
 import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,26 +72,44 @@ def _latencies(ms: list[float]) -> dict:
 
 
 class Workload:
-    """The real sentences as TEI /embed bodies, with their token counts (special tokens included)."""
+    """The real sentences as TEI /embed bodies of per_request sentences each (a string when 1), with their
+    token counts (special tokens included)."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, per_request: int = 1):
         import transformers
 
+        self.per_request = per_request
         with open(SENTENCES_FILE) as f:
             self.sentences = [line.strip() for line in f if line.strip()]
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         self.tokens = [len(ids) for ids in tokenizer(self.sentences)["input_ids"]]
 
+    def _rows(self, i: int) -> range:
+        return range(i * self.per_request, (i + 1) * self.per_request)
+
     def body(self, i: int) -> dict:
-        return {"inputs": self.sentences[i % len(self.sentences)]}
+        texts = [self.sentences[row % len(self.sentences)] for row in self._rows(i)]
+        return {"inputs": texts[0] if self.per_request == 1 else texts}
 
     def tokens_of(self, i: int) -> int:
-        return self.tokens[i % len(self.sentences)]
+        return sum(self.tokens[row % len(self.sentences)] for row in self._rows(i))
 
 
-def _client(timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=httpx.Limits(max_connections=None,
-                                                                                 max_keepalive_connections=512))
+NO_ANSWER = (aiohttp.ClientError, asyncio.TimeoutError)  # a timeout or a lost connection
+
+
+def _client(timeout: float) -> aiohttp.ClientSession:
+    """aiohttp (a dependency of Ray's): lighter per request than httpx's async client, so this client takes
+    less of the cores the servers share. No connection limit: an open loop never waits for a free one."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                 connector=aiohttp.TCPConnector(limit=0))
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, bool]:
+    """(HTTP status, whether the body is JSON), the whole answer read."""
+    async with http.post(url, json=body) as response:
+        await response.read()
+        return response.status, response.content_type == "application/json"
 
 
 # ---- servers: started here, stopped by PID with everything they started ----
@@ -173,8 +192,8 @@ async def closed_loop(url: str, work: Workload, clients: int, seconds: float, ti
         async def worker(i: int):
             while time.perf_counter() - start < seconds:
                 try:
-                    status = (await http.post(url, json=work.body(i))).status_code
-                except httpx.HTTPError as e:  # no answer: a timeout or a lost connection
+                    status, _ = await _post(http, url, work.body(i))
+                except NO_ANSWER as e:
                     status = type(e).__name__
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
@@ -211,10 +230,9 @@ async def open_loop(url: str, work: Workload, rate: float, args, seconds: float,
 
         async def one(i: int, due: float):
             try:
-                response = await http.post(url, json=work.body(i))
-                json_body = response.headers.get("content-type", "").startswith("application/json")
-                outcomes.append((response.status_code, (loop.time() - due) * 1000, work.tokens_of(i), json_body))
-            except httpx.HTTPError as e:  # no answer: a timeout or a lost connection
+                status, json_body = await _post(http, url, work.body(i))
+                outcomes.append((status, (loop.time() - due) * 1000, work.tokens_of(i), json_body))
+            except NO_ANSWER as e:
                 outcomes.append((type(e).__name__, None, 0, False))
 
         tasks = []
@@ -249,8 +267,9 @@ async def one_at_a_time(url: str, work: Workload, count: int, timeout: float) ->
     async with _client(timeout) as http:
         for i in range(count):
             start = time.perf_counter()
-            response = await http.post(url, json=work.body(i))
-            response.raise_for_status()
+            status, _ = await _post(http, url, work.body(i))
+            if status != 200:
+                raise RuntimeError(f"{url} answered {status} to one request at a time")
             ms.append((time.perf_counter() - start) * 1000)
     return {"requests": count, **_latencies(ms)}
 
@@ -330,13 +349,13 @@ def part_overload(args, work: Workload, url: str, capacity: float, results: dict
     print(f"overload checks {results['overload']['checks']}", flush=True)
 
 
-async def _replica_pids(http: httpx.AsyncClient, base: str, replicas: int, tries: int = 60) -> set[int]:
+async def _replica_pids(http: aiohttp.ClientSession, base: str, replicas: int, tries: int = 60) -> set[int]:
     """The replicas' PIDs from GET /health (the router picks a replica at random for each request)."""
     pids = set()
     for _ in range(tries):
-        response = await http.get(f"{base}/health")
-        if response.status_code == 200:
-            pids.add(response.json()["pid"])
+        async with http.get(f"{base}/health") as response:
+            if response.status == 200:
+                pids.add((await response.json())["pid"])
         if len(pids) == replicas:
             break
     return pids
@@ -349,7 +368,7 @@ def part_faults(args, work: Workload, results: dict) -> None:
         asyncio.run(closed_loop(url, work, 4, 2, args.timeout))  # warm-up
         capacity = asyncio.run(closed_loop(url, work, args.probe_clients, args.probe_seconds, args.timeout))
 
-        async def kill_one_replica(http: httpx.AsyncClient, start: float) -> dict:
+        async def kill_one_replica(http: aiohttp.ClientSession, start: float) -> dict:
             loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, start + args.fault_seconds / 2 - loop.time()))
             before = await _replica_pids(http, server.base, 2)
@@ -365,7 +384,7 @@ def part_faults(args, work: Workload, results: dict) -> None:
                     if len(now) == 2 and victim not in now:
                         return {"killed_pid": victim, "killed_at_s": round(killed_at - start, 2),
                                 "restarted_after_s": round(loop.time() - killed_at, 2)}
-                except httpx.HTTPError:
+                except NO_ANSWER:
                     pass
                 await asyncio.sleep(0.25)
             return {"killed_pid": victim, "killed_at_s": round(killed_at - start, 2), "restarted_after_s": None}
@@ -388,14 +407,15 @@ def _save_gpt2(path: str) -> None:
     save_word_tokenizer(path, vocab_size=vocab)
 
 
-async def _stream(http: httpx.AsyncClient, url: str, body: dict) -> dict:
+async def _stream(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
     """One streamed completion: time to the first text, and tokens/s after it (the word-level tokenizer
     makes one token per word)."""
     start = time.perf_counter()
     first, text = None, ""
-    async with http.stream("POST", url, json=body) as response:
+    async with http.post(url, json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
+        async for raw in response.content:  # server-sent events, one line at a time
+            line = raw.decode().rstrip("\r\n")
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             piece = json.loads(line[len("data: "):])["choices"][0]["text"]
@@ -486,6 +506,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-ongoing", type=int, default=None, help="default: the server's (2 x max batch)")
     parser.add_argument("--max-queued", type=int, default=64)
+    parser.add_argument("--inputs-per-request", type=int, default=1,
+                        help="sentences per /embed request (throughput, overload, faults, overhead)")
     parser.add_argument("--arrival", choices=["poisson", "fixed"], default="poisson")
     parser.add_argument("--seed", type=int, default=0, help="of the Poisson arrivals")
     parser.add_argument("--rate-multiples", type=_floats, default=[0.5, 1, 2, 3],
@@ -507,6 +529,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     args.parts = args.parts.split(",")
+    if not 1 <= args.inputs_per_request <= args.max_batch_size:
+        parser.error("--inputs-per-request: from 1 to --max-batch-size")
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"--parts: unknown {sorted(unknown)} (of {', '.join(PARTS)})")
@@ -520,7 +544,7 @@ def main(argv=None) -> int:
         args.model = default_model_dir()
     if args.json:
         report.check_writable(args.json, "--json")
-    work = Workload(args.model)
+    work = Workload(args.model, args.inputs_per_request)
     print(f"{len(work.sentences)} sentences, {sum(work.tokens) / len(work.tokens):.1f} tokens on average; "
           f"load average {_load()} on {os.cpu_count()} CPUs", flush=True)
     results, load_before, started = {}, os.getloadavg(), time.perf_counter()
