@@ -13,7 +13,9 @@ Parts:
               cannot slow the client down and hide its queueing. Reports req/s, tokens/s, p50/p90/p99.
   overload    on the same fastformer server: --overload-reference-seconds at 50% of its capacity, then
               --overload-seconds at 3x: every request answered (200 or 503/429; sent == answered) and the p99
-              of accepted requests against 2x its 50%-load value.
+              of accepted requests against 2x its 50%-load value. An accepted request waits behind up to
+              max ongoing + max queued others (Little's law: their sum / capacity), so --max-ongoing and
+              --max-queued set that p99.
   faults      fastformer serve with 2 replicas at --fault-load of its capacity for --fault-seconds; halfway,
               one replica's process (its PID from GET /health, checked to descend from the server process) is
               killed: Ray restarts it; every request is accounted for (200, 503 or 5xx; none lost).
@@ -513,7 +515,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rate-multiples", type=_floats, default=[0.5, 1, 2, 3],
                         help="open-loop rates as multiples of the baseline's capacity")
     parser.add_argument("--rates", default=None, help="open-loop rates in requests/s (instead of multiples)")
-    parser.add_argument("--rate-seconds", type=float, default=8.0, help="seconds of arrivals per rate")
+    parser.add_argument("--rate-seconds", type=float, default=6.0, help="seconds of arrivals per rate")
     parser.add_argument("--max-requests", type=int, default=20000, help="requests per open-loop run (at most)")
     parser.add_argument("--probe-clients", type=int, default=32, help="closed-loop clients measuring capacity")
     parser.add_argument("--probe-seconds", type=float, default=5.0)
