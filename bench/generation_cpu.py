@@ -13,6 +13,7 @@ beside the machine's copy bandwidth measured in the same run (opbench.machine_li
 Latency does not depend on weight values; no EOS is set, so every call makes exactly --new tokens.
 """
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -141,14 +142,18 @@ def main():
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         results = bench(_gpt2_small_path(tmp), args.batch, args.prompt, args.new, args.reps, device, dtype)
+    load = {"before": load_before, "after": os.getloadavg()}  # 1, 5, 15 min; our own threads count in it
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     if args.json:
         settings = {"model": "GPT-2-small, random weights", "decoding": "greedy", "batch": args.batch,
                     "prompt_tokens": args.prompt, "new_tokens": args.new, "reps": args.reps, "device": args.device,
                     "dtype": str(dtype).removeprefix("torch."),
                     "tokens_per_s": "new tokens / whole call (prefill included)",
-                    "ms_per_token": "decode steps alone: (time for N new tokens - time for 1) / (N - 1)"}
+                    "ms_per_token": "decode steps alone: (time for N new tokens - time for 1) / (N - 1)",
+                    "load_average": load}
         write_json(args.json, "gpt2-greedy-decode", settings, results)
 
 
