@@ -620,3 +620,22 @@ def test_spread_lengths_pad_rows_of_growing_length_to_seq():
                                 vocab_size=100, max_positions=None)
     assert inputs.make_inputs(source, None, 3, 10, "cpu", "spread")["attention_mask"].sum(1).tolist() == [3, 6, 10]
     assert inputs.make_inputs(source, None, 4, 2, "cpu", "spread")["attention_mask"].sum(1).tolist() == [1, 1, 1, 2]
+
+
+def test_quantized_rows_say_what_they_are(tmp_path, checkpoint):
+    from fastformer.nn import cpu_features
+
+    names = ["fastformer", "fastformer-int8", "fastformer-bf16"]
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", ",".join(names),
+                            "--batch", "2", "--seq", "16")
+    assert status == 0
+    for name, mode in (("fastformer-int8", "int8"), ("fastformer-bf16", "bf16")):
+        (row,) = _rows(result, name)
+        missing = cpu_features.missing_for(mode)
+        if missing is None:  # measured on the tiny BERT: int8 1.3e-3, bf16 2.3e-2 (fp32 rows < 1e-5)
+            assert row["status"] == "ok" and 0 < row["max_abs_diff"] < 0.1, row
+        else:
+            assert row["status"] != "ok" and missing in row["reason"]
+    status, result = _bench(tmp_path, "--model", checkpoint("bert"), "--backends", "fastformer-int8",
+                            "--dtype", "bfloat16", "--batch", "1", "--seq", "8")
+    assert "float32" in _rows(result, "fastformer-int8")[0]["reason"]

@@ -1,6 +1,7 @@
 // Per-row int8 quantization around torch._int_mm, for fastformer.nn.Int8Linear (CPU inference).
 //
-//   quantize_rows_int8:    x [M, K] fp32 -> q [M, K] int8 = round_half_even(x / s), s [M] = max(max|x row|, 1e-12) / 127
+//   quantize_rows_int8:    x [M, K] fp32 -> q [M, K] int8 = round_half_even(x / s),
+//                          s [M] = max(max|x row|, 1e-12) / 127
 //   dequantize_rows_int32: acc [M, N] int32 -> (acc * row_scale[m]) * col_scale[n] (+ bias[n]), fp32
 //
 // Why a kernel: in Int8Linear written as ATen ops (abs, amax, div, round, to int8; to fp32, mul, mul, add) the

@@ -8,6 +8,7 @@ A new backend is one Backend entry in BACKENDS: ours=True for fastformer's own v
 compares them with the fastest other backend), quantized=True when it computes below --dtype (its row
 is labelled, and the verdict also names the fastest full-precision backend), spins=True when its
 threads busy-wait between calls (the run is then timed in alternating blocks)."""
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -71,15 +72,18 @@ def reference(ctx: LoadContext) -> Runner:
     return _as_runner(load_hf(ctx, "eager", dtype=torch.float32))
 
 
-def _native(ctx: LoadContext) -> Runner:
+def _native(ctx: LoadContext, quantize: str | None = None) -> Runner:
     # Encoder-decoders have no bare-body task: their LM model's teacher-forced decoder output is what
     # Hugging Face's T5Model / BartModel / MarianModel return as last_hidden_state.
+    if quantize is not None and (torch.device(ctx.device).type != "cpu" or ctx.dtype != torch.float32):
+        raise BackendUnavailable(f"quantize={quantize!r} runs on the CPU from a float32 checkpoint; use --device cpu "
+                                 "--dtype float32")
+    placement = {"quantize": quantize} if quantize else {"dtype": ctx.dtype, "device": ctx.device}
     try:
         seq2seq = read_config(ctx.source.path).get("model_type") in hf_seq2seq.FAMILIES
-        model = fastformer.from_pretrained(ctx.source.path, task="seq2seq-lm" if seq2seq else "base", dtype=ctx.dtype,
-                                           device=ctx.device)
-    except ValueError as e:  # unsupported model_type, malformed checkpoint: its message says which
-        raise BackendUnavailable(str(e)) from None
+        model = fastformer.from_pretrained(ctx.source.path, task="seq2seq-lm" if seq2seq else "base", **placement)
+    except (ValueError, RuntimeError) as e:  # unsupported model_type, malformed checkpoint, a quantize mode this
+        raise BackendUnavailable(str(e)) from None  # CPU cannot run: its message says which
     return (lambda **inputs: model.decoder_hidden(**inputs)) if seq2seq else _as_runner(model)
 
 
@@ -160,6 +164,10 @@ class Backend:
 
 BACKENDS = {b.name: b for b in [
     Backend("fastformer", "fastformer native model (ff.from_pretrained)", _native, ours=True),
+    Backend("fastformer-int8", "fastformer native model, quantize='int8' (CPU)",
+            functools.partial(_native, quantize="int8"), ours=True, quantized=True),
+    Backend("fastformer-bf16", "fastformer native model, quantize='bf16' (CPU)",
+            functools.partial(_native, quantize="bf16"), ours=True, quantized=True),
     Backend("hf+optimize", "Hugging Face model with fastformer kernels swapped in (ff.optimize)", _hf_optimize,
             ours=True),
     Backend("hf-eager", "Hugging Face, attn_implementation='eager'", _hf_eager),

@@ -62,7 +62,9 @@ class Linear(_DropIn, nn.Linear):
 
     def _packed_weight(self) -> torch.Tensor:
         weight = self.weight
-        key = (weight.data_ptr(), weight._version, weight.shape)
+        # Inference tensors (a model built under torch.inference_mode) have no version counter: their key is
+        # the storage alone, so an in-place change of such a weight needs a new tensor to be seen.
+        key = (weight.data_ptr(), None if weight.is_inference() else weight._version, weight.shape)
         if getattr(self, "_packed_key", None) != key:
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
             self._packed_key = key

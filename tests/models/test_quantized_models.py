@@ -19,7 +19,8 @@ BOUNDS = {"int8": 0.05, "bf16": 0.03}
 
 def runnable(mode):
     missing = cpu_features.missing_for(mode)
-    return pytest.param(mode, marks=pytest.mark.skipif(missing is not None, reason=f"{mode} cannot run here: {missing}"))
+    skip = pytest.mark.skipif(missing is not None, reason=f"{mode} cannot run here: {missing}")
+    return pytest.param(mode, marks=skip)
 
 
 MODES = [runnable("int8"), runnable("bf16")]

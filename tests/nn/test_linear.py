@@ -88,3 +88,10 @@ def test_fused_activation_matches_fp64_on_both_paths(activation):
 def test_unknown_activation_is_named():
     with pytest.raises(ValueError, match="activation"):
         ff.nn.Linear(4, 4)(torch.randn(2, 4), activation="swish")
+
+
+def test_built_under_inference_mode():
+    with torch.inference_mode():  # parameters are inference tensors, without a version counter
+        linear = ff.nn.Linear(8, 5)
+        x = torch.randn(3, 8)
+        assert torch.allclose(linear(x), torch.nn.functional.linear(x, linear.weight, linear.bias), atol=1e-6)
