@@ -77,9 +77,11 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor? rel_lut, bool rel_bidirectional, bool causal, float scale, float dropout_p, int seed)"
         " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_rel_table)");
   m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  // Int8 rows (CPU only; csrc/cpu/int8_rows.cpp): x [M, K] fp32 -> q int8, scale [M]; acc [M, N] int32 -> fp32.
-  m.def("quantize_rows_int8(Tensor x) -> (Tensor q, Tensor scale)");
-  m.def("dequantize_rows_int32(Tensor acc, Tensor row_scale, Tensor col_scale, Tensor? bias) -> Tensor");
+  // Int8 rows (CPU only; csrc/cpu/int8_rows.cpp): x [M, K] fp32 -> q [M + R, K] int8, scale [M + R], refined
+  // [R] (rows whose max/rms > max_crest get a second, residual row); acc [M + R, N] int32 -> fp32 [M, N].
+  m.def("quantize_rows_int8(Tensor x, float max_crest) -> (Tensor q, Tensor scale, Tensor refined)");
+  m.def("dequantize_rows_int32(Tensor acc, Tensor row_scale, Tensor col_scale, Tensor? bias, Tensor? refined=None)"
+        " -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {

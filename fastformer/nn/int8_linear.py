@@ -22,6 +22,12 @@ from torch import nn
 
 from fastformer.ops.int8_rows import dequantize_rows_int32, quantize_rows_int8, quantize_rows_int8_ref
 
+# A token row whose max|x| / rms(x) exceeds this gets a second int8 pass over its rounding residual: one int8
+# step is then more than 16 / (127 * sqrt(12)) = 3.6% of the row's rms. all-MiniLM-L6-v2, 33 benchmark sentences,
+# min sentence-embedding cosine vs fp32 (fake-quantized): one pass 0.9869; refine above 12: 0.9970 (14% of rows);
+# 16: 0.9975 (4.7%); 20: 0.9894 (0.9%: K=384 rows cannot exceed sqrt(384) = 19.6).
+MAX_CREST = 16.0
+
 
 class Int8Linear(nn.Module):
     """Inference-only replacement for nn.Linear on CPU float32 inputs. Buffers: weight_int8 [out, in] int8,
@@ -42,7 +48,7 @@ class Int8Linear(nn.Module):
                              f"{tuple(weight.shape)} {weight.dtype}")
         out_features, in_features = weight.shape
         module = cls(in_features, out_features, bias=bias is not None)
-        quantized, scale = quantize_rows_int8_ref(weight.detach().to(device="cpu", dtype=torch.float32))
+        quantized, scale, _ = quantize_rows_int8_ref(weight.detach().to(device="cpu", dtype=torch.float32))
         module.weight_int8.copy_(quantized)
         module.weight_scale.copy_(scale)
         if bias is not None:
@@ -60,9 +66,9 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)  # [M, in] (a view where x allows)
         if rows.stride(-1) != 1:
             rows = rows.contiguous()
-        quantized, scale = quantize_rows_int8(rows)  # [M, in] int8, [M]
-        acc = torch._int_mm(quantized, self.weight_int8.t())  # [M, out] int32
-        out = dequantize_rows_int32(acc, scale, self.weight_scale, self.bias)  # [M, out] fp32
+        quantized, scale, refined = quantize_rows_int8(rows, MAX_CREST)  # [M + R, in] int8, [M + R], [R]
+        acc = torch._int_mm(quantized, self.weight_int8.t())  # [M + R, out] int32
+        out = dequantize_rows_int32(acc, scale, self.weight_scale, self.bias, refined)  # [M, out] fp32
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -38,10 +38,10 @@ def test_sentence_embeddings_match_transformers():
     assert sims[0].argmax() == 1
 
 
-# Measured on the 2-core AVX-512 VNNI/BF16 development VM over the 33 benchmark sentences: minimum cosine 0.9869
-# (int8; the shortest sentences are the worst: "Thanks, that fixed it." 0.9869, "Great service!" 0.9889, every
-# sentence of 15 or more words >= 0.9965), 0.99992 (bf16).
-@pytest.mark.parametrize("mode, min_cosine", [("int8", 0.985), ("bf16", 0.999)])
+# The bound: cosine >= 0.995 for every one of the 33 benchmark sentences. Measured on the 2-core AVX-512
+# VNNI/BF16 development VM: int8 minimum 0.9975 ("Great service!"; 0.9869 on "Thanks, that fixed it." before
+# Int8Linear gave token rows with max/rms > 16 a second int8 pass), bf16 0.99992.
+@pytest.mark.parametrize("mode, min_cosine", [("int8", 0.995), ("bf16", 0.999)])
 def test_quantized_sentence_embeddings_stay_close_to_fp32(mode, min_cosine):
     from fastformer.modelbench.inputs import sentences
     from fastformer.nn import cpu_features
