@@ -422,4 +422,12 @@ def test_softmax_matches_ref(backend, case):
     got, want, base = (_grads(o, ls, grad_out.to(o.dtype))
                        for o, ls in ((out, leaves), (ref64, leaves64), (baseline, leaves_low)))
     for name, g, w, b in zip(["dx", "dmask"], got, want, base):
-        _assert_within_2x(name, g, w, b.to(g.dtype), dtype)
+        # A mask coarser than x (float32 for float64 x) gets its gradient summed over its broadcast dims in
+        # its own dtype, in an order that depends on the thread count: allow one rounding of that dtype per
+        # term, eps * sum |dz| over the full shape (e.g. 1.2e-5 for a scalar mask over 61k elements, 2 threads).
+        summed = 0.0
+        if name == "dmask" and g.dtype != dtype:
+            z_grad = torch.zeros(shape, dtype=torch.float64, device=device, requires_grad=True)  # dz, full shape
+            y64 = ff.ops.softmax_ref(x64.detach(), mask=mask64.detach() + z_grad, **kwargs)
+            summed = torch.finfo(g.dtype).eps * torch.autograd.grad(y64, z_grad, grad_out.double())[0].abs().sum().item()
+        _assert_within_2x(name, g, w, b.to(g.dtype), dtype, abs_allowance=summed)
