@@ -27,6 +27,7 @@ import torch
 from transformers import masking_utils
 from transformers.modeling_utils import AttentionInterface
 
+from fastformer import ops
 from fastformer.ops.attention import attention
 from fastformer.ops._t5_bias import T5RelativeBias
 
@@ -118,6 +119,12 @@ def fastformer_attention_forward(module, query, key, value, attention_mask, drop
                                  is_causal=None, position_bias=None, **kwargs):
     """AttentionInterface entry. query [B, H, Sq, D], key/value [B, Hkv, Sk, D] -> ([B, Sq, H, D], None), or with
     the attention maps [B, H, Sq, Sk] from eager attention when the forward was asked for them."""
+    packed = kwargs.pop("fastformer_packed", None)
+    if packed is not None:  # [1, H, T, D]: the real tokens of a padded batch (fastformer.hf.packed_encoder)
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
+        out = ops.varlen_attention(q, k, v, packed.cu_seqlens, packed.cu_seqlens, packed.max_seqlen,
+                                   packed.max_seqlen, scale=scaling, dropout_p=dropout)
+        return out[None], None  # [1, T, H, D]
     seq_q, seq_k = query.shape[2], key.shape[2]
     causal_module = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     bias, key_padding_mask, causal = None, None, False

@@ -12,7 +12,10 @@ Per model instance, never per class:
   - norms: nn.LayerNorm -> ff.nn.LayerNorm, T5LayerNorm -> ff.nn.RMSNorm (fastformer.hf.t5.T5RMSNorm), sharing
     the parameters (same keys);
   - fused add & norm: the blocks in fastformer.hf.fused_blocks move to a subclass of their class whose forward
-    hands the residual add to the norm (so gradient checkpointing still wraps it).
+    hands the residual add to the norm (so gradient checkpointing still wraps it);
+  - padding removal: in sequence-classification / multiple-choice BERT and RoBERTa models (no padded position is
+    visible in their outputs) the encoder moves to a subclass that runs a padded batch on its real tokens only
+    (fastformer.hf.packed_encoder; dense when hidden states or attention maps are requested, or a 4-D mask).
 """
 import sys
 from collections import Counter
@@ -125,4 +128,8 @@ def optimize_hf(model: nn.Module, backend=None, linear: bool = False) -> tuple[C
         t5_norms = {T5LayerNorm: (T5RMSNorm.from_t5, "rms_norm")}
         counts.update(swap_modules(model, ("rms_norm",), backend, swaps=t5_norms))
     counts["fused_add_norm"] += _fuse_add_norms(model)
+    if runs_fastformer_attention(model):
+        from fastformer.hf.packed_encoder import pack_encoders
+
+        counts["packed_encoder"] += pack_encoders(model)
     return +counts, notes

@@ -1,0 +1,77 @@
+"""ff.optimize on padded batches: BERT/RoBERTa sequence classifiers run their encoder on the real tokens only
+(fastformer.hf.packed_encoder), matching transformers for many padding ratios."""
+import pytest
+import torch
+import transformers
+
+import fastformer as ff
+from fastformer.hf import attention as hf_attention
+
+LENGTHS = [[16, 1, 9, 3], [5, 12, 16, 7], [1, 16], [16, 16], [1], [2, 1, 1]]
+FAMILIES = {"bert": (transformers.BertForSequenceClassification, transformers.BertConfig),
+            "roberta": (transformers.RobertaForSequenceClassification, transformers.RobertaConfig)}
+
+
+def _pair(family):
+    model_cls, config_cls = FAMILIES[family]
+    torch.manual_seed(0)
+    config = config_cls(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    reference = model_cls(config).eval()
+    optimized = model_cls(config).eval()
+    optimized.load_state_dict(reference.state_dict())
+    ff.optimize(optimized)
+    return reference, optimized
+
+
+def _batch(lengths):
+    ids = torch.randint(4, 100, (len(lengths), max(lengths)))
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    return ids, mask
+
+
+@pytest.fixture
+def varlen_calls(monkeypatch):
+    calls = []
+    varlen = hf_attention.ops.varlen_attention
+    monkeypatch.setattr(hf_attention.ops, "varlen_attention", lambda *a, **k: calls.append(1) or varlen(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_padded_batch_matches_transformers(family, lengths, varlen_calls):
+    reference, optimized = _pair(family)
+    ids, mask = _batch(lengths)
+    with torch.no_grad():
+        expected, got = reference(input_ids=ids, attention_mask=mask), optimized(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-4 * expected.logits.abs().max())
+    padded = bool((mask == 0).any())
+    assert len(varlen_calls) == (2 if padded else 0)  # one per layer, only when something is padded
+    with torch.no_grad():  # hidden states requested: the dense path, every position as transformers gives it
+        dense = optimized(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    want = reference(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1].detach()
+    torch.testing.assert_close(dense.hidden_states[-1], want, rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_match_transformers_with_checkpointing(varlen_calls):
+    reference, optimized = _pair("bert")
+    ids, mask = _batch([16, 1, 9, 3])
+    labels = torch.tensor([0, 1, 1, 0])
+    for model in (reference, optimized):
+        model.train()
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    assert varlen_calls
+    for name in ("classifier.weight", "bert.embeddings.word_embeddings.weight"):
+        torch.testing.assert_close(optimized.get_parameter(name).grad, reference.get_parameter(name).grad,
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_models_showing_padded_positions_stay_dense():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=64)
+    assert ff.optimization_report(ff.optimize(transformers.BertModel(config))).get("packed_encoder", 0) == 0
