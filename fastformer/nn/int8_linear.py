@@ -28,6 +28,7 @@ Choices, measured on the 2-core AVX-512 VNNI development VM (torch 2.13.0, 2 thr
 import torch
 from torch import nn
 
+from fastformer.ops._layout import last_dim_contiguous
 from fastformer.ops.int8_rows import dequantize_rows_int32, quantize_rows_int8, quantize_rows_int8_ref
 
 # A token row whose max|x| / rms(x) exceeds this gets a second int8 pass over its rounding residual: one int8
@@ -71,9 +72,7 @@ class Int8Linear(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("Int8Linear is inference-only (no gradient through int8 matmuls); run under "
                                "torch.no_grad() or use the float model to train")
-        rows = x.reshape(-1, self.in_features)  # [M, in] (a view where x allows)
-        if rows.stride(-1) != 1:
-            rows = rows.contiguous()
+        rows = last_dim_contiguous(x.reshape(-1, self.in_features))  # [M, in] (a view where x allows)
         quantized, scale, refined = quantize_rows_int8(rows, MAX_CREST)  # [M + R, in] int8, [M + R], [R]
         acc = torch._int_mm(quantized, self.weight_int8.t())  # [M + R, out] int32
         out = dequantize_rows_int32(acc, scale, self.weight_scale, self.bias, refined)  # [M, out] fp32

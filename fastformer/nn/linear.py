@@ -21,9 +21,9 @@ from torch import nn
 
 from fastformer import ops
 from fastformer.nn import cpu_features
-from fastformer.ops.gemv import AVAILABLE as _HAS_GEMV
 from fastformer.nn._dropin import _DropIn
 from fastformer.nn.activation import ACTIVATIONS, ONEDNN_POST_OPS
+from fastformer.ops.gemv import AVAILABLE as _HAS_GEMV
 
 _HAS_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fastformer.ops import _dispatch
+from fastformer.ops._layout import contiguous, last_dim_contiguous
 
 _ops = torch.ops.fastformer
 # A build older than the op has no kernel: ff.nn.Linear then keeps oneDNN for single rows.
@@ -47,10 +48,10 @@ def _check(x, weight, bias):
 def gemv(x, weight, bias=None):
     """x [..., K] holding one row, weight [N, K], bias [N] or None (all fp32, CPU) -> [..., N]."""
     _check(x, weight, bias)
-    if weight.stride(1) != 1:  # the kernel walks rows; any row stride, contiguous within a row
-        weight = weight.contiguous()
-    y = _dispatch.call(_ops.gemv.default, x.reshape(-1).contiguous(), weight,
-                       bias.contiguous() if bias is not None else None, grad_inputs=(x, weight, bias))  # [N]
+    weight = last_dim_contiguous(weight)  # the kernel walks rows: any row stride, contiguous within a row
+    bias = contiguous(bias) if bias is not None else None
+    y = _dispatch.call(_ops.gemv.default, contiguous(x.reshape(-1)), weight, bias,
+                       grad_inputs=(x, weight, bias))  # [N]
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
