@@ -3,10 +3,10 @@
 //
 // A single row makes the product memory-bound: every weight is read once and used for one multiply-add
 // (GPT-2-small streams 498 MB of fp32 weights per token), so the kernel's only job is to stream W at the
-// machine's read bandwidth. Measured on the 2-core AVX-512 development VM, 2 threads, GPT-2-small's 48
-// layer matrices + LM head per step: oneDNN's prepacked product (torch.ops.mkldnn._linear_pointwise)
-// 23.5 ms (21.0 GB/s), this kernel 19.1 ms (25.9 GB/s), against 27.1 GB/s for a read-only torch.sum over
-// the same bytes. oneDNN treats the row as a 1 x K matrix and walks its blocked weight layout; here each
+// machine's read bandwidth. Measured on the 2-core AVX-512 development VM, four quiet interleaved runs,
+// 2 threads, GPT-2-small's 48 layer matrices + LM head per step (498 MB): oneDNN's prepacked product
+// (torch.ops.mkldnn._linear_pointwise) 17.9 / 22.3 / 21.9 / 24.3 ms, this kernel 17.8 / 18.7 / 21.6 / 23.0 ms:
+// never slower, up to 1.19x faster (the VM's memory bandwidth moves between runs). oneDNN treats the row as a 1 x K matrix and walks its blocked weight layout; here each
 // thread reads a contiguous band of W's rows front to back, which the hardware prefetcher streams.
 //
 // W stays in its own row-major layout [N, K] (any row stride, last dim contiguous): no packed copy. Rows

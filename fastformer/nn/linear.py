@@ -11,7 +11,7 @@ Single fp32 rows (KV-cache decoding at batch 1) run fastformer's own matrix-vect
 (ff.ops.gemv) on the unpacked weight instead. A matrix-vector product streams the weight once, so its
 speed is memory bandwidth; measured on a quiet 2-core AVX-512 development VM (torch 2.13.0, 2 threads,
 GPT-2-small's 48 layer matrices + LM head, 498 MB): F.linear reads 13.5 GB/s, the packed oneDNN product
-21.0-22.6 GB/s, ff.ops.gemv 25.9 GB/s (a read-only sum of the same bytes: 27.1 GB/s).
+20-28 GB/s, ff.ops.gemv 1.00-1.19x faster than oneDNN in the same runs (csrc/cpu/gemv.cpp).
 On a machine whose cores are busy with other processes any OpenMP region waits for descheduled
 threads (seen: 12-16 ms per call); there, run with torch.set_num_threads(1).
 """

@@ -2,8 +2,9 @@
 
 A single row makes a linear layer memory-bound (each weight is read once for one multiply-add), so its speed
 is the bandwidth at which the weight streams: measured on the 2-core AVX-512 development VM, 2 threads,
-GPT-2-small's 49 decode matrices (498 MB), the C++ kernel (csrc/cpu/gemv.cpp) reads 25.9 GB/s where
-oneDNN's prepacked product reaches 21.0 GB/s and a read-only sum of the same bytes 27.1 GB/s. ff.nn.Linear
+GPT-2-small's 49 decode matrices (498 MB), four quiet interleaved runs, the C++ kernel (csrc/cpu/gemv.cpp)
+took 1.00-1.19x less time than oneDNN's prepacked product (22-28 GB/s), and GPT-2-small decoded at 31.4 vs
+33.1 ms/token with it (one interleaved in-process A/B). ff.nn.Linear
 calls it for single-row fp32 inference on the CPU; everything else keeps oneDNN / F.linear.
 
 The op is registered in C++ (schema in csrc/fastformer.cpp); here: its fake impl, autograd (so it is a
