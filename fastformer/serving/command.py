@@ -1,4 +1,5 @@
 """The `fastformer serve` command: start (or join) Ray, run the application, serve until SIGINT/SIGTERM."""
+import os
 import signal
 import threading
 
@@ -6,6 +7,7 @@ import ray
 from ray import serve
 
 from fastformer.serving.app import app, model_names
+from fastformer.serving.proxy_errors import CALLBACK, CALLBACK_ENV
 
 
 def serve_main(args) -> int:
@@ -13,6 +15,9 @@ def serve_main(args) -> int:
                       max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                       max_ongoing=args.max_ongoing, max_queued=args.max_queued, threads=args.threads,
                       max_inputs=args.max_inputs, max_new_tokens=args.max_new_tokens)
+    # Read by Ray Serve's HTTP proxy when it starts: JSON for the errors it writes itself. A local instance's
+    # proxy inherits it from this process; a cluster's proxies from the environment of `ray start`.
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)
     if args.address:  # join a running cluster; its nodes' metrics ports are set by `ray start`
         ray.init(address=args.address, logging_level="WARNING")
     else:  # a local Ray instance in this process, gone when the command ends

@@ -232,14 +232,17 @@ class FastformerServer:
             encoded = (base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode()
                        if body.encoding_format == "base64" else vector.tolist())
             data.append({"object": "embedding", "index": i, "embedding": encoded})
-        return {"object": "list", "data": data, "model": served.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return JSONResponse({"object": "list", "data": data, "model": served.name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @api.post("/embed")
     async def embed(self, body: api_requests.EmbedRequest):
         served = self._served("sentence-embedding", None)
         vectors, _ = await self._encoded(served, self._texts(body.inputs), body.truncate)
-        return [(torch.nn.functional.normalize(v, dim=-1) if body.normalize else v).tolist() for v in vectors]
+        # A JSONResponse skips FastAPI's jsonable_encoder, which walks every float again: 0.59 ms of the
+        # replica's time for one 384-float vector, on top of the 0.33 ms json.dumps takes.
+        return JSONResponse([(torch.nn.functional.normalize(v, dim=-1) if body.normalize else v).tolist()
+                             for v in vectors])
 
     @api.post("/predict")
     async def predict(self, body: api_requests.PredictRequest):
