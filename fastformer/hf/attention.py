@@ -121,9 +121,12 @@ def fastformer_attention_forward(module, query, key, value, attention_mask, drop
     the attention maps [B, H, Sq, Sk] from eager attention when the forward was asked for them."""
     packed = kwargs.pop("fastformer_packed", None)
     if packed is not None:  # [1, H, T, D]: the real tokens of a padded batch (fastformer.hf.packed_encoder)
+        if position_bias is not None and not isinstance(position_bias, T5RelativeBias):
+            raise ValueError("a packed batch takes T5's position_bias only as a T5RelativeBias (fastformer.hf.t5), "
+                             f"got {type(position_bias).__name__}")
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
         out = ops.varlen_attention(q, k, v, packed.cu_seqlens, packed.cu_seqlens, packed.max_seqlen,
-                                   packed.max_seqlen, scale=scaling, dropout_p=dropout)
+                                   packed.max_seqlen, attn_bias=position_bias, scale=scaling, dropout_p=dropout)
         return out[None], None  # [1, T, H, D]
     seq_q, seq_k = query.shape[2], key.shape[2]
     causal_module = is_causal if is_causal is not None else getattr(module, "is_causal", True)

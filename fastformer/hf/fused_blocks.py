@@ -103,7 +103,8 @@ _FUSED_CLASSES = {}  # transformers block class -> its fused subclass
 
 
 def is_fused(module) -> bool:
-    return type(module) in _FUSED_CLASSES.values()
+    """A fused block, also after a later subclass (padding removal's first layer, fastformer.hf.packed_encoder)."""
+    return isinstance(module, tuple(_FUSED_CLASSES.values()))
 
 
 def fused_class(cls: type) -> type:

@@ -13,9 +13,11 @@ Per model instance, never per class:
     the parameters (same keys);
   - fused add & norm: the blocks in fastformer.hf.fused_blocks move to a subclass of their class whose forward
     hands the residual add to the norm (so gradient checkpointing still wraps it);
-  - padding removal: in sequence-classification / multiple-choice BERT and RoBERTa models (no padded position is
-    visible in their outputs) the encoder moves to a subclass that runs a padded batch on its real tokens only
-    (fastformer.hf.packed_encoder; dense when hidden states or attention maps are requested, or a 4-D mask).
+  - padding removal: in sequence-classification / multiple-choice BERT, RoBERTa and DistilBERT models (no padded
+    position is visible in their outputs) and in T5 / BART / Marian generation models (the decoder reads the
+    encoder through its padding mask; the encoder's own output is zeros at padded positions) the encoder moves to
+    a subclass that runs a padded batch on its real tokens only (fastformer.hf.packed_encoder; dense when hidden
+    states or attention maps are requested, or a 4-D mask).
 """
 import sys
 from collections import Counter

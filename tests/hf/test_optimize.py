@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fastformer as ff
+from fastformer.hf.packed_encoder import GENERATION_MODELS
 
 transformers = pytest.importorskip("transformers")
 
@@ -114,6 +115,8 @@ def _optimized_copy_matches(model, inputs):
     with torch.no_grad():
         want = model(**inputs)
         optimized = ff.optimize(model, inplace=False)
+        if type(model).__name__ in GENERATION_MODELS:  # its packed encoder leaves zeros where the source is padded
+            want.encoder_last_hidden_state = want.encoder_last_hidden_state * inputs["attention_mask"][..., None]
         _assert_close(optimized(**inputs), want)
     return optimized
 

@@ -1,22 +1,25 @@
-"""ff.optimize on padded batches: BERT/RoBERTa sequence classifiers run their encoder on the real tokens only
+"""ff.optimize on padded batches: BERT/RoBERTa/DistilBERT sequence classifiers run their encoder on the real tokens only
 (fastformer.hf.packed_encoder), matching transformers for many padding ratios."""
 import pytest
 import torch
 import transformers
 
 import fastformer as ff
-from fastformer.hf import attention as hf_attention
 
 LENGTHS = [[16, 1, 9, 3], [5, 12, 16, 7], [1, 16], [16, 16], [1], [2, 1, 1]]
-FAMILIES = {"bert": (transformers.BertForSequenceClassification, transformers.BertConfig),
-            "roberta": (transformers.RobertaForSequenceClassification, transformers.RobertaConfig)}
+BERT_SIZES = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+FAMILIES = {"bert": (transformers.BertForSequenceClassification, transformers.BertConfig(**BERT_SIZES)),
+            "roberta": (transformers.RobertaForSequenceClassification, transformers.RobertaConfig(**BERT_SIZES)),
+            "distilbert": (transformers.DistilBertForSequenceClassification, transformers.DistilBertConfig(
+                vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64, dropout=0.0, attention_dropout=0.0,
+                seq_classif_dropout=0.0))}
 
 
-def _pair(family):
-    model_cls, config_cls = FAMILIES[family]
+def _pair(family, model_cls=None):
+    default_cls, config = FAMILIES[family]
+    model_cls = model_cls or default_cls
     torch.manual_seed(0)
-    config = config_cls(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     reference = model_cls(config).eval()
     optimized = model_cls(config).eval()
     optimized.load_state_dict(reference.state_dict())
@@ -30,14 +33,6 @@ def _batch(lengths):
     for row, length in enumerate(lengths):
         mask[row, :length] = 1
     return ids, mask
-
-
-@pytest.fixture
-def varlen_calls(monkeypatch):
-    calls = []
-    varlen = hf_attention.ops.varlen_attention
-    monkeypatch.setattr(hf_attention.ops, "varlen_attention", lambda *a, **k: calls.append(1) or varlen(*a, **k))
-    return calls
 
 
 @pytest.mark.parametrize("lengths", LENGTHS)
@@ -56,8 +51,20 @@ def test_padded_batch_matches_transformers(family, lengths, varlen_calls):
     torch.testing.assert_close(dense.hidden_states[-1], want, rtol=1e-4, atol=1e-5)
 
 
-def test_gradients_match_transformers_with_checkpointing(varlen_calls):
-    reference, optimized = _pair("bert")
+def test_multiple_choice_matches_transformers(varlen_calls):
+    reference, optimized = _pair("distilbert", transformers.DistilBertForMultipleChoice)
+    ids, mask = _batch([16, 1, 9, 3, 12, 5])
+    ids, mask = ids.view(2, 3, 16), mask.view(2, 3, 16)  # 2 questions x 3 choices
+    with torch.no_grad():
+        expected, got = reference(input_ids=ids, attention_mask=mask), optimized(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-4 * expected.logits.abs().max())
+    assert len(varlen_calls) == 2
+
+
+@pytest.mark.parametrize("family,embeddings", [("bert", "bert.embeddings.word_embeddings.weight"),
+                                               ("distilbert", "distilbert.embeddings.word_embeddings.weight")])
+def test_gradients_match_transformers_with_checkpointing(family, embeddings, varlen_calls):
+    reference, optimized = _pair(family)
     ids, mask = _batch([16, 1, 9, 3])
     labels = torch.tensor([0, 1, 1, 0])
     for model in (reference, optimized):
@@ -65,7 +72,7 @@ def test_gradients_match_transformers_with_checkpointing(varlen_calls):
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     assert varlen_calls
-    for name in ("classifier.weight", "bert.embeddings.word_embeddings.weight"):
+    for name in ("classifier.weight", embeddings):
         torch.testing.assert_close(optimized.get_parameter(name).grad, reference.get_parameter(name).grad,
                                    rtol=1e-4, atol=1e-6)
 

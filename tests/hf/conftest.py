@@ -1,0 +1,13 @@
+"""Fixtures shared by the tests of fastformer.hf."""
+import pytest
+
+
+@pytest.fixture
+def varlen_calls(monkeypatch):
+    """Records each ff.ops.varlen_attention call made by the fastformer attention function (one per packed layer)."""
+    from fastformer.hf import attention as hf_attention
+
+    calls = []
+    varlen = hf_attention.ops.varlen_attention
+    monkeypatch.setattr(hf_attention.ops, "varlen_attention", lambda *a, **k: calls.append(1) or varlen(*a, **k))
+    return calls
