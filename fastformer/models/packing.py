@@ -71,7 +71,9 @@ class PackedBatch:
     def unpack(self, x: Tensor) -> Tensor:
         """[T, ...] -> [B, S, ...] with zeros at the padding."""
         out = x.new_zeros((self.batch * self.seq, *x.shape[1:]))
-        return out.index_copy(0, self.index, x).view(self.batch, self.seq, *x.shape[1:])
+        # index_put_ keeps only the index for backward; index_copy also kept x (a [T, hidden] per unpack, which
+        # made a checkpointed packed model keep more than the dense one).
+        return out.index_put_((self.index,), x).view(self.batch, self.seq, *x.shape[1:])
 
     def attention(self, qkv: Tensor, attn_bias=None, causal=False, scale=None, dropout_p=0.0) -> Tensor:
         """Self-attention of each sequence over its own tokens: qkv [T, 3, H, D] -> [T, H * D]."""
