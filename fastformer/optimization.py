@@ -18,14 +18,15 @@ def _cpu_fp32(model: nn.Module) -> bool:
     return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
 
 
-def _optimize_hf_models(hf_models, backend, swap_linear: bool) -> tuple[Counter, list[str]]:
+def _optimize_hf_models(hf_models, backend, swap_linear: bool, pack_padding) -> tuple[Counter, list[str]]:
     counts, notes = Counter(), []
     for hf_model in hf_models:
         reason = hf_optimize.unsupported_reason(hf_model)
         if reason is not None:
             notes.append(f"{type(hf_model).__name__} left unchanged: {reason}")
             continue
-        hf_counts, hf_notes = hf_optimize.optimize_hf(hf_model, backend, linear=swap_linear)
+        hf_counts, hf_notes = hf_optimize.optimize_hf(hf_model, backend, linear=swap_linear,
+                                                      pack_padding=pack_padding)
         counts.update(hf_counts)
         notes += hf_notes
     return counts, notes
@@ -40,7 +41,7 @@ def _swap_torch_modules(model, backend, swap_linear: bool, found_already: bool, 
 
 
 def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = True, linear: bool | None = None,
-             quantize: str | None = None):
+             quantize: str | None = None, pack_padding: bool | None = None):
     """Swaps fastformer's fused kernels into `model` and returns it (the same object unless inplace=False, which
     optimizes a deep copy). Parameters, buffers and state_dict keys stay as they were.
 
@@ -61,6 +62,16 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
       linear layers (nn.Linear, transformers' Conv1D) become int8 ones, or the whole model bfloat16. A mode the
       CPU cannot run natively is a RuntimeError naming the missing instructions, raised before anything changes.
 
+    pack_padding: padding removal in transformers encoders (fastformer.hf.packed_encoder): a padded batch runs
+      its encoder on the real tokens only. None (default): where no output shows a padded position, i.e.
+      BERT/RoBERTa/DistilBERT sequence-classification and multiple-choice models, and T5/BART/Marian generation
+      models (T5ForConditionalGeneration, BartForConditionalGeneration, MarianMTModel: logits and generate tokens
+      are transformers'; their encoder's own output, encoder_last_hidden_state, is zeros at padded positions).
+      True: also every other encoder of these families (bare models, per-token heads, T5EncoderModel): hidden
+      states at padded positions are zeros, and per-token logits there are the head applied to zeros, where
+      transformers computes the padded tokens. False: no padding removal (transformers' values everywhere). Not
+      undone by a later call. Causal BERT-style decoders never pack.
+
     What was replaced, per kind, is `optimization_report(model)`. A model with nothing to replace (or a
     transformers model of another family) gets a UserWarning, not an error. Calling it again on an optimized
     model changes nothing that is already optimized and reports the same.
@@ -72,6 +83,8 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if pack_padding is not None and not isinstance(pack_padding, bool):
+        raise TypeError(f"pack_padding must be None, True or False, got {pack_padding!r}")
     if backend is not None and backend not in _backends.BACKENDS:
         raise ValueError(f"backend must be one of {_backends.BACKENDS} or None, got {backend!r}")
     if quantize is not None:
@@ -80,10 +93,10 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
         model = copy.deepcopy(model)
     swap_linear = _cpu_fp32(model) if linear is None else bool(linear)
     if hf_optimize.is_hf_model(model):
-        counts, notes = _optimize_hf_models([model], backend, swap_linear)
+        counts, notes = _optimize_hf_models([model], backend, swap_linear, pack_padding)
     else:
         hf_models = hf_optimize.hf_submodels(model)
-        counts, notes = _optimize_hf_models(hf_models, backend, swap_linear)
+        counts, notes = _optimize_hf_models(hf_models, backend, swap_linear, pack_padding)
         counts.update(_swap_torch_modules(model, backend, swap_linear, found_already=bool(counts), skip=hf_models))
     if quantize is not None:
         counts.update(nn_quantize.quantize_model(model, quantize))
@@ -100,7 +113,8 @@ def optimize(model: nn.Module, *, backend: str | None = None, inplace: bool = Tr
 def optimization_report(model: nn.Module) -> dict:
     """{kind: count} of what ff.optimize replaced in `model`: "attention" (attention modules on ff.ops.attention),
     "t5_relative_bias", "layer_norm", "rms_norm", "fused_add_norm" (norms that now take the residual add),
-    "softmax", "multihead_attention", "transformer_encoder_layer", "transformer_decoder_layer", "linear", "int8_linear" / "bf16_model" (quantize=).
+    "softmax", "multihead_attention", "transformer_encoder_layer", "transformer_decoder_layer", "linear", "int8_linear" / "bf16_model" (quantize=),
+    "packed_encoder" (encoders that run padded batches on their real tokens, pack_padding=).
     Kinds with nothing replaced are absent; {} for a model ff.optimize was not called on or found nothing in.
     "attention" and "t5_relative_bias" count the transformers models that run the "fastformer" implementation
     now: after model.set_attn_implementation("sdpa") they are absent, after ...("fastformer") back."""

@@ -17,7 +17,8 @@ Per model instance, never per class:
     position is visible in their outputs) and in T5 / BART / Marian generation models (the decoder reads the
     encoder through its padding mask; the encoder's own output is zeros at padded positions) the encoder moves to
     a subclass that runs a padded batch on its real tokens only (fastformer.hf.packed_encoder; dense when hidden
-    states or attention maps are requested, or a 4-D mask).
+    states or attention maps are requested, or a 4-D mask). pack_padding=True: every encoder of these families
+    (bare models, per-token heads), whose outputs at padded positions then come from zeros; False: none.
 """
 import sys
 from collections import Counter
@@ -119,9 +120,10 @@ def _fuse_add_norms(model) -> int:
     return fused
 
 
-def optimize_hf(model: nn.Module, backend=None, linear: bool = False) -> tuple[Counter, list[str]]:
+def optimize_hf(model: nn.Module, backend=None, linear: bool = False,
+                pack_padding: bool | None = None) -> tuple[Counter, list[str]]:
     """Puts fastformer's kernels into a supported transformers model in place; returns (counts, notes): what
-    was replaced per kind, and why a part was left as it was."""
+    was replaced per kind, and why a part was left as it was. pack_padding: see ff.optimize."""
     counts, notes = _use_fastformer_attention(model, backend)
     counts.update(swap_modules(model, ("layer_norm", "linear") if linear else ("layer_norm",), backend))
     if model.config.model_type == "t5":
@@ -130,8 +132,8 @@ def optimize_hf(model: nn.Module, backend=None, linear: bool = False) -> tuple[C
         t5_norms = {T5LayerNorm: (T5RMSNorm.from_t5, "rms_norm")}
         counts.update(swap_modules(model, ("rms_norm",), backend, swaps=t5_norms))
     counts["fused_add_norm"] += _fuse_add_norms(model)
-    if runs_fastformer_attention(model):
+    if runs_fastformer_attention(model) and pack_padding is not False:
         from fastformer.hf.packed_encoder import pack_encoders
 
-        counts["packed_encoder"] += pack_encoders(model)
+        counts["packed_encoder"] += pack_encoders(model, everywhere=bool(pack_padding))
     return +counts, notes

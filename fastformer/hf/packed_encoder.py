@@ -102,20 +102,21 @@ def _swap(module, forward) -> int:
 # last_hidden_state / logits at padded positions, which transformers computes and packing does not.
 POOLED_HEADS = ("ForSequenceClassification", "ForMultipleChoice")
 PACKED_ENCODERS = {"bert": "BertEncoder", "roberta": "RobertaEncoder", "distilbert": "Transformer"}
-# Encoder-decoder generation models -> the attribute of their encoder stack holding its layers.
-GENERATION_MODELS = {"T5ForConditionalGeneration": "block", "BartForConditionalGeneration": "layers",
-                     "MarianMTModel": "layers"}
+# Encoder-decoder generation models: the decoder reads the encoder through its padding mask.
+GENERATION_MODELS = ("T5ForConditionalGeneration", "BartForConditionalGeneration", "MarianMTModel")
+STACK_LAYERS = {"T5Stack": "block", "BartEncoder": "layers", "MarianEncoder": "layers"}  # stack -> its layer list
 
 
-def pack_encoders(model) -> int:
-    """Moves the encoder of a model whose outputs show no padded position to its packing subclass; returns how many
-    encoders now pack (0 for every other model)."""
+def pack_encoders(model, everywhere: bool = False) -> int:
+    """Moves the encoder of a model whose outputs show no padded position (every model with an encoder when
+    `everywhere`: padded positions of its outputs then come from zeros) to its packing subclass; returns how many
+    encoders now pack. Causal BERT-style decoders (config.is_decoder) never pack."""
     name = type(model).__name__
-    if name in GENERATION_MODELS:
-        stack = model.get_encoder()
-        _swap(getattr(stack, GENERATION_MODELS[name])[0], packing_first_layer_forward)
+    stack = model.get_encoder()
+    if type(stack).__name__ in STACK_LAYERS and (everywhere or name in GENERATION_MODELS):
+        _swap(getattr(stack, STACK_LAYERS[type(stack).__name__])[0], packing_first_layer_forward)
         return _swap(stack, packed_stack_forward)
-    if not name.endswith(POOLED_HEADS):
+    if getattr(model.config, "is_decoder", False) or not (everywhere or name.endswith(POOLED_HEADS)):
         return 0
     encoder_class = PACKED_ENCODERS.get(model.config.model_type)
     return sum(_swap(module, packed_encoder_forward) for module in model.modules()

@@ -77,8 +77,46 @@ def test_gradients_match_transformers_with_checkpointing(family, embeddings, var
                                    rtol=1e-4, atol=1e-6)
 
 
-def test_models_showing_padded_positions_stay_dense():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                     intermediate_size=64)
-    assert ff.optimization_report(ff.optimize(transformers.BertModel(config))).get("packed_encoder", 0) == 0
+PER_TOKEN = [("bert", transformers.BertModel), ("bert", transformers.BertForTokenClassification),
+             ("roberta", transformers.RobertaForMaskedLM), ("distilbert", transformers.DistilBertModel),
+             ("distilbert", transformers.DistilBertForQuestionAnswering)]
+
+
+@pytest.mark.parametrize("family,model_cls", PER_TOKEN, ids=[c.__name__ for _, c in PER_TOKEN])
+def test_models_showing_padded_positions_pack_only_when_asked(family, model_cls, varlen_calls):
+    """Default: dense, transformers' values everywhere. pack_padding=True: transformers' values on real positions;
+    hidden states at padded ones are zeros (per-token logits there: the head applied to zeros)."""
+    reference, dense = _pair(family, model_cls)
+    packed = model_cls(reference.config).eval()
+    packed.load_state_dict(reference.state_dict())
+    assert ff.optimization_report(dense).get("packed_encoder", 0) == 0
+    assert ff.optimization_report(ff.optimize(packed, pack_padding=True))["packed_encoder"] == 1
+    ids, mask = _batch([16, 1, 9, 3])
+    real = mask.bool()
+    with torch.no_grad():
+        want, got_dense = reference(input_ids=ids, attention_mask=mask), dense(input_ids=ids, attention_mask=mask)
+        assert not varlen_calls
+        got = packed(input_ids=ids, attention_mask=mask, output_hidden_states=False)
+        assert len(varlen_calls) == 2
+    for key in ("last_hidden_state", "logits", "start_logits", "end_logits"):
+        if key in want:
+            torch.testing.assert_close(got_dense[key], want[key], rtol=1e-4, atol=1e-4 * want[key].abs().max())
+            torch.testing.assert_close(got[key][real], want[key][real], rtol=1e-4,
+                                       atol=1e-4 * want[key].abs().max())
+    if "last_hidden_state" in want:
+        assert not got.last_hidden_state[~real].any()
+
+
+def test_pack_padding_false_and_causal_decoders_stay_dense(varlen_calls):
+    reference, _ = _pair("bert")
+    classifier = transformers.BertForSequenceClassification(reference.config).eval()
+    assert ff.optimization_report(ff.optimize(classifier, pack_padding=False)).get("packed_encoder", 0) == 0
+    ids, mask = _batch([16, 1, 9, 3])
+    with torch.no_grad():
+        classifier(input_ids=ids, attention_mask=mask)
+    assert not varlen_calls
+    decoder_config = transformers.BertConfig(**BERT_SIZES, is_decoder=True)
+    decoder = ff.optimize(transformers.BertLMHeadModel(decoder_config), pack_padding=True)
+    assert ff.optimization_report(decoder).get("packed_encoder", 0) == 0  # varlen would drop its causal mask
+    with pytest.raises(TypeError, match="pack_padding"):
+        ff.optimize(classifier, pack_padding="yes")

@@ -82,7 +82,7 @@ def test_t5_gradients_match_transformers_with_checkpointing(tmp_path, varlen_cal
     labels = torch.randint(3, seq2seq_checkpoints.VOCAB - 1, (len(ids), 4))
     for model in (reference, optimized):
         model.train()
-        model.gradient_checkpointing_enable()
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     assert varlen_calls
     for name in ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "shared.weight",
@@ -92,9 +92,31 @@ def test_t5_gradients_match_transformers_with_checkpointing(tmp_path, varlen_cal
                                    atol=1e-4 * want.abs().max().item())
 
 
-@pytest.mark.parametrize("name", ["T5Model", "BartModel", "MarianModel", "T5EncoderModel"])
-def test_models_showing_encoder_outputs_stay_dense(name):
+BARE = ["T5Model", "BartModel", "MarianModel", "T5EncoderModel"]
+
+
+@pytest.mark.parametrize("name", BARE)
+def test_models_showing_encoder_outputs_pack_only_when_asked(tmp_path, name, varlen_calls):
+    """Default: dense. pack_padding=True: the encoder's output on real positions is transformers', zeros elsewhere."""
     family = name[:-len("EncoderModel" if "Encoder" in name else "Model")].lower()
-    config_cls, kwargs, _ = seq2seq_checkpoints.FAMILIES[family]
-    model = getattr(transformers, name)(getattr(transformers, config_cls)(**kwargs))
-    assert ff.optimization_report(ff.optimize(model)).get("packed_encoder", 0) == 0
+    _, path = seq2seq_checkpoints.save_tiny(tmp_path, family)
+    model_cls = getattr(transformers, name)
+    reference, dense, packed = (model_cls.from_pretrained(path).eval() for _ in range(3))
+    assert ff.optimization_report(ff.optimize(dense)).get("packed_encoder", 0) == 0
+    assert ff.optimization_report(ff.optimize(packed, pack_padding=True))["packed_encoder"] == 1
+    ids, mask = _source(family, LENGTHS["one-token-row"])
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    if name != "T5EncoderModel":
+        inputs["decoder_input_ids"] = torch.randint(3, seq2seq_checkpoints.VOCAB - 1, (len(ids), 4))
+    key = "last_hidden_state" if name == "T5EncoderModel" else "encoder_last_hidden_state"
+    with torch.no_grad():
+        want, got_dense = reference(**inputs), dense(**inputs)
+        assert not varlen_calls
+        got = packed(**inputs)
+        assert len(varlen_calls) == LAYERS
+    real = mask.bool()
+    _assert_close(got_dense[key], want[key])
+    _assert_close(got[key][real], want[key][real])
+    assert not got[key][~real].any()
+    if name != "T5EncoderModel":
+        _assert_close(got.last_hidden_state, want.last_hidden_state)  # the decoder's: every position
