@@ -195,7 +195,7 @@ class AttentionKernel {
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     float* lse_ptr = lse.data_ptr<float>();
     const int64_t num_query_tiles = at::divup(Sq_, kQueryTile);
-    const auto make_workspace = [&] { return ForwardWorkspace(D_); };
+    const auto make_workspace = [&] { return ForwardWorkspace(D_, std::min(kQueryTile, Sq_)); };
     int64_t score_count = 0;
     for (int64_t b = 0; b < B_; ++b) score_count += q_len_[b] * k_len_[b];
     const int64_t multiply_adds = 2 * H_ * score_count * D_;  // q.k and p.v
@@ -272,13 +272,17 @@ class AttentionKernel {
   }
 
  private:
-  // Buffers of one worker thread, sized for the largest tiles.
+  // Buffers of one worker thread, sized for query tiles of up to `rows` rows, and with K / V scratch only when their
+  // rows need converting to acc_t: a KV-cache decode call (one query row, fp32) allocates and zeroes ~7 KB, not the
+  // ~100 KB of full tiles, which took about as long as its attention itself.
   struct ForwardWorkspace {
-    std::vector<acc_t> qt, st, out, row_max, row_sum, alpha, k_rows, v_rows, diag;
-    explicit ForwardWorkspace(int64_t D)
-        : qt(D * kQueryTile), st(kKeyTile * kQueryTile), out(kQueryTile * D), row_max(kQueryTile),
-          row_sum(kQueryTile), alpha(kQueryTile), k_rows(kKeyTile * D), v_rows(kKeyTile * D),
-          diag(kQueryTile + kKeyTile) {}
+    static constexpr bool kConvertsKV = !std::is_same_v<scalar_t, acc_t>;
+    std::vector<acc_t> qt, q_row, st, out, row_max, row_sum, alpha, k_rows, v_rows, diag;
+    ForwardWorkspace(int64_t D, int64_t rows)
+        : qt(D * round_up(rows, kV)), q_row(D), st(kKeyTile * round_up(rows, kV)), out(rows * D),
+          row_max(round_up(rows, kV)), row_sum(round_up(rows, kV)), alpha(round_up(rows, kV)),
+          k_rows(kConvertsKV ? kKeyTile * D : 0), v_rows(kConvertsKV ? kKeyTile * D : 0),
+          diag(round_up(rows, kV) + kKeyTile) {}
   };
   struct BackwardWorkspace {
     std::vector<acc_t> qt, dot, q_rows, do_rows, lse, delta, p, ds, dropout_factor, k_rows, v_rows, diag, dk, dv, dq;
@@ -407,9 +411,15 @@ class AttentionKernel {
 
   // st[j * ld + i] = score of query i0 + i and key j0 + j (j < n, i < ld): scale * q.k + attn_bias + T5 bias, and
   // -inf where masked. qt is the packed, scaled Q^T; lanes i >= m hold scores of zero padding and are never used.
-  void scores(const QueryTile& qt_tile, const acc_t* qt, const KeyTile& kt, acc_t* st, acc_t* diag) const {
+  // q_scaled_row (a tile of one query, forward only): that row scaled and contiguous, used instead of qt.
+  void scores(const QueryTile& qt_tile, const acc_t* qt, const KeyTile& kt, acc_t* st, acc_t* diag,
+              const acc_t* q_scaled_row = nullptr) const {
     const int64_t ld = qt_tile.ld, n = kt.n;
-    tile_gemm<acc_t>(n, ld, D_, kt.k_rows, {kt.k_ld, 1}, qt, ld, st, ld, /*accumulate=*/false);
+    if (q_scaled_row) {
+      single_query_scores(q_scaled_row, kt, ld, st);
+    } else {
+      tile_gemm<acc_t>(n, ld, D_, kt.k_rows, {kt.k_ld, 1}, qt, ld, st, ld, /*accumulate=*/false);
+    }
     if (bias_) {
       if (bias_is_float_)
         add_bias(static_cast<const float*>(bias_), qt_tile, kt, st);
@@ -425,6 +435,33 @@ class AttentionKernel {
       }
     }
     apply_masks(qt_tile, kt, st);
+  }
+
+  // st[j * ld] = q.k_j, the other ld - 1 lanes 0 (as the GEMM leaves them for zero-padded queries): n dot products
+  // over D for one query row, the shape of KV-cache decoding, where the tile GEMM would spend ld - 1 of its ld lanes
+  // on padding (8x the multiply-adds with AVX2 fp32). Four keys at a time keep four independent FMA chains in flight.
+  void single_query_scores(const acc_t* q, const KeyTile& kt, int64_t ld, acc_t* st) const {
+    constexpr int kKeysAtOnce = 4;
+    int64_t j = 0;
+    for (; j + kKeysAtOnce <= kt.n; j += kKeysAtOnce)
+      query_key_dots<kKeysAtOnce>(q, kt.k_rows + j * kt.k_ld, kt.k_ld, st + j * ld, ld);
+    for (; j < kt.n; ++j) query_key_dots<1>(q, kt.k_rows + j * kt.k_ld, kt.k_ld, st + j * ld, ld);
+  }
+
+  template <int kKeys>
+  void query_key_dots(const acc_t* q, const acc_t* k, int64_t k_ld, acc_t* st, int64_t ld) const {
+    Vec sum[kKeys];
+    for (Vec& s : sum) s = Vec(acc_t(0));
+    for (int64_t d = 0; d < D_; d += kV) {
+      const int64_t n = std::min(kV, D_ - d);  // partial loads fill the missing lanes with 0
+      const Vec qv = Vec::loadu(q + d, n);
+      for (int r = 0; r < kKeys; ++r) sum[r] = at::vec::fmadd(qv, Vec::loadu(k + r * k_ld + d, n), sum[r]);
+    }
+    for (int r = 0; r < kKeys; ++r) {
+      acc_t* row = st + r * ld;
+      row[0] = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, sum[r]);
+      std::fill(row + 1, row + ld, acc_t(0));
+    }
   }
 
   template <typename bias_t>
@@ -518,12 +555,19 @@ class AttentionKernel {
                           const RowStrides& out_st, float* lse, const RowStrides& lse_st) const {
     const int64_t m = std::min(kQueryTile, q_len_[b] - i0), ld = round_up(m, kV);
     const QueryTile qt_tile{b, h, i0, m, ld, nullptr, nullptr, 0, 0};
-    pack_transposed(q_row(b, h, i0), q_st_.pos, m, ld, scale_, ws.qt.data());
+    const acc_t* q_scaled_row = nullptr;
+    if (m == 1) {
+      load_row(q_row(b, h, i0), ws.q_row.data());
+      for (acc_t& x : ws.q_row) x *= scale_;
+      q_scaled_row = ws.q_row.data();
+    } else {
+      pack_transposed(q_row(b, h, i0), q_st_.pos, m, ld, scale_, ws.qt.data());
+    }
     std::fill(ws.row_max.begin(), ws.row_max.end(), -std::numeric_limits<acc_t>::infinity());
     std::fill(ws.row_sum.begin(), ws.row_sum.end(), acc_t(0));
     std::fill(ws.out.begin(), ws.out.end(), acc_t(0));
     for_each_key_tile(b, kv_head(h), i0, m, ws.k_rows.data(), ws.v_rows.data(), [&](const KeyTile& kt) {
-      scores(qt_tile, ws.qt.data(), kt, ws.st.data(), ws.diag.data());
+      scores(qt_tile, ws.qt.data(), kt, ws.st.data(), ws.diag.data(), q_scaled_row);
       online_softmax(ws.st.data(), ld, kt.n, ws.row_max.data(), ws.row_sum.data(), ws.alpha.data());
       for (int64_t i = 0; i < m; ++i) {
         const Vec factor(ws.alpha[i]);

@@ -216,6 +216,36 @@ def test_forward_lengths(seq_q, seq_k, causal):
     check_forward(make_case(batch=1, heads=2, seq_q=seq_q, seq_k=seq_k, causal=causal, padding=seq_k > 1))
 
 
+# One query row, KV-cache decoding's shape: the kernel computes its scores as one dot product per key instead of the
+# tile GEMM. Every score term and mask still applies, in every dtype, with key counts past one 128-key tile and not a
+# multiple of the 4 keys it takes at once, and head dims that are no multiple of the vector width.
+SINGLE_QUERY = {
+    "causal_random_mask": dict(seq_k=131, causal=True, padding="random"),
+    "gqa_bias": dict(heads=6, kv_heads=2, seq_k=300, bias="full", causal=True),
+    "t5_causal": dict(seq_k=70, t5="causal", causal=True),
+    "head_dim_7": dict(head_dim=7, seq_k=9),
+    "head_dim_80_padding": dict(head_dim=80, seq_k=133, padding=True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("feature", SINGLE_QUERY)
+def test_forward_single_query_row(feature, dtype):
+    torch.manual_seed(5)
+    check_forward(make_case(dtype=dtype, seq_q=1, **SINGLE_QUERY[feature]))
+
+
+def test_single_query_row_from_a_kv_cache():
+    """Decoding's views: q from a fused [B, 1, 3, H, D] projection, k and v the written slots of [B, H, 200, D]
+    cache buffers (row strides 3 * H * D and 200 * D)."""
+    torch.manual_seed(6)
+    qkv = torch.randn(2, 1, 3, 4, 64)  # [B, 1, 3, H, D]
+    keys, values = torch.randn(2, 4, 200, 64), torch.randn(2, 4, 200, 64)  # [B, H, max_length, D]
+    case = make_case(batch=2, heads=4, seq_q=1, seq_k=77, causal=True, padding=True)
+    case.update(q=qkv[:, :, 0].transpose(1, 2), k=keys[:, :, :77], v=values[:, :, :77])
+    check_forward(case)
+
+
 def test_fully_masked_rows_give_zero_and_inf_lse():
     torch.manual_seed(4)
     case = make_case(batch=3, seq_q=40, seq_k=24, causal=True, bias="broadcast", padding=True)
