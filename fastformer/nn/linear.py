@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastformer import ops
 from fastformer.nn import cpu_features
 from fastformer.nn._dropin import _DropIn
 from fastformer.nn.activation import ACTIVATIONS, ONEDNN_POST_OPS
-from fastformer.ops.gemv import AVAILABLE as _HAS_GEMV
+from fastformer.ops.gemv import AVAILABLE as _HAS_GEMV, gemv_checked
 
 _HAS_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -44,7 +43,9 @@ class Linear(_DropIn, nn.Linear):
                 raise ValueError(f"input must have shape [..., in_features={self.in_features}], got "
                                  f"{tuple(x.shape)}")
             if x.numel() == self.in_features and x.dtype == torch.float32 and _HAS_GEMV:
-                y = ops.gemv(x, self.weight, self.bias)  # one row: memory-bound, our kernel streams W faster
+                # One row: memory-bound, our kernel streams W faster. x was checked above (fp32, CPU, [..., K])
+                # and the weight is x's dtype; a bias of another dtype is refused by the kernel.
+                y = gemv_checked(x, self.weight, self.bias)
                 return ACTIVATIONS[activation](y) if activation is not None else y
             post_op, algorithm = ONEDNN_POST_OPS.get(activation, ("none", ""))
             y = torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, post_op, [], algorithm)
