@@ -9,6 +9,7 @@ from torch import nn
 from fastformer import nn as ffnn
 from fastformer import ops
 from fastformer.models.config import ModelConfig
+from fastformer.models.dropout import Dropout
 from fastformer.nn.activation import ACTIVATIONS
 
 
@@ -57,7 +58,7 @@ class FeedForward(nn.Module):
         self.up = ffnn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias)
         self.gate = ffnn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias) if config.gated_ffn else None
         self.down = ffnn.Linear(config.intermediate_size, config.hidden_size, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         h = self._activated(self.gate, x) * self.up(x) if self.gate is not None else self._activated(self.up, x)
@@ -88,7 +89,7 @@ class TransformerBlock(nn.Module):
         self.attn_norm = make_norm(config)
         self.ffn = FeedForward(config)
         self.ffn_norm = make_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0, packed=None):
         if self.pre_norm:

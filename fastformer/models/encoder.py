@@ -6,6 +6,7 @@ from fastformer._padding_mask import padding_mask
 from fastformer._token_ids import check_token_ids
 from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
+from fastformer.models.dropout import Dropout
 from fastformer.models.packing import pack_if_padded
 
 
@@ -21,7 +22,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_positions, config.hidden_size) if config.position == "learned" else None
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
         self.norm = make_norm(config) if config.embedding_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.positions_from_padding:

@@ -18,6 +18,7 @@ from fastformer import generation
 from fastformer import nn as ffnn
 from fastformer.models.block import TransformerBlock, make_norm
 from fastformer.models.config import ModelConfig
+from fastformer.models.dropout import Dropout
 from fastformer.models.cross_attention import CrossAttention
 from fastformer.models.heads import TaskOutput
 from fastformer.models.packing import pack_if_padded
@@ -72,7 +73,7 @@ class Seq2SeqEmbeddings(nn.Module):
             self.register_buffer("sinusoidal", sinusoidal_table(config.max_positions, config.hidden_size),
                                  persistent=False)
         self.norm = make_norm(config) if config.embedding_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def check_length(self, length: int) -> None:
         if self.max_positions is not None and length > self.max_positions:
@@ -112,7 +113,7 @@ class Seq2SeqStack(nn.Module):
         self.relative_bias = nn.Embedding(seq2seq.relative_buckets, config.num_heads) if relative else None
         self.layers = nn.ModuleList(block(config) for _ in range(config.num_layers))
         self.final_norm = make_norm(config) if config.pre_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def position_bias(self, bidirectional: bool) -> T5RelativeBias | None:
         """T5's bias as ff.ops.attention's in-kernel spec; bottom-right aligned there, so with a KV cache
