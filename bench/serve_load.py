@@ -11,7 +11,8 @@ Parts:
               closed-loop requests/s). Open loop: request i is sent at its scheduled time (Poisson arrivals,
               or --arrival fixed) whatever the answers, and its latency counts from that time, so a slow server
               cannot slow the client down and hide its queueing. Reports req/s, tokens/s, p50/p90/p99.
-  overload    on the same fastformer server: --overload-reference-seconds at 50% of its capacity, then
+  overload    on the throughput part's fastformer server (alone: on its own, after a capacity probe and
+              without the baseline): --overload-reference-seconds at 50% of its capacity, then
               --overload-seconds at 3x: every request answered (200 or 503/429; sent == answered) and the p99
               of accepted requests against 2x its 50%-load value. An accepted request waits behind up to
               max ongoing + max queued others (Little's law: their sum / capacity), so --max-ongoing and
@@ -107,11 +108,12 @@ def _client(timeout: float) -> aiohttp.ClientSession:
                                  connector=aiohttp.TCPConnector(limit=0))
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, bool]:
-    """(HTTP status, whether the body is JSON), the whole answer read."""
+async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, bool, float]:
+    """(HTTP status, whether the body is JSON, its Retry-After in seconds or 0), the whole answer read."""
     async with http.post(url, json=body) as response:
         await response.read()
-        return response.status, response.content_type == "application/json"
+        retry_after = float(response.headers.get("Retry-After", 0)) if response.status in (429, 503) else 0.0
+        return response.status, response.content_type == "application/json", retry_after
 
 
 # ---- servers: started here, stopped by PID with everything they started ----
@@ -167,10 +169,10 @@ def fastformer_server(args, models: list[str], replicas: int = 1, batch_wait_ms:
     wait = args.batch_wait_ms if batch_wait_ms is None else batch_wait_ms
     command = [sys.executable, "-m", "fastformer", "serve", *models, "--port", str(port),
                "--metrics-port", str(_free_port()), "--threads", str(args.threads), "--replicas", str(replicas),
-               "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(wait),
-               "--max-queued", str(args.max_queued)]
-    if args.max_ongoing:
-        command += ["--max-ongoing", str(args.max_ongoing)]
+               "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(wait)]
+    for flag, value in (("--max-ongoing", args.max_ongoing), ("--max-queued", args.max_queued)):
+        if value:
+            command += [flag, str(value)]
     return Server(f"fastformer serve ({replicas} replica(s), batch wait {wait} ms)", command,
                   f"http://127.0.0.1:{port}", args.threads)
 
@@ -186,7 +188,8 @@ def baseline_server(args) -> Server:
 
 async def closed_loop(url: str, work: Workload, clients: int, seconds: float, timeout: float) -> dict:
     """clients workers, each sending its next request when its last is answered, for `seconds`: the
-    server's capacity in requests/s."""
+    server's capacity in requests/s. A worker turned away (429/503) waits its Retry-After, as real clients
+    do; resending at once would measure how fast the server can refuse, not how fast it computes."""
     ok, tokens, statuses = [0], [0], {}
     async with _client(timeout) as http:
         start = time.perf_counter()
@@ -194,9 +197,10 @@ async def closed_loop(url: str, work: Workload, clients: int, seconds: float, ti
         async def worker(i: int):
             while time.perf_counter() - start < seconds:
                 try:
-                    status, _ = await _post(http, url, work.body(i))
+                    status, _, retry_after = await _post(http, url, work.body(i))
                 except NO_ANSWER as e:
-                    status = type(e).__name__
+                    status, retry_after = type(e).__name__, 0.0
+                await asyncio.sleep(min(retry_after, max(0.0, seconds - (time.perf_counter() - start))))
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     ok[0] += 1
@@ -232,7 +236,7 @@ async def open_loop(url: str, work: Workload, rate: float, args, seconds: float,
 
         async def one(i: int, due: float):
             try:
-                status, json_body = await _post(http, url, work.body(i))
+                status, json_body, _ = await _post(http, url, work.body(i))
                 outcomes.append((status, (loop.time() - due) * 1000, work.tokens_of(i), json_body))
             except NO_ANSWER as e:
                 outcomes.append((type(e).__name__, None, 0, False))
@@ -269,7 +273,7 @@ async def one_at_a_time(url: str, work: Workload, count: int, timeout: float) ->
     async with _client(timeout) as http:
         for i in range(count):
             start = time.perf_counter()
-            status, _ = await _post(http, url, work.body(i))
+            status, *_ = await _post(http, url, work.body(i))
             if status != 200:
                 raise RuntimeError(f"{url} answered {status} to one request at a time")
             ms.append((time.perf_counter() - start) * 1000)
@@ -295,10 +299,7 @@ def part_throughput(args, work: Workload, results: dict) -> None:
                            "one_at_a_time": single}
     server = fastformer_server(args, [args.model])
     with server:
-        url = f"{server.base}/embed"
-        asyncio.run(closed_loop(url, work, 4, 2, args.timeout))  # warm-up
-        capacity = asyncio.run(closed_loop(url, work, args.probe_clients, args.probe_seconds, args.timeout))
-        print(f"fastformer capacity {capacity}", flush=True)
+        url, capacity = _fastformer_capacity(args, work, server)
         runs = []
         for rate in rates:
             runs.append(asyncio.run(open_loop(url, work, rate, args, args.rate_seconds)))
@@ -310,6 +311,22 @@ def part_throughput(args, work: Workload, results: dict) -> None:
         print(f"summary {results['throughput']['summary']}", flush=True)
         if "overload" in args.parts:
             part_overload(args, work, url, capacity["requests_per_s"], results)
+
+
+def _fastformer_capacity(args, work: Workload, server: Server) -> tuple[str, dict]:
+    url = f"{server.base}/embed"
+    asyncio.run(closed_loop(url, work, 4, 2, args.timeout))  # warm-up
+    capacity = asyncio.run(closed_loop(url, work, args.probe_clients, args.probe_seconds, args.timeout))
+    print(f"fastformer capacity {capacity}", flush=True)
+    return url, capacity
+
+
+def part_overload_alone(args, work: Workload, results: dict) -> None:
+    """overload without the throughput part: its own server and capacity probe, no baseline."""
+    server = fastformer_server(args, [args.model])
+    with server:
+        url, capacity = _fastformer_capacity(args, work, server)
+        part_overload(args, work, url, capacity["requests_per_s"], results)
 
 
 def _sustained(runs: list[dict], p99_at_most: float | None = None) -> dict | None:
@@ -506,8 +523,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server replica (and direct)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
-    parser.add_argument("--max-ongoing", type=int, default=None, help="default: the server's (2 x max batch)")
-    parser.add_argument("--max-queued", type=int, default=64)
+    parser.add_argument("--max-ongoing", type=int, default=None, help="default: the server's (max batch size)")
+    parser.add_argument("--max-queued", type=int, default=None, help="default: the server's (8)")
     parser.add_argument("--inputs-per-request", type=int, default=1,
                         help="sentences per /embed request (throughput, overload, faults, overhead)")
     parser.add_argument("--arrival", choices=["poisson", "fixed"], default="poisson")
@@ -536,8 +553,6 @@ def main(argv=None) -> int:
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"--parts: unknown {sorted(unknown)} (of {', '.join(PARTS)})")
-    if "overload" in args.parts and "throughput" not in args.parts:
-        parser.error("--parts: overload runs on the throughput part's server at its measured capacity")
     if args.rates:
         _floats(args.rates)
     if args.model is None:
@@ -551,7 +566,9 @@ def main(argv=None) -> int:
           f"load average {_load()} on {os.cpu_count()} CPUs", flush=True)
     results, load_before, started = {}, os.getloadavg(), time.perf_counter()
     if "throughput" in args.parts:
-        part_throughput(args, work, results)
+        part_throughput(args, work, results)  # and overload, on the same server
+    elif "overload" in args.parts:
+        part_overload_alone(args, work, results)
     if "faults" in args.parts:
         part_faults(args, work, results)
     if "overhead" in args.parts or "streaming" in args.parts:

@@ -230,8 +230,8 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="inputs per dynamic batch")
     serve.add_argument("--batch-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     serve.add_argument("--max-ongoing", type=_positive_int, default=None,
-                       help="requests a replica takes at once (default 2 x --max-batch-size)")
-    serve.add_argument("--max-queued", type=_positive_int, default=64,
+                       help="requests a replica takes at once (default: --max-batch-size)")
+    serve.add_argument("--max-queued", type=_positive_int, default=8,
                        help="requests waiting beyond those; more get 503 with Retry-After")
     serve.add_argument("--max-inputs", type=_positive_int, default=None,
                        help="inputs per request (default and most: --max-batch-size)")

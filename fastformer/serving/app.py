@@ -1,11 +1,18 @@
 """app(...): the Ray Serve application of `fastformer serve`, for serve.run or a Ray Serve config file."""
 import os
 
-from ray.serve.config import BackpressureConfig
+from ray.serve.config import BackpressureConfig, RequestRouterConfig
 
 from fastformer.serving.server import FastformerServer
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+# A request in Ray's router (max_queued) retries a full replica with exponential backoff, by default up to
+# 0.5 s between tries: it can sleep through several freed slots. Measured with bench/serve_load.py
+# --parts overload (MiniLM, 1 thread, 3x capacity, 2-core VM at load 3.5-6 from other jobs): max_ongoing
+# 64 + max_queued 64 let accepted throughput collapse to 19 req/s (capacity 60) with p99 12.4 s; 32 + 8
+# kept 52 req/s at p99 1.5 s; 32 + 8 with backoff capped at 50 ms, 64 req/s at p99 0.86 s.
+ROUTER = RequestRouterConfig(max_backoff_s=0.05)
 
 
 def default_model_dir() -> str:
@@ -34,7 +41,7 @@ def model_names(model_dirs: list) -> list[str]:
 
 
 def app(model_dirs=None, task: str | None = None, replicas: int = 1, max_batch_size: int = 32,
-        batch_wait_ms: float = 5.0, max_ongoing: int | None = None, max_queued: int = 64, threads: int = 1,
+        batch_wait_ms: float = 5.0, max_ongoing: int | None = None, max_queued: int = 8, threads: int = 1,
         max_inputs: int | None = None, max_new_tokens: int = 256, retry_after_s: float = 1.0):
     """The fastformer server as a Ray Serve application.
 
@@ -42,9 +49,10 @@ def app(model_dirs=None, task: str | None = None, replicas: int = 1, max_batch_s
     serves the routes of its task (`task` overrides the folder's own). replicas: copies of the server, each
     with `threads` torch threads and as many Ray CPUs, which Ray spreads over the cluster's nodes.
     max_batch_size / batch_wait_ms: a dynamic batch closes at this many inputs or after this wait.
-    max_ongoing: requests a replica takes at once (default 2 x max_batch_size, so a batch can fill while
-    the last one runs); max_queued: requests waiting beyond those before the server answers 503 with
-    Retry-After: retry_after_s. max_inputs: inputs per request (<= max_batch_size); max_new_tokens:
+    max_ongoing: requests a replica takes at once (default max_batch_size); max_queued: requests Ray's
+    router holds beyond those before the server answers 503 with Retry-After: retry_after_s. An accepted
+    request waits behind at most max_ongoing + max_queued others, so their sum over the replicas' capacity
+    bounds its latency under overload (see ROUTER). max_inputs: inputs per request (<= max_batch_size); max_new_tokens:
     tokens one request may generate.
     """
     for name, value in (("replicas", replicas), ("max_batch_size", max_batch_size), ("threads", threads),
@@ -63,8 +71,8 @@ def app(model_dirs=None, task: str | None = None, replicas: int = 1, max_batch_s
     models = [(name, os.path.abspath(os.fspath(path)), task) for name, path in zip(model_names(model_dirs),
                                                                                    model_dirs)]
     deployment = FastformerServer.options(
-        num_replicas=replicas, max_ongoing_requests=max_ongoing or 2 * max_batch_size,
-        max_queued_requests=max_queued,
+        num_replicas=replicas, max_ongoing_requests=max_ongoing or max_batch_size,
+        max_queued_requests=max_queued, request_router_config=ROUTER,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
         ray_actor_options={"num_cpus": threads})
     return deployment.bind(models, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, threads=threads,
