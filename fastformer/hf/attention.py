@@ -126,7 +126,8 @@ def fastformer_attention_forward(module, query, key, value, attention_mask, drop
                              f"got {type(position_bias).__name__}")
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
         out = ops.varlen_attention(q, k, v, packed.cu_seqlens, packed.cu_seqlens, packed.max_seqlen,
-                                   packed.max_seqlen, attn_bias=position_bias, scale=scaling, dropout_p=dropout)
+                                   packed.max_seqlen, attn_bias=position_bias, scale=scaling, dropout_p=dropout,
+                                   backend=getattr(module, "_fastformer_backend", None))
         return out[None], None  # [1, T, H, D]
     seq_q, seq_k = query.shape[2], key.shape[2]
     causal_module = is_causal if is_causal is not None else getattr(module, "is_causal", True)

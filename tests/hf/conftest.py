@@ -4,10 +4,11 @@ import pytest
 
 @pytest.fixture
 def varlen_calls(monkeypatch):
-    """Records each ff.ops.varlen_attention call made by the fastformer attention function (one per packed layer)."""
+    """The keyword arguments of each ff.ops.varlen_attention call made by the fastformer attention function (one
+    call per packed layer)."""
     from fastformer.hf import attention as hf_attention
 
     calls = []
     varlen = hf_attention.ops.varlen_attention
-    monkeypatch.setattr(hf_attention.ops, "varlen_attention", lambda *a, **k: calls.append(1) or varlen(*a, **k))
+    monkeypatch.setattr(hf_attention.ops, "varlen_attention", lambda *a, **k: calls.append(k) or varlen(*a, **k))
     return calls

@@ -62,6 +62,19 @@ def test_generate_gives_transformers_tokens(tmp_path, family, varlen_calls):
             assert len(varlen_calls) - calls_before == (LAYERS if not mask.all() else 0)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_backend_reaches_the_packed_attention(tmp_path, backend, varlen_calls):
+    reference, path = seq2seq_checkpoints.save_tiny(tmp_path, "t5")
+    optimized = ff.optimize(type(reference).from_pretrained(path).eval(), backend=backend)
+    ids, mask = _source("t5", LENGTHS["one-token-row"])
+    decoder_ids = torch.randint(3, seq2seq_checkpoints.VOCAB - 1, (len(ids), 3))
+    with torch.no_grad():
+        want = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        got = optimized(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    _assert_close(got, want)
+    assert [call["backend"] for call in varlen_calls] == [backend] * LAYERS
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_requested_hidden_states_run_dense(tmp_path, family, varlen_calls):
     reference, optimized = _pair(tmp_path, family)
