@@ -1,5 +1,8 @@
 """Native GPT-2 (causal LM, sequence classification, bare body) against Hugging Face transformers,
 loaded from tiny random checkpoints (no network)."""
+import importlib
+import types
+
 import pytest
 import torch
 
@@ -68,6 +71,28 @@ def test_tied_and_untied_lm_head(tmp_path):
     ids = torch.randint(3, 97, (2, 7))
     with torch.no_grad():
         assert_close_rel(untied(ids).logits, theirs(input_ids=ids).logits)
+
+
+def test_decode_step_streams_each_weight_in_place(tmp_path, monkeypatch):
+    """A batch-1 decode step hands the single-row kernel every linear's own weight, the LM head the tied embedding
+    itself: no weight is copied, transposed or repacked per token (GPT-2-small's LM head is 154 MB)."""
+    gemv_module = importlib.import_module("fastformer.ops.gemv")
+    save_tiny_gpt2(tmp_path)
+    model = ff.from_pretrained(tmp_path)
+    streamed = []
+    real = gemv_module._ops.gemv.default
+    kernel = lambda x, weight, bias: streamed.append(weight) or real(x, weight, bias)  # noqa: E731
+    monkeypatch.setattr(gemv_module, "_ops", types.SimpleNamespace(gemv=types.SimpleNamespace(default=kernel)))
+    with torch.inference_mode():
+        cache = model.new_cache(1, 8)
+        model.step(torch.tensor([[5, 6, 7]]), cache, last_only=True)
+        streamed.clear()
+        model.step(torch.tensor([[8]]), cache, last_only=True)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]  # qkv, out, up, down per layer; head
+    assert len(streamed) == len(linears) == 4 * len(model.decoder.layers) + 1
+    for weight, linear in zip(streamed, linears):
+        assert weight.data_ptr() == linear.weight.data_ptr() and weight.stride() == linear.weight.stride()
+    assert streamed[-1].data_ptr() == model.decoder.embeddings.word.weight.data_ptr()
 
 
 def test_sequence_classification_needs_pad_token_for_batches(tmp_path):
