@@ -62,7 +62,7 @@ def test_generate_gives_transformers_tokens(tmp_path, family, varlen_calls):
             assert len(varlen_calls) - calls_before == (LAYERS if not mask.all() else 0)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_backend_reaches_the_packed_attention(tmp_path, backend, varlen_calls):
     reference, path = seq2seq_checkpoints.save_tiny(tmp_path, "t5")
     optimized = ff.optimize(type(reference).from_pretrained(path).eval(), backend=backend)
