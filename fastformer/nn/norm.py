@@ -17,10 +17,10 @@ def _normalize(module, op, x: torch.Tensor, residual, params, eps):
     views cost ~10 us of Python per call, which adds up in decoding (two norms per layer per token).
     """
     shape = tuple(module.normalized_shape)
+    if len(shape) == 1 and x.dim() >= 1 and x.shape[-1] == shape[0]:
+        return op(x, *params, eps, residual=residual, backend=module.backend)
     if tuple(x.shape[x.dim() - len(shape):]) != shape:
         raise ValueError(f"input must end with normalized_shape {shape}, got shape {tuple(x.shape)}")
-    if len(shape) == 1:
-        return op(x, *params, eps, residual=residual, backend=module.backend)
     width = math.prod(shape)
     lead = x.shape[: x.dim() - len(shape)]
     flat = (lambda t: t.reshape(*lead, width) if t is not None else None)  # [..., N]

@@ -11,8 +11,13 @@ import torch
 
 def call(op, *args, grad_inputs):
     """op(*args), skipping the Autograd key when none of `grad_inputs` (tensors or None) needs a gradient."""
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grad_inputs)
-    if needs_grad or torch.compiler.is_compiling():
+    # Under inference_mode the Autograd keys are already excluded; the guard below would only add its
+    # ~0.3 us, and the grad check ~1 us, to each of a batch-1 forward's ~20 op calls.
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():  # dynamo cannot trace the latter
         return op(*args)
+    if torch.is_grad_enabled():
+        for t in grad_inputs:
+            if t is not None and t.requires_grad:
+                return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)

@@ -152,7 +152,7 @@ def _check_like(name: str, t, x: Tensor, shape) -> None:
         raise ValueError(f"{name} must be on the same device as x ({x.device}), got {t.device}")
     if t.dtype != x.dtype:
         raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
-    if tuple(t.shape) != tuple(shape):
+    if t.shape != shape:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
@@ -192,6 +192,6 @@ def norm(op_name: str, reference, x, residual, weight, bias, eps, backend):
     b = bias.contiguous() if bias is not None else None
     args = (x_rows, r_rows, w, float(eps)) if op_name == "rms_norm" else (x_rows, r_rows, w, b, float(eps))
     out, residual_out = _dispatch.call(fwd_op, *args, grad_inputs=(x, residual, weight, bias))[:2]
-    if x.dim() != 2:
-        out, residual_out = out.view(x.shape), residual_out.view(x.shape) if residual is not None else None
+    if x.dim() != 2:  # view_as: ~0.4 us, view(x.shape) ~2.5 us (torch parses a Size element by element)
+        out, residual_out = out.view_as(x), residual_out.view_as(x) if residual is not None else None
     return (out, residual_out) if residual is not None else out

@@ -62,7 +62,7 @@ def test_bf16_runs_the_packed_path_where_the_cpu_has_native_bf16():
     ours = ff.nn.Linear.from_torch(ref)
     x = torch.randn(3, 5, 97, dtype=torch.bfloat16)
     with torch.no_grad():
-        assert ours._use_packed(x)
+        assert ours._use_packed(x, ours.weight)
         got, want = ours(x), torch.nn.functional.linear(x.double(), ref.weight.double(), ref.bias.double())
         baseline = ref(x)
     assert got.dtype == torch.bfloat16
@@ -77,7 +77,7 @@ def test_fused_activation_matches_fp64_on_both_paths(activation):
     x = torch.randn(3, 17, 96)
     want = ACTIVATIONS[activation](torch.nn.functional.linear(x.double(), ours.weight.double(), ours.bias.double()))
     with torch.no_grad():
-        assert ours._use_packed(x)
+        assert ours._use_packed(x, ours.weight)
         packed = ours(x, activation=activation)
     autograd = ours(x, activation=activation)  # weight requires grad: the F.linear path
     assert autograd.requires_grad
