@@ -88,6 +88,23 @@ def test_requested_hidden_states_run_dense(tmp_path, family, varlen_calls):
         _assert_close(g, w)  # every position, padded ones included
 
 
+def test_encoder_called_directly_and_layer_drop(tmp_path, varlen_calls):
+    """model.get_encoder() called on its own packs too (return_dict=False gives the tuple); layer drop in training
+    could skip the first layer, which packs, so it runs dense."""
+    reference, optimized = _pair(tmp_path, "bart")
+    ids, mask = _source("bart", LENGTHS["one-token-row"])
+    real = mask.bool()
+    with torch.no_grad():
+        want = reference.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = optimized.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=False)
+    assert isinstance(got, tuple) and len(varlen_calls) == LAYERS
+    _assert_close(got[0][real], want[real])
+    assert not got[0][~real].any()
+    optimized.train().get_encoder().layerdrop = 1e-6  # on, but no layer is dropped: packing would call varlen
+    optimized.get_encoder()(input_ids=ids, attention_mask=mask)
+    assert len(varlen_calls) == LAYERS
+
+
 def test_t5_gradients_match_transformers_with_checkpointing(tmp_path, varlen_calls):
     """The relative bias table gets its gradient through the packed kernel, recomputed under checkpointing."""
     reference, optimized = _pair(tmp_path, "t5")
