@@ -1,4 +1,4 @@
-// The torch side of attention_fwd, shared by the CUDA binding (attention.cpp) and the CPU emulator op
+// The torch side of attention_fwd, shared by the CUDA binding (attention_binding.cpp) and the CPU emulator op
 // (tests/cuda_emu/attention_emu_op.cpp): input checks against the schema, the launcher parameters,
 // output allocation, and the plan -> workspace -> launch sequence. Uses ATen only (no CUDA runtime
 // from torch), so the emulator builds it against the CPU torch.

@@ -1,4 +1,4 @@
-// Launchers of the LayerNorm / RMSNorm CUDA kernels (torch-free; csrc/cuda/norm.cpp binds them).
+// Launchers of the LayerNorm / RMSNorm CUDA kernels (torch-free; csrc/cuda/norm_binding.cpp binds them).
 // Semantics are those of the layer_norm_* / rms_norm_* schemas in csrc/fastformer.cpp and of the CPU
 // kernels in csrc/cpu/norm.cpp. Elements have type `dtype`; statistics and accumulation are fp32.
 #pragma once

@@ -1,4 +1,4 @@
-// Launchers of the softmax CUDA kernels (torch-free; csrc/cuda/softmax.cpp binds them). Semantics
+// Launchers of the softmax CUDA kernels (torch-free; csrc/cuda/softmax_binding.cpp binds them). Semantics
 // are those of the softmax_fwd / softmax_bwd schemas in csrc/fastformer.cpp; accumulation is fp32.
 #pragma once
 

@@ -44,3 +44,13 @@ def test_check_fails_on_a_cuda_syntax_error(tmp_path):
     result = _run_check(tmp_path)
     assert result.returncode != 0
     assert "FAIL" in result.stdout and "broken.cu" in result.stdout
+
+
+def test_extension_sources_have_distinct_object_names():
+    # torch's ninja build names each object after its source's stem within its folder: attention.cpp and
+    # attention.cu in csrc/cuda both made csrc/cuda/attention.o, and the CUDA build failed on the first
+    # GPU it met ("multiple rules generate .../attention.o") while every per-file check here passed.
+    for folder in ("csrc", "csrc/cpu", "csrc/cuda"):
+        stems = [p.stem for p in (REPO / folder).iterdir() if p.suffix in (".cpp", ".cu")]
+        duplicated = sorted({s for s in stems if stems.count(s) > 1})
+        assert not duplicated, f"{folder}: sources that would build the same object: {duplicated}"
