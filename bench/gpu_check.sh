@@ -17,8 +17,11 @@
 # a cut-off run keeps what it measured), kernel mode (KERNEL_MODE_TIMEOUT_S), each model
 # benchmark (MODEL_BENCH_TIMEOUT_S; torch.compile compiles once per shape), each generation benchmark
 # (GENERATION_TIMEOUT_S), then the rest of the suite with Triton compiled (whatever is left of
-# TOTAL_BUDGET_S, at least 60 s; CPU CI already runs it under the Triton interpreter). The script has
-# not yet run on a GPU; its caps add up to ~20 minutes at worst. Where one command may run 10 minutes
+# TOTAL_BUDGET_S, at least 60 s; CPU CI already runs it under the Triton interpreter). Its caps add
+# up to ~20 minutes at worst. First GPU runs (H200, torch 2.11, 2026-12-04; logs in bench/results/
+# 2026-12-04-nvidia-h200-*): the CUDA build needs ~50 s; with the CUDA kernels built, `-m gpu` runs ~300
+# tests, mostly Triton compiles of attention configs (89 passed, none failed, in the 130 s it was given),
+# so give it a command of its own: STEPS="build gpu-tests" GPU_TESTS_TIMEOUT_S=540. Where one command may run 10 minutes
 # and a session has little device time, run the steps that answer open questions first, in two commands
 # (the build is incremental the second time): STEPS="build gpu-tests models", then
 # STEPS="build generation ops suite". A failing step does not stop the later ones; the exit status is
