@@ -2,7 +2,8 @@
 
 Our routes answer every error as {"error": {...}} JSON, but two answers never reach them: the 503 the proxy
 sends when max_queued_requests is full ("Request dropped due to backpressure ...") and the 500 it sends for
-a request whose replica died ("Internal Server Error"); both are text/plain. Clients then have to parse two
+a request whose replica died (uvicorn's "Internal Server Error", written when the proxy's app raises);
+both are text/plain. Clients then have to parse two
 formats, and the fault benchmark counted 999 of 1000 answers as JSON only because of this. The proxy loads
 middlewares from RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH when it starts; `fastformer serve` points that
 at proxy_middlewares() below, which rewrites such answers as JSON with the same status and headers
@@ -27,7 +28,8 @@ def json_error_body(status: int, text: str) -> bytes:
 
 class JsonServerErrors:
     """Pure ASGI middleware: a 5xx answer that is not JSON is held until its body is complete and sent as
-    json_error_body; every other answer passes through untouched (it costs one comparison per message)."""
+    json_error_body, and an app that raises before answering gets a JSON 500; every other answer passes
+    through untouched (it costs one comparison per message)."""
 
     def __init__(self, app):
         self.app = app
@@ -35,14 +37,15 @@ class JsonServerErrors:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        held, chunks = None, []
+        held, chunks, started = None, [], False
 
         async def send_json_errors(message):
-            nonlocal held
-            if message["type"] == "http.response.start" and message["status"] >= 500 \
-                    and not _is_json(message.get("headers", ())):
-                held = message
-                return
+            nonlocal held, started
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] >= 500 and not _is_json(message.get("headers", ())):
+                    held = message
+                    return
             if held is None or message["type"] != "http.response.body":
                 return await send(message)
             chunks.append(message.get("body", b""))
@@ -55,7 +58,15 @@ class JsonServerErrors:
             await send({**held, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
-        await self.app(scope, receive, send_json_errors)
+        try:
+            await self.app(scope, receive, send_json_errors)
+        except Exception:
+            # The proxy raises when the replica holding the request dies (ActorDiedError); uvicorn would then
+            # write its own text/plain 500 outside every middleware. Answer first, then let it log and close.
+            if not started:
+                await send_json_errors({"type": "http.response.start", "status": 500, "headers": []})
+                await send_json_errors({"type": "http.response.body", "body": b"Internal Server Error"})
+            raise
 
 
 def proxy_middlewares() -> list:

@@ -1,6 +1,7 @@
 """fastformer.serving.proxy_errors in process (no Ray): the plain-text errors Ray Serve's proxy writes come
 out as JSON with their status and headers; everything else passes through byte for byte."""
 import asyncio
+import json
 
 import pytest
 
@@ -60,6 +61,28 @@ def test_a_streamed_plain_500_becomes_one_json_body():
     response = get("/died")
     assert response.status_code == 500
     assert response.json() == {"error": {"message": "Internal Server Error", "type": "server_error", "code": 500}}
+
+
+def test_an_app_that_raises_before_answering_gets_a_json_500_and_the_error_still_propagates():
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/raises", "headers": [], "query_string": b"",
+             "root_path": "", "scheme": "http", "server": ("test", 80), "http_version": "1.1"}
+    async def proxy_app(scope, receive, send):  # a bare ASGI app, as Ray's proxy is: no Starlette error page
+        raise RuntimeError("ActorDiedError: the replica's actor died")
+
+    with pytest.raises(RuntimeError, match="ActorDiedError"):  # the server still logs it and closes
+        asyncio.run(JsonServerErrors(proxy_app)(scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 500 and (b"content-type", b"application/json") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"]) == {"error": {"message": "Internal Server Error", "type": "server_error",
+                                                    "code": 500}}
 
 
 @pytest.mark.parametrize("path", ["/ours", "/fine"])
