@@ -201,7 +201,8 @@ async def closed_loop(url: str, work: Workload, clients: int, seconds: float, ti
                     status, _, retry_after = await _post(http, url, work.body(i))
                 except NO_ANSWER as e:
                     status, retry_after = type(e).__name__, 0.0
-                await asyncio.sleep(min(retry_after, max(0.0, seconds - (time.perf_counter() - start))))
+                if retry_after:  # turned away: wait as told, within the run's time
+                    await asyncio.sleep(min(retry_after, max(0.0, seconds - (time.perf_counter() - start))))
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     ok[0] += 1
