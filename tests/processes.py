@@ -1,6 +1,8 @@
 """Which processes on this machine descend from which (read from /proc), so tests and benchmarks stop or kill
-only processes they started themselves."""
+only processes they started themselves; and waiting for a server process to answer."""
 import os
+import subprocess
+import time
 
 
 def parents() -> dict[int, int]:
@@ -24,3 +26,19 @@ def descendants(*roots: int) -> set[int]:
         grew = bool(children)
         family |= children
     return family - set(roots)
+
+
+def wait_ready(url: str, server: subprocess.Popen, seconds: float):
+    """Until GET url/ready answers 200; an AssertionError when the server exits first or `seconds` pass."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server exited with {server.returncode}"
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url}/ready did not answer within {seconds} s")

