@@ -236,6 +236,9 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--max-inputs", type=_positive_int, default=None,
                        help="inputs per request (default and most: --max-batch-size)")
     serve.add_argument("--max-new-tokens", type=_positive_int, default=256, help="tokens one request may generate")
+    serve.add_argument("--quantize", choices=["int8", "bf16"], default=None,
+                       help="serve the models quantized (weights once at load; CPU): int8 weights and activations "
+                            "per token, or bf16 where the CPU has it natively (default: float32)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_positive_int, default=8000)
     serve.add_argument("--metrics-port", type=_positive_int, default=8080,

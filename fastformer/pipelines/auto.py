@@ -12,8 +12,9 @@ PIPELINES = {"sentence-embedding": Embedder, "sequence-classification": Classifi
              "causal-lm": TextGenerator, "seq2seq-lm": None}  # seq2seq: Translator for Marian, else Summarizer
 
 
-def pipeline(path, task: str | None = None, dtype=None, device=None):
-    """(task, pipeline) for the checkpoint folder: `task` (one of PIPELINES) or the one the folder holds."""
+def pipeline(path, task: str | None = None, dtype=None, device=None, quantize=None):
+    """(task, pipeline) for the checkpoint folder: `task` (one of PIPELINES) or the one the folder holds;
+    quantize: None, "int8" or "bf16" (fastformer.hf.from_pretrained's, for CPU inference)."""
     task = task or checkpoint_task(path)
     if task not in PIPELINES:
         raise ValueError(f"task {task!r} of {path} has no pipeline; pipelines exist for {sorted(PIPELINES)}")
@@ -21,4 +22,4 @@ def pipeline(path, task: str | None = None, dtype=None, device=None):
         make = Translator if read_config(path)["model_type"] == "marian" else Summarizer
     else:
         make = PIPELINES[task]
-    return task, make(path, dtype=dtype, device=device)
+    return task, make(path, dtype=dtype, device=device, quantize=quantize)

@@ -13,8 +13,8 @@ class Embedder(EncoderPipeline):
 
     task = "sentence-embedding"
 
-    def __init__(self, path, dtype=None, device=None):
-        super().__init__(path, dtype=dtype, device=device, normalize=False)
+    def __init__(self, path, dtype=None, device=None, quantize=None):
+        super().__init__(path, dtype=dtype, device=device, quantize=quantize, normalize=False)
 
     def _outputs(self, out, rows, encoding, inputs):
         return list(out.embeddings.float().cpu())

@@ -29,8 +29,9 @@ class EncoderPipeline:
 
     task: str
 
-    def __init__(self, path, dtype=None, device=None, **task_options):
-        self.model = from_pretrained(path, task=self.task, dtype=dtype, device=device, **task_options)
+    def __init__(self, path, dtype=None, device=None, quantize=None, **task_options):
+        self.model = from_pretrained(path, task=self.task, dtype=dtype, device=device, quantize=quantize,
+                                     **task_options)
         self.tokenizer = load_tokenizer(path)
         self.config = self.model.encoder.config
         # RoBERTa's positions start after pad_token_id: 514 table rows hold 512 tokens.

@@ -54,8 +54,8 @@ class QuestionAnswerer(EncoderPipeline):
 
     task = "question-answering"
 
-    def __init__(self, path, dtype=None, device=None, max_answer_length: int = 30):
-        super().__init__(path, dtype=dtype, device=device)
+    def __init__(self, path, dtype=None, device=None, quantize=None, max_answer_length: int = 30):
+        super().__init__(path, dtype=dtype, device=device, quantize=quantize)
         if max_answer_length < 1:
             raise ValueError(f"max_answer_length must be >= 1, got {max_answer_length}")
         self.max_answer_length = max_answer_length

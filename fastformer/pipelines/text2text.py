@@ -38,9 +38,9 @@ class Text2Text:
     fastformer.generation.generate (max_new_tokens, num_beams, do_sample, ...).
     """
 
-    def __init__(self, path, task_key: str, prefix: str | None, dtype=None, device=None):
+    def __init__(self, path, task_key: str, prefix: str | None, dtype=None, device=None, quantize=None):
         path = os.fspath(path)
-        self.model = from_pretrained(path, task="seq2seq-lm", dtype=dtype, device=device)
+        self.model = from_pretrained(path, task="seq2seq-lm", dtype=dtype, device=device, quantize=quantize)
         self.tokenizer = load_tokenizer(path)
         defaults = {**self.model.config.generation, **_generation_config(path)}
         self.task_params = (defaults.get("task_specific_params") or {}).get(task_key, {})
@@ -107,8 +107,8 @@ class Translator(Text2Text):
     and its prefix ("translate English to German: "); `prefix` overrides it."""
 
     def __init__(self, path, source_lang: str | None = None, target_lang: str | None = None,
-                 prefix: str | None = None, dtype=None, device=None):
-        super().__init__(path, f"translation_{source_lang}_to_{target_lang}", prefix, dtype, device)
+                 prefix: str | None = None, dtype=None, device=None, quantize=None):
+        super().__init__(path, f"translation_{source_lang}_to_{target_lang}", prefix, dtype, device, quantize)
         tasks = self.defaults.get("task_specific_params") or {}
         if (source_lang is not None or target_lang is not None) and not self.task_params:
             known = sorted(k for k in tasks if k.startswith("translation_"))
@@ -121,8 +121,8 @@ class Translator(Text2Text):
 class Summarizer(Text2Text):
     """Summarizer(path)(texts) with a BART or T5 checkpoint (T5 inputs get the "summarize: " prefix)."""
 
-    def __init__(self, path, prefix: str | None = None, dtype=None, device=None):
-        super().__init__(path, "summarization", prefix, dtype, device)
+    def __init__(self, path, prefix: str | None = None, dtype=None, device=None, quantize=None):
+        super().__init__(path, "summarization", prefix, dtype, device, quantize)
         if self.model_type == "t5" and prefix is None and "prefix" not in self.task_params:
             self.prefix = "summarize: "
 

@@ -25,8 +25,8 @@ class TextGenerator:
     with its EOS token, as GPT-2 users usually do.
     """
 
-    def __init__(self, path, dtype=None, device=None):
-        self.model = from_pretrained(path, task="causal-lm", dtype=dtype, device=device)
+    def __init__(self, path, dtype=None, device=None, quantize=None):
+        self.model = from_pretrained(path, task="causal-lm", dtype=dtype, device=device, quantize=quantize)
         self.tokenizer = load_tokenizer(path, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

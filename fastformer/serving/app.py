@@ -3,6 +3,7 @@ import os
 
 from ray.serve.config import BackpressureConfig, RequestRouterConfig
 
+from fastformer.nn.quantize import check_mode
 from fastformer.serving.server import FastformerServer
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -42,7 +43,8 @@ def model_names(model_dirs: list) -> list[str]:
 
 def app(model_dirs=None, task: str | None = None, replicas: int = 1, max_batch_size: int = 32,
         batch_wait_ms: float = 5.0, max_ongoing: int | None = None, max_queued: int = 8, threads: int = 1,
-        max_inputs: int | None = None, max_new_tokens: int = 256, retry_after_s: float = 1.0):
+        max_inputs: int | None = None, max_new_tokens: int = 256, retry_after_s: float = 1.0,
+        quantize: str | None = None):
     """The fastformer server as a Ray Serve application.
 
     model_dirs: a checkpoint folder or a list of them (None: all-MiniLM-L6-v2 from its pip package); each
@@ -53,12 +55,14 @@ def app(model_dirs=None, task: str | None = None, replicas: int = 1, max_batch_s
     router holds beyond those before the server answers 503 with Retry-After: retry_after_s. An accepted
     request waits behind at most max_ongoing + max_queued others, so their sum over the replicas' capacity
     bounds its latency under overload (see ROUTER). max_inputs: inputs per request (<= max_batch_size); max_new_tokens:
-    tokens one request may generate.
+    tokens one request may generate. quantize: None, "int8" or "bf16" (weights quantized once at load, CPU
+    inference; checked here against this machine's CPU, which is the replicas' on one machine).
     """
     for name, value in (("replicas", replicas), ("max_batch_size", max_batch_size), ("threads", threads),
                         ("max_queued", max_queued), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_mode(quantize)
     if batch_wait_ms < 0:
         raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms!r}")
     if model_dirs is None:
@@ -76,4 +80,4 @@ def app(model_dirs=None, task: str | None = None, replicas: int = 1, max_batch_s
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
         ray_actor_options={"num_cpus": threads})
     return deployment.bind(models, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, threads=threads,
-                           max_inputs=max_inputs, max_new_tokens=max_new_tokens)
+                           max_inputs=max_inputs, max_new_tokens=max_new_tokens, quantize=quantize)

@@ -14,7 +14,7 @@ def serve_main(args) -> int:
     application = app(args.model_dirs or None, task=args.task, replicas=args.replicas,
                       max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                       max_ongoing=args.max_ongoing, max_queued=args.max_queued, threads=args.threads,
-                      max_inputs=args.max_inputs, max_new_tokens=args.max_new_tokens)
+                      max_inputs=args.max_inputs, max_new_tokens=args.max_new_tokens, quantize=args.quantize)
     if args.address:  # join a running cluster: its ingress and metrics ports were set by `ray start`
         ingress_name = "as the cluster's `ray start` environment sets"
         ray.init(address=args.address, logging_level="WARNING")

@@ -106,18 +106,20 @@ def _inputs_in_batch(items: list) -> int:
 @serve.ingress(api)
 class FastformerServer:
     def __init__(self, models: list, max_batch_size: int = 32, batch_wait_ms: float = 5.0, threads: int = 1,
-                 max_inputs: int | None = None, max_new_tokens: int = 256):
+                 max_inputs: int | None = None, max_new_tokens: int = 256, quantize: str | None = None):
         """models: (name, checkpoint folder, task or None) triples. max_inputs: inputs per request (at most
-        max_batch_size, the default). max_new_tokens: the most tokens one request may generate."""
+        max_batch_size, the default). max_new_tokens: the most tokens one request may generate. quantize:
+        None, "int8" or "bf16": every model is loaded so (fastformer.hf.from_pretrained)."""
         torch.set_num_threads(threads)
         sys.setswitchinterval(GIL_SWITCH_S)
         self.models = {}
         for name, path, task in models:
-            task, loaded = pipeline(path, task)
+            task, loaded = pipeline(path, task, quantize=quantize)
             self.models[name] = Served(name, task, loaded)
         self.max_batch_size = max_batch_size
         self.max_inputs = min(max_inputs or max_batch_size, max_batch_size)
         self.max_new_tokens = max_new_tokens
+        self.quantize = quantize
         for batched in (self._encode, self._generate, self._text2text):
             batched.set_max_batch_size(max_batch_size)
             batched.set_batch_wait_timeout_s(batch_wait_ms / 1000)
@@ -227,7 +229,8 @@ class FastformerServer:
     @api.get("/v1/models")
     async def list_models(self):
         return {"object": "list", "data": [{"id": m.name, "object": "model", "owned_by": "fastformer",
-                                            "task": m.task} for m in self.models.values()]}
+                                            "task": m.task, "quantize": self.quantize}
+                                           for m in self.models.values()]}
 
     @api.post("/v1/embeddings")
     async def embeddings(self, body: api_requests.EmbeddingsRequest):

