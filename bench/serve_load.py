@@ -171,7 +171,8 @@ def fastformer_server(args, models: list[str], replicas: int = 1, batch_wait_ms:
     command = [sys.executable, "-m", "fastformer", "serve", *models, "--port", str(port),
                "--metrics-port", str(_free_port()), "--threads", str(args.threads), "--replicas", str(replicas),
                "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(wait), "--ingress", args.ingress]
-    for flag, value in (("--max-ongoing", args.max_ongoing), ("--max-queued", args.max_queued)):
+    for flag, value in (("--max-ongoing", args.max_ongoing), ("--max-queued", args.max_queued),
+                        ("--quantize", args.quantize)):
         if value:
             command += [flag, str(value)]
     return Server(f"fastformer serve ({replicas} replica(s), batch wait {wait} ms, ingress {args.ingress})", command,
@@ -535,6 +536,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server replica (and direct)")
     parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
                         help="fastformer serve's front door: Ray's Python proxy (default) or HAProxy")
+    parser.add_argument("--quantize", choices=["int8", "bf16"], default=None, help="fastformer serve --quantize")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-ongoing", type=int, default=None, help="default: the server's (max batch size)")
