@@ -109,12 +109,15 @@ def _client(timeout: float) -> aiohttp.ClientSession:
                                  connector=aiohttp.TCPConnector(limit=0))
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, bool, float]:
-    """(HTTP status, whether the body is JSON, its Retry-After in seconds or 0), the whole answer read."""
+async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, bool, float, str | None]:
+    """(HTTP status, whether the body is JSON, its Retry-After in seconds or 0, and for a 5xx that is not JSON
+    its content type and first 200 bytes, to say where it came from), the whole answer read."""
     async with http.post(url, json=body) as response:
-        await response.read()
+        text = await response.read()
         retry_after = float(response.headers.get("Retry-After", 0)) if response.status in (429, 503) else 0.0
-        return response.status, response.content_type == "application/json", retry_after
+        is_json = response.content_type == "application/json"
+        sample = f"{response.content_type}: {text[:200]!r}" if response.status >= 500 and not is_json else None
+        return response.status, is_json, retry_after, sample
 
 
 # ---- servers: started here, stopped by PID with everything they started ----
@@ -199,7 +202,7 @@ async def closed_loop(url: str, work: Workload, clients: int, seconds: float, ti
         async def worker(i: int):
             while time.perf_counter() - start < seconds:
                 try:
-                    status, _, retry_after = await _post(http, url, work.body(i))
+                    status, _, retry_after, _ = await _post(http, url, work.body(i))
                 except NO_ANSWER as e:
                     status, retry_after = type(e).__name__, 0.0
                 if retry_after:  # turned away: wait as told, within the run's time
@@ -231,7 +234,7 @@ async def open_loop(url: str, work: Workload, rate: float, args, seconds: float,
     """Requests sent at scheduled times (not waiting for answers) for `seconds` (at most --max-requests);
     latency counts from each request's scheduled time. during(http, start): a coroutine run alongside."""
     times = _schedule(rate, seconds, args.max_requests, args.arrival, args.seed)
-    outcomes, lags = [], []
+    outcomes, lags, not_json = [], [], set()
     async with _client(args.timeout) as http:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -239,7 +242,9 @@ async def open_loop(url: str, work: Workload, rate: float, args, seconds: float,
 
         async def one(i: int, due: float):
             try:
-                status, json_body, _ = await _post(http, url, work.body(i))
+                status, json_body, _, sample = await _post(http, url, work.body(i))
+                if sample is not None:
+                    not_json.add(sample)
                 outcomes.append((status, (loop.time() - due) * 1000, work.tokens_of(i), json_body))
             except NO_ANSWER as e:
                 outcomes.append((type(e).__name__, None, 0, False))
@@ -263,6 +268,7 @@ async def open_loop(url: str, work: Workload, rate: float, args, seconds: float,
               "sent_per_s": round(sent_per_s, 2), "keeping_up": len(accepted) / elapsed >= 0.9 * sent_per_s,
               "answered": sum(isinstance(status, int) for status, *_ in outcomes), "statuses": statuses,
               "errors_not_json": sum(isinstance(s, int) and s >= 500 and not j for s, _, _, j in outcomes),
+              "errors_not_json_samples": sorted(not_json)[:3],
               "seconds": round(elapsed, 2), "requests_per_s": round(len(accepted) / elapsed, 2),
               "tokens_per_s": round(sum(t for status, _, t, _ in outcomes if status == 200) / elapsed, 1),
               **_latencies(accepted), "send_lag_p99_ms": _percentile(lags, 99), "load_average": _load()}

@@ -13,11 +13,13 @@ Both ingresses answer every error as JSON: the replicas' own answers (the backpr
 proxy_errors middleware, which Ray also mounts on a replica's direct-ingress server, and the one page HAProxy
 writes itself (its 500 for a request whose replica died) is replaced by json_error_page().
 
-The Python proxy stays the default because of one difference seen in tests/serving/test_serve.py's fault test:
-through HAProxy, when a replica is SIGKILLed right after an overload burst, the client of the request in flight
-had its connection closed with no answer (3 runs of 3; without the burst the test passed 2 runs of 2, and a
-request in flight on a killed replica of `fastformer serve --ingress haproxy` got the JSON 500 in 2 runs of 2). Ray's HAProxy config reuses idle server connections (`http-reuse always`, not configurable), and
-adding `empty-response` to its retry-on did not change it. Through the Python proxy that client gets a JSON 500.
+The Python proxy stays the default because of one difference: when a replica dies, HAProxy closes some clients'
+connections with no answer at all, where the Python proxy answers a JSON 500. bench/serve_load.py's fault part
+(2 replicas, 100 req/s, one replica SIGKILLed) lost 3 of 2009 requests that way through HAProxy and none through
+the proxy; tests/serving/test_serve_haproxy.py sees one such close after a kill that follows an overload, with
+no request in flight. Ray's HAProxy config reuses idle server connections (`http-reuse always`, not
+configurable), and a request sent on a dead one is closed, not answered; adding `empty-response` to Ray's
+retry-on (RAY_SERVE_HAPROXY_RETRY_ON) did not change it.
 """
 import os
 import shutil

@@ -10,7 +10,8 @@ pytest.importorskip("ray.serve")
 from fastformer.serving import ingress  # noqa: E402
 from fastformer.serving.proxy_errors import CALLBACK, CALLBACK_ENV  # noqa: E402
 
-RAY_PAGE = b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\nInternal Server Error"
+RAY_PAGE = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n"
+            b"Internal Server Error")
 
 
 def test_check_names_the_choices_and_what_haproxy_needs(monkeypatch):

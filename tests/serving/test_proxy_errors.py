@@ -1,6 +1,7 @@
 """fastformer.serving.proxy_errors in process (no Ray): the plain-text errors Ray Serve's proxy writes come
 out as JSON with their status and headers; everything else passes through byte for byte."""
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -63,7 +64,29 @@ def test_a_streamed_plain_500_becomes_one_json_body():
     assert response.json() == {"error": {"message": "Internal Server Error", "type": "server_error", "code": 500}}
 
 
-def test_an_app_that_raises_before_answering_gets_a_json_500_and_the_error_still_propagates():
+async def raises(scope, receive, send):  # a bare ASGI app, as Ray's proxy is: no Starlette error page
+    raise RuntimeError("ActorDiedError: the replica's actor died")
+
+
+async def cancelled(scope, receive, send):  # the proxy's request task cancelled while it waited
+    raise asyncio.CancelledError
+
+
+async def returns_without_answering(scope, receive, send):  # Ray's proxy when a replica died under a request
+    return None
+
+
+async def raises_after_a_plain_start(scope, receive, send):  # a text 5xx started, its body never sent
+    await send({"type": "http.response.start", "status": 502, "headers": [(b"content-type", b"text/plain")]})
+    raise RuntimeError("ActorDiedError: the replica's actor died")
+
+
+@pytest.mark.parametrize("proxy_app, error, status", [(raises, RuntimeError, 500),
+                                                      (cancelled, asyncio.CancelledError, 500),
+                                                      (returns_without_answering, None, 500),
+                                                      (raises_after_a_plain_start, RuntimeError, 502)])
+def test_an_app_that_fails_before_answering_gets_a_json_error_and_the_error_still_propagates(proxy_app, error,
+                                                                                              status):
     sent = []
 
     async def send(message):
@@ -74,15 +97,12 @@ def test_an_app_that_raises_before_answering_gets_a_json_500_and_the_error_still
 
     scope = {"type": "http", "method": "GET", "path": "/raises", "headers": [], "query_string": b"",
              "root_path": "", "scheme": "http", "server": ("test", 80), "http_version": "1.1"}
-    async def proxy_app(scope, receive, send):  # a bare ASGI app, as Ray's proxy is: no Starlette error page
-        raise RuntimeError("ActorDiedError: the replica's actor died")
-
-    with pytest.raises(RuntimeError, match="ActorDiedError"):  # the server still logs it and closes
+    with pytest.raises(error) if error else contextlib.nullcontext():  # an error still reaches the server
         asyncio.run(JsonServerErrors(proxy_app)(scope, receive, send))
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-    assert sent[0]["status"] == 500 and (b"content-type", b"application/json") in sent[0]["headers"]
+    assert sent[0]["status"] == status and (b"content-type", b"application/json") in sent[0]["headers"]
     assert json.loads(sent[1]["body"]) == {"error": {"message": "Internal Server Error", "type": "server_error",
-                                                    "code": 500}}
+                                                    "code": status}}
 
 
 @pytest.mark.parametrize("path", ["/ours", "/fine"])
