@@ -168,8 +168,10 @@ class Server:
         self.log.close()
 
 
-def fastformer_server(args, models: list[str], replicas: int = 1, batch_wait_ms: float | None = None) -> Server:
+def fastformer_server(args, models: list[str], replicas: int | None = None, batch_wait_ms: float | None = None
+                      ) -> Server:
     port = _free_port()
+    replicas = args.replicas if replicas is None else replicas
     wait = args.batch_wait_ms if batch_wait_ms is None else batch_wait_ms
     command = [sys.executable, "-m", "fastformer", "serve", *models, "--port", str(port),
                "--metrics-port", str(_free_port()), "--threads", str(args.threads), "--replicas", str(replicas),
@@ -184,9 +186,11 @@ def fastformer_server(args, models: list[str], replicas: int = 1, batch_wait_ms:
 
 def baseline_server(args) -> Server:
     port = _free_port()
+    threads = args.baseline_threads or args.threads
     command = [sys.executable, os.path.join(ROOT, "bench", "serve_baseline.py"), args.model, "--port", str(port),
-               "--threads", str(args.threads)]
-    return Server("baseline (FastAPI + uvicorn + AutoModel)", command, f"http://127.0.0.1:{port}", args.threads)
+               "--threads", str(threads)]
+    return Server(f"baseline (FastAPI + uvicorn + AutoModel, {threads} thread(s))", command,
+                  f"http://127.0.0.1:{port}", threads)
 
 
 # ---- clients ----
@@ -543,6 +547,10 @@ def main(argv=None) -> int:
     parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
                         help="fastformer serve's front door: Ray's Python proxy (default) or HAProxy")
     parser.add_argument("--quantize", choices=["int8", "bf16"], default=None, help="fastformer serve --quantize")
+    parser.add_argument("--baseline-threads", type=int, default=None, help="the baseline's torch threads "
+                        "(default: --threads); with --replicas 2, 2 gives both servers the machine's 2 cores")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="fastformer serve replicas in the throughput, overload and overhead parts (faults: 2)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-ongoing", type=int, default=None, help="default: the server's (max batch size)")
