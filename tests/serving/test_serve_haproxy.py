@@ -104,8 +104,8 @@ def test_a_killed_replica_gets_json_errors_then_answers_again(server):
             answers.append((response.status_code, response.headers.get("content-type", ""), response.text))
         except httpx.RemoteProtocolError as e:
             # HAProxy closes a client's connection without an answer when it sent the request on an idle
-            # connection to the dead replica (the overload test left some): the known limitation of this
-            # ingress, written up in fastformer/serving/ingress.py. Clients retry such requests.
+            # connection to the dead replica (the overload test left some) and, with one replica, has no other
+            # to resend it to: the known limitation of this ingress (fastformer/serving/ingress.py).
             answers.append(("closed", "", str(e)))
         time.sleep(0.1)
     assert sum(status == "closed" for status, _, _ in answers) <= 2, answers  # one per idle connection at most
