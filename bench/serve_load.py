@@ -348,11 +348,13 @@ def part_overload_alone(args, work: Workload, results: dict) -> None:
         part_overload(args, work, url, capacity["requests_per_s"], results)
 
 
-def _sustained(runs: list[dict], p99_at_most: float | None = None) -> dict | None:
+def _sustained(runs: list[dict], p99_at_most: float | None = None, refusals: bool = True) -> dict | None:
     """The run with the most requests/s among those the server kept up with (answered >= 90% of the rate
-    actually sent) and, if given, with p99 <= p99_at_most."""
+    actually sent with a 200) and, if given, with p99 <= p99_at_most; refusals=False: and no request turned
+    away (only 200s)."""
     kept_up = [r for r in runs if r["keeping_up"] and r["p99_ms"] is not None
-               and (p99_at_most is None or r["p99_ms"] <= p99_at_most)]
+               and (p99_at_most is None or r["p99_ms"] <= p99_at_most)
+               and (refusals or set(r["statuses"]) == {"200"})]
     return max(kept_up, key=lambda r: r["requests_per_s"]) if kept_up else None
 
 
@@ -361,6 +363,7 @@ def _throughput_summary(throughput: dict) -> dict:
     than the baseline's at the most the baseline sustains."""
     base = _sustained(throughput["baseline"]["open_loop"])
     ours = _sustained(throughput["fastformer"]["open_loop"], base and base["p99_ms"])
+    ours_all = _sustained(throughput["fastformer"]["open_loop"], base and base["p99_ms"], refusals=False)
     return {"capacity_ratio": round(throughput["fastformer"]["capacity"]["requests_per_s"]
                                     / max(throughput["baseline"]["capacity"]["requests_per_s"], 1e-9), 2),
             "baseline_sustained_requests_per_s": base and base["requests_per_s"],
@@ -369,6 +372,9 @@ def _throughput_summary(throughput: dict) -> dict:
             "fastformer_sustained_at_equal_or_lower_p99_p99_ms": ours and ours["p99_ms"],
             "throughput_ratio_at_equal_or_lower_p99": base and ours and round(
                 ours["requests_per_s"] / max(base["requests_per_s"], 1e-9), 2),
+            # the same with no request turned away (503/429) at that rate: the stricter reading
+            "throughput_ratio_at_equal_or_lower_p99_none_refused": base and ours_all and round(
+                ours_all["requests_per_s"] / max(base["requests_per_s"], 1e-9), 2),
             "target": ">= 3x"}
 
 
