@@ -34,7 +34,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,17 +46,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the tiny-tokenizer and process helpers live with the tests
 
 from fastformer.modelbench import machine, report  # noqa: E402
+from fastformer.serving.ingress import free_port  # noqa: E402
 from tests.gpt2_tiny import save_word_tokenizer  # noqa: E402
 from tests.processes import descendants  # noqa: E402
 
 SENTENCES_FILE = os.path.join(ROOT, "fastformer", "modelbench", "sentences.txt")
 ACCEPTED_WHEN_OVERLOADED = (200, 429, 503)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load() -> float:
@@ -170,11 +165,11 @@ class Server:
 
 def fastformer_server(args, models: list[str], replicas: int | None = None, batch_wait_ms: float | None = None
                       ) -> Server:
-    port = _free_port()
+    port = free_port()
     replicas = args.replicas if replicas is None else replicas
     wait = args.batch_wait_ms if batch_wait_ms is None else batch_wait_ms
     command = [sys.executable, "-m", "fastformer", "serve", *models, "--port", str(port),
-               "--metrics-port", str(_free_port()), "--threads", str(args.threads), "--replicas", str(replicas),
+               "--metrics-port", str(free_port()), "--threads", str(args.threads), "--replicas", str(replicas),
                "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(wait), "--ingress", args.ingress]
     for flag, value in (("--max-ongoing", args.max_ongoing), ("--max-queued", args.max_queued),
                         ("--quantize", args.quantize)):
@@ -185,7 +180,7 @@ def fastformer_server(args, models: list[str], replicas: int | None = None, batc
 
 
 def baseline_server(args) -> Server:
-    port = _free_port()
+    port = free_port()
     threads = args.baseline_threads or args.threads
     command = [sys.executable, os.path.join(ROOT, "bench", "serve_baseline.py"), args.model, "--port", str(port),
                "--threads", str(threads)]

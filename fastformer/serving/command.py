@@ -19,7 +19,7 @@ def serve_main(args) -> int:
         ingress_name = "as the cluster's `ray start` environment sets"
         ray.init(address=args.address, logging_level="WARNING")
     else:  # a local Ray instance in this process, gone when the command ends; its processes inherit os.environ
-        ingress_name = ingress.check(args.ingress)
+        ingress_name = args.ingress  # checked by the CLI (fastformer.cli), which can name the flag
         for name, value in ingress.environment(ingress_name).items():
             os.environ.setdefault(name, value)
         ray.init(include_dashboard=False, logging_level="WARNING", _metrics_export_port=args.metrics_port)

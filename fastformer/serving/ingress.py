@@ -66,7 +66,8 @@ def check(ingress: str) -> str:
     return ingress
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -81,8 +82,8 @@ def environment(ingress: str) -> dict[str, str]:
         env.update({"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": DRAINING_S,
                     "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
-                    "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())})
+                    "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())})
     return env
 
 

@@ -1,10 +1,10 @@
 """JSON bodies for the errors Ray Serve's HTTP proxy writes itself.
 
 Our routes answer every error as {"error": {...}} JSON, but two answers never reach them: the 503 the proxy
-sends when max_queued_requests is full ("Request dropped due to backpressure ...") and the 500 it sends for
-a request whose replica died (uvicorn's "Internal Server Error", written when the proxy's app raises);
-both are text/plain. Clients then have to parse two
-formats, and the fault benchmark counted 999 of 1000 answers as JSON only because of this. The proxy loads
+sends when max_queued_requests is full ("Request dropped due to backpressure ...") and the 500 for a request
+whose replica died (uvicorn's "Internal Server Error", written when the proxy's app raises, is cancelled or
+returns without answering); both are text/plain. Clients then have to parse two formats, and the fault
+benchmark counted 999 of 1000 answers as JSON only because of this. The proxy loads
 middlewares from RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH when it starts; `fastformer serve` points that
 at proxy_middlewares() below, which rewrites such answers as JSON with the same status and headers
 (Retry-After kept)."""

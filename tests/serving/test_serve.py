@@ -9,7 +9,6 @@ import json
 import concurrent.futures
 import os
 import signal
-import socket
 import struct
 import tempfile
 import threading
@@ -41,11 +40,6 @@ SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Paris is the capit
 TIMEOUT = httpx.Timeout(60.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
@@ -66,7 +60,7 @@ def folders(tmp_path_factory):
 def server(folders):
     """(base URL of "main", base URL of "tight", metrics URL); Ray and Serve are shut down afterwards. Where
     the CPU runs int8, a third application, "int8", serves all-MiniLM-L6-v2 with quantize="int8"."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = ingress.free_port(), ingress.free_port()
     environment = ingress.environment("proxy")  # as `fastformer serve` sets it for the Ray instance it starts
     os.environ.update(environment)
     ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING", _metrics_export_port=metrics_port,

@@ -5,7 +5,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,20 +27,15 @@ pytestmark = pytest.mark.skipif(ingress.haproxy_missing() is not None, reason=st
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France."]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server():
     """(base URL, the server's Popen); one request running and one queued at most, so a burst overloads it."""
-    port = free_port()
+    port = ingress.free_port()
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [sys.executable, "-m", "fastformer", "serve", "--ingress", "haproxy", "--port", str(port), "--metrics-port",
-         str(free_port()), "--max-batch-size", "2", "--max-ongoing", "1", "--max-queued", "1"],
+         str(ingress.free_port()), "--max-batch-size", "2", "--max-ongoing", "1", "--max-queued", "1"],
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}, stdout=log,
         stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
