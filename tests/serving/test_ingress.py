@@ -34,6 +34,8 @@ def test_environment_of_each_ingress():
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     ports = {int(env["RAY_SERVE_HAPROXY_STATS_PORT"]), int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])}
     assert len(ports) == 2 and not ports & {8404, 9101}  # not Ray's fixed ports: two servers can share a machine
+    with pytest.raises(ValueError, match="ingress must be one of"):
+        ingress.environment("nginx")
 
 
 def test_json_error_page_replaces_rays_page(tmp_path, monkeypatch):
