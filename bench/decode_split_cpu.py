@@ -1,16 +1,18 @@
 """Where a GPT-2-small batch-1 decode step's time goes on the CPU (fp32, random weights, the default GPT2Config):
-three timings of one step at `--cached` tokens in the KV cache, interleaved round by round, medians:
+timings of one step at `--cached` tokens in the KV cache, interleaved round by round, medians:
 
-  step          model.step on one token: what bench/generation_cpu.py's ms/token measures, less the
-                generation loop (argmax, ~0.05 ms)
-  weights       the step's 49 single-row products alone (48 layer matrices + the tied LM head, 498 MB),
-                back to back through torch.ops.fastformer.gemv: streaming the weights, and its GB/s
-  other work    model.step with the gemv kernel replaced by a preallocated output: attention, norms,
-                activations, KV-cache writes, op wrappers and Python, with the caches warm
-  interaction   step - weights - other work: what running them together adds, mostly the other work
-                finding its data and code evicted by the weight stream (measured on the 2-core dev VM, 1
-                thread: a 768-float add takes ~16 us right after a 37.7 MB gemv vs ~1.2 us warm) and
-                thread hand-offs between the parallel products
+  step                 model.step on one token, its blocks through the fused decode op (ff.ops.decode_block,
+                       as the model runs them): what bench/generation_cpu.py's ms/token measures, less the
+                       generation loop (argmax, ~0.05 ms)
+  step_python_blocks   the same step with every block run by its Python modules (the path before the fused op)
+  weights              the step's 49 single-row products alone (48 layer matrices + the tied LM head, 498 MB),
+                       back to back through torch.ops.fastformer.gemv: streaming the weights, and its GB/s
+  other_work_python    step_python_blocks with the gemv kernel replaced by a preallocated output: attention,
+                       norms, activations, KV-cache writes, op wrappers and Python, with the caches warm (the fused
+                       op calls the kernel from C++, where it cannot be replaced)
+  rest                 step - weights, and step_python_blocks - weights: everything but the weight stream,
+                       including what running it beside the stream adds (measured on the 2-core dev VM, 1 thread:
+                       a 768-float add takes ~16 us right after a 37.7 MB gemv vs ~1.2 us warm) and thread hand-offs
 
   python bench/decode_split_cpu.py --threads 2 [--cached 64] [--reps 9] [--steps 20] [--json PATH]
 """
@@ -27,8 +29,20 @@ import torch
 from generation_cpu import _gpt2_small_path, write_json  # bench/ is the script's folder, so on sys.path
 
 import fastformer as ff
+from fastformer.models import decoder
 
 _gemv_module = importlib.import_module("fastformer.ops.gemv")
+
+
+@contextlib.contextmanager
+def python_blocks():
+    """Decode steps run every block through its Python modules instead of the fused decode op."""
+    real = decoder.Decoder._decodes_one_token
+    decoder.Decoder._decodes_one_token = lambda self, x, cache: False
+    try:
+        yield
+    finally:
+        decoder.Decoder._decodes_one_token = real
 
 
 @contextlib.contextmanager
@@ -70,11 +84,16 @@ def bench(path: str, cached: int, reps: int, steps: int) -> dict:
             for m, x in zip(linears, rows):
                 gemv(x, m.weight, m.bias)
 
-        def other_work():
-            with gemv_kernel_stubbed():
+        def step_python_blocks():
+            with python_blocks():
                 step()
 
-        runners = {"step": step, "weights": weights, "other_work": other_work}
+        def other_work_python():
+            with python_blocks(), gemv_kernel_stubbed():
+                step()
+
+        runners = {"step": step, "step_python_blocks": step_python_blocks, "weights": weights,
+                   "other_work_python": other_work_python}
         for fn in runners.values():  # warm-up
             fn()
         samples = {name: [] for name in runners}
@@ -85,12 +104,13 @@ def bench(path: str, cached: int, reps: int, steps: int) -> dict:
                     fn()
                 samples[name].append((time.perf_counter() - t0) / steps * 1e3)
     ms = {name: statistics.median(v) for name, v in samples.items()}
-    ms["interaction"] = ms["step"] - ms["weights"] - ms["other_work"]
+    ms["rest"] = ms["step"] - ms["weights"]
+    ms["rest_python_blocks"] = ms["step_python_blocks"] - ms["weights"]
     print(f"\nGPT-2-small decode step, batch 1, {cached} cached tokens, fp32, {torch.get_num_threads()} threads, "
           f"{reps} interleaved rounds of {steps} (medians), ms per token:")
-    for name in ("step", "weights", "other_work", "interaction"):
+    for name in ("step", "step_python_blocks", "weights", "other_work_python", "rest", "rest_python_blocks"):
         extra = f"  ({weight_bytes / (ms['weights'] / 1e3) / 1e9:.1f} GB/s)" if name == "weights" else ""
-        print(f"  {name:<12} {ms[name]:7.2f}{extra}")
+        print(f"  {name:<20} {ms[name]:7.2f}{extra}")
     return {"ms_per_token": ms, "weight_bytes": weight_bytes,
             "weights_GBps": weight_bytes / (ms["weights"] / 1e3) / 1e9, "samples_ms": samples}
 

@@ -34,6 +34,12 @@
 //            [Tq, H] fp32. Dropout numbers element (b, h, i, j) as the padded op does with Sq = max_seqlen_q,
 //            Sk = max_seqlen_k and i, j shifted by max_seqlen - the sequence's length (left padding).
 //            CPU only: GPU backends run the padded op (fastformer/ops/varlen_attention.py).
+//   decode_block: one pre-norm block (GPT-2's) for one new token of batch 1, CPU fp32 inference: x [1, hidden];
+//            keys, values [1, H, max_length, D] (one layer's KV cache, written at slot `length`); key_padding_mask
+//            bool [1, length + 1]; qkv_weight [3 H D, hidden] (q, k, v rows in that order), out_weight [hidden,
+//            H D], up_weight [I, hidden], down_weight [hidden, I]; activation one of gelu, gelu_tanh, relu, silu;
+//            rms picks RMSNorm (biases ignored) over LayerNorm. Returns the block's output [1, hidden]
+//            (csrc/cpu/decode_block.cpp spells out the sequence).
 //   gemv: x [K] contiguous, weight [N, K] last dim contiguous (any row stride), bias [N] contiguous or none,
 //            all fp32, CPU only: y [N] = weight @ x + bias (the single-row linear of batch-1 decoding).
 // Optional outputs that do not apply (residual_out without residual, grad_weight without weight,
@@ -77,6 +83,10 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor? rel_lut, bool rel_bidirectional, bool causal, float scale, float dropout_p, int seed)"
         " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_rel_table)");
   m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("decode_block(Tensor x, Tensor(a!) keys, Tensor(b!) values, int length, Tensor key_padding_mask,"
+        " Tensor? norm1_weight, Tensor? norm1_bias, Tensor qkv_weight, Tensor? qkv_bias, Tensor out_weight,"
+        " Tensor? out_bias, Tensor? norm2_weight, Tensor? norm2_bias, Tensor up_weight, Tensor? up_bias,"
+        " Tensor down_weight, Tensor? down_bias, bool rms, float eps, str activation, float scale) -> Tensor");
   // Int8 rows (CPU only; csrc/cpu/int8_rows.cpp): x [M, K] fp32 -> q [M + R, K] int8, scale [M + R], refined
   // [R] (rows whose max/rms > max_crest get a second, residual row); acc [M + R, N] int32 -> fp32 [M, N].
   m.def("quantize_rows_int8(Tensor x, float max_crest) -> (Tensor q, Tensor scale, Tensor refined)");

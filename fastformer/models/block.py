@@ -4,10 +4,14 @@ Attention runs on ff.ops.attention with a fused QKV projection (q, k, v are stri
 [B, S, 3, H, D] tensor, no copies); every residual add is fused into the following norm through
 ff.ops.layer_norm / rms_norm(residual=...).
 """
+import math
+
+import torch
 from torch import nn
 
 from fastformer import nn as ffnn
 from fastformer import ops
+from fastformer.ops.decode_block import ACTIVATIONS as FUSED_DECODE_ACTIVATIONS, decode_block_checked
 from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
 from fastformer.nn.activation import ACTIVATIONS
@@ -90,6 +94,37 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(config)
         self.ffn_norm = make_norm(config)
         self.dropout = Dropout(config.dropout)
+
+    def decode_token(self, x, cache, layer, key_padding_mask):
+        """The block on one new token of a batch-1 decode step, x [1, hidden], through the fused CPU op
+        (fastformer.ops.decode_block: the same kernels, no Python between them); None where the block has a
+        shape that op does not cover (post-norm, gated FFN, another activation, quantized or non-fp32 linears, a
+        backend other than the CPU kernels, hooks): the caller then runs forward. The caller has checked the
+        step: CPU fp32, no gradient, eval mode, something cached."""
+        attn, ffn = self.attn, self.ffn
+        linears = (attn.qkv, attn.out, ffn.up, ffn.down)
+        norm_type = type(self.attn_norm)
+        if not (self.pre_norm and ffn.gate is None and ffn.activation in FUSED_DECODE_ACTIVATIONS
+                and all(type(m) is ffnn.Linear and m.backend in (None, "cpu") and m.weight.dtype == torch.float32
+                        and m.weight.stride(-1) == 1 and (m.bias is None or m.bias.is_contiguous())
+                        for m in linears)
+                and norm_type in (ffnn.LayerNorm, ffnn.RMSNorm) and type(self.ffn_norm) is norm_type
+                and self.attn_norm.eps == self.ffn_norm.eps
+                and all(n.backend in (None, "cpu") and len(n.normalized_shape) == 1
+                        and all(p is None or p.is_contiguous() for p in (n.weight, getattr(n, "bias", None)))
+                        for n in (self.attn_norm, self.ffn_norm))
+                and not (self._forward_hooks or self._forward_pre_hooks)):
+            return None
+        rms = norm_type is ffnn.RMSNorm
+        eps = self.attn_norm.eps if self.attn_norm.eps is not None else torch.finfo(torch.float32).eps
+        # ops.attention's default scale, computed as it does (1 / sqrt rather than ** -0.5: the same float).
+        scale = attn.scale if attn.scale is not None else 1.0 / math.sqrt(attn.head_dim)
+        bias = (lambda n: None) if rms else (lambda n: n.bias)
+        return decode_block_checked(
+            x, cache.keys[layer], cache.values[layer], cache.length, key_padding_mask,
+            self.attn_norm.weight, bias(self.attn_norm), attn.qkv.weight, attn.qkv.bias, attn.out.weight,
+            attn.out.bias, self.ffn_norm.weight, bias(self.ffn_norm), ffn.up.weight, ffn.up.bias, ffn.down.weight,
+            ffn.down.bias, rms, eps, ffn.activation, scale)
 
     def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0, packed=None):
         if self.pre_norm:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastformer import generation
+from fastformer import _backends, generation
 from fastformer._padding_mask import padding_mask
 from fastformer import nn as ffnn
 from fastformer.models.block import TransformerBlock, make_norm
@@ -13,6 +13,7 @@ from fastformer.models.config import ModelConfig
 from fastformer.models.encoder import Embeddings
 from fastformer.models.heads import TaskOutput, classification_loss
 from fastformer.models.packing import pack_if_padded
+from fastformer.ops.decode_block import AVAILABLE as _HAS_DECODE_BLOCK
 
 
 def _check_inputs(input_ids, attention_mask, position_ids) -> None:
@@ -59,12 +60,25 @@ class Decoder(nn.Module):
         packed = None
         if pack and (cache is None or cache.length == 0):  # no keys but these tokens': a padded batch runs packed
             x, key_padding_mask, packed = pack_if_padded(x, key_padding_mask)  # x [T, hidden] when packed
+        one_token = self._decodes_one_token(x, cache)
         for i, layer in enumerate(self.layers):
-            x = layer(x, key_padding_mask=key_padding_mask, causal=True, cache=cache, layer=i, packed=packed)
+            fused = layer.decode_token(x.view(1, -1), cache, i, key_padding_mask) if one_token else None
+            if fused is not None:
+                x = fused.view(x.shape)
+            else:
+                x = layer(x, key_padding_mask=key_padding_mask, causal=True, cache=cache, layer=i, packed=packed)
         if cache is not None:
             cache.end_step(input_ids.shape[1])
         x = self.final_norm(x)
         return packed.unpack(x) if packed is not None else x  # [B, S, hidden]
+
+    def _decodes_one_token(self, x, cache) -> bool:
+        """Whether this is a step the blocks can run through the fused CPU decode op (TransformerBlock.decode_token):
+        one new token of one row after cached ones, fp32 on the CPU kernels, no gradient, eval mode."""
+        return (cache is not None and cache.length > 0 and x.shape[0] == 1 and x.shape[1] == 1
+                and _HAS_DECODE_BLOCK and x.device.type == "cpu" and x.dtype == torch.float32
+                and not self.training and (torch.is_inference_mode_enabled() or not torch.is_grad_enabled())
+                and not torch.compiler.is_compiling() and _backends.resolve("attention", None, x.device) == "cpu")
 
 
 class DecoderForCausalLM(nn.Module):

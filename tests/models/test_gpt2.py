@@ -7,9 +7,12 @@ import pytest
 import torch
 
 import fastformer as ff
+from fastformer.models import decoder as decoder_module
 from tests.gpt2_tiny import left_padded_prompts, save_tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
+gemv_module = importlib.import_module("fastformer.ops.gemv")
+fused_decode = importlib.import_module("fastformer.ops.decode_block")
 
 
 def assert_close_rel(ours, theirs, rel=1e-4):
@@ -74,15 +77,21 @@ def test_tied_and_untied_lm_head(tmp_path):
 
 
 def test_decode_step_streams_each_weight_in_place(tmp_path, monkeypatch):
-    """A batch-1 decode step hands the single-row kernel every linear's own weight, the LM head the tied embedding
-    itself: no weight is copied, transposed or repacked per token (GPT-2-small's LM head is 154 MB)."""
-    gemv_module = importlib.import_module("fastformer.ops.gemv")
+    """A batch-1 decode step hands its kernels every linear's own weight (the blocks' through the fused decode op,
+    the LM head's, the tied embedding itself, through the single-row kernel): no weight is copied, transposed or
+    repacked per token (GPT-2-small's LM head is 154 MB)."""
     save_tiny_gpt2(tmp_path)
     model = ff.from_pretrained(tmp_path)
     streamed = []
-    real = gemv_module._ops.gemv.default
-    kernel = lambda x, weight, bias: streamed.append(weight) or real(x, weight, bias)  # noqa: E731
-    monkeypatch.setattr(gemv_module, "_ops", types.SimpleNamespace(gemv=types.SimpleNamespace(default=kernel)))
+    real_gemv, real_block = gemv_module._ops.gemv.default, fused_decode._ops.decode_block.default
+
+    def block(*args):  # the schema's order: qkv, out, up and down weights are arguments 7, 9, 13, 15
+        streamed.extend(args[i] for i in (7, 9, 13, 15))
+        return real_block(*args)
+
+    monkeypatch.setattr(gemv_module, "_ops", types.SimpleNamespace(gemv=types.SimpleNamespace(
+        default=lambda x, weight, bias: streamed.append(weight) or real_gemv(x, weight, bias))))
+    monkeypatch.setattr(fused_decode, "_ops", types.SimpleNamespace(decode_block=types.SimpleNamespace(default=block)))
     with torch.inference_mode():
         cache = model.new_cache(1, 8)
         model.step(torch.tensor([[5, 6, 7]]), cache, last_only=True)
@@ -93,6 +102,75 @@ def test_decode_step_streams_each_weight_in_place(tmp_path, monkeypatch):
     for weight, linear in zip(streamed, linears):
         assert weight.data_ptr() == linear.weight.data_ptr() and weight.stride() == linear.weight.stride()
     assert streamed[-1].data_ptr() == model.decoder.embeddings.word.weight.data_ptr()
+
+
+def count_fused_blocks(monkeypatch):
+    """A list that grows by one per block run through the fused decode op."""
+    calls = []
+    real = fused_decode._ops.decode_block.default
+    monkeypatch.setattr(fused_decode, "_ops", types.SimpleNamespace(decode_block=types.SimpleNamespace(
+        default=lambda *args: calls.append(1) or real(*args))))
+    return calls
+
+
+def python_blocks_only(monkeypatch):
+    monkeypatch.setattr(decoder_module.Decoder, "_decodes_one_token", lambda self, x, cache: False)
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu", "relu", "silu"])
+@pytest.mark.parametrize("padded", [False, True], ids=["plain", "left-padded"])
+def test_fused_decode_step_equals_the_python_blocks(tmp_path, monkeypatch, activation, padded):
+    """Decode steps through the fused op give the Python blocks' logits and KV cache bit for bit (the op runs the
+    same kernels in the same order), for every activation it covers and a left-padded prompt."""
+    save_tiny_gpt2(tmp_path, activation_function=activation, noise=0.3)
+    model = ff.from_pretrained(tmp_path)
+    ids, mask = left_padded_prompts([5], 9) if padded else (torch.randint(3, 97, (1, 6)), None)
+    new_tokens = torch.randint(3, 97, (1, 7))
+
+    def decode():
+        with torch.inference_mode():
+            cache = model.new_cache(1, 20)
+            logits = [model.step(ids, cache, mask, last_only=True)]
+            logits += [model.step(new_tokens[:, t:t + 1], cache) for t in range(new_tokens.shape[1])]
+        return torch.cat(logits, dim=1), cache
+
+    calls = count_fused_blocks(monkeypatch)
+    fused, fused_cache = decode()
+    assert len(calls) == len(model.decoder.layers) * new_tokens.shape[1]
+    python_blocks_only(monkeypatch)
+    python, python_cache = decode()
+    assert torch.equal(fused, python)
+    assert torch.equal(fused_cache.keys, python_cache.keys) and torch.equal(fused_cache.values, python_cache.values)
+
+
+def test_fused_decode_only_where_it_applies(tmp_path, monkeypatch):
+    """The Python blocks run where the fused op does not apply: a gradient to record, training mode, more than one
+    row, a prefill, another backend, int8 linears; the fused op runs under torch.no_grad as under inference_mode."""
+    save_tiny_gpt2(tmp_path)
+    model = ff.from_pretrained(tmp_path)
+    calls = count_fused_blocks(monkeypatch)
+
+    def fused_calls(rows=1, grad=False, quantized=None):
+        calls.clear()
+        net = quantized or model
+        with torch.set_grad_enabled(grad):
+            cache = net.new_cache(rows, 8)
+            net.step(torch.randint(3, 97, (rows, 3)), cache)
+            net.step(torch.randint(3, 97, (rows, 1)), cache)
+        return len(calls)
+
+    layers = len(model.decoder.layers)
+    assert fused_calls() == layers  # no_grad: only the one-token step
+    assert fused_calls(grad=True) == 0
+    assert fused_calls(rows=2) == 0
+    model.train()
+    assert fused_calls() == 0
+    model.eval()
+    monkeypatch.setenv("FASTFORMER_BACKEND", "reference")
+    assert fused_calls() == 0
+    monkeypatch.delenv("FASTFORMER_BACKEND")
+    if ff.nn.cpu_features.missing_for("int8") is None:
+        assert fused_calls(quantized=ff.from_pretrained(tmp_path, quantize="int8")) == 0
 
 
 def test_sequence_classification_needs_pad_token_for_batches(tmp_path):
