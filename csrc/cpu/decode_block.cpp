@@ -16,54 +16,21 @@
 //   n, x = norm2(gemv(a, W_out, b_out), residual=x)   (fused add & norm: n = norm2(x + o), x = x + o)
 //   return x + gemv(act(gemv(n, W_up, b_up)), W_down, b_down)
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <string>
+
+#include "cpu/block_ops.h"
 
 namespace fastformer::cpu {
 namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
-
-Tensor gemv(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastformer::gemv", "")
-                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&)>();
-  return op.call(x, weight, bias);
-}
-
-// (norm(x + residual), x + residual) with a residual, else (norm(x), undefined); x [1, N].
-std::tuple<Tensor, Tensor> norm(const Tensor& x, const OptTensor& residual, const OptTensor& weight,
-                                const OptTensor& bias, double eps, bool rms) {
-  if (rms) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("fastformer::rms_norm_fwd", "")
-                         .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
-                                                                   double)>();
-    auto [out, residual_out, rstd] = op.call(x, residual, weight, eps);
-    return {out, residual_out};
-  }
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastformer::layer_norm_fwd", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&,
-                                                                         const OptTensor&, const OptTensor&, double)>();
-  auto [out, residual_out, mean, rstd] = op.call(x, residual, weight, bias, eps);
-  return {out, residual_out};
-}
-
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_padding_mask, double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastformer::attention_fwd", "")
-                       .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                                         const OptTensor&, const OptTensor&, const OptTensor&, bool,
-                                                         bool, double, double, int64_t)>();
-  // One query against every cached key: causal (bottom-right aligned) would keep them all, so it is off.
-  return std::get<0>(op.call(q, k, v, std::nullopt, key_padding_mask, std::nullopt, std::nullopt, false, false, scale,
-                             0.0, 0));
-}
+using block_ops::attention;
+using block_ops::gemv;
+using block_ops::norm;
 
 // The activations ff.nn.Linear fuses into oneDNN (fastformer/nn/activation.py ONEDNN_POST_OPS), as ATen computes them.
 Tensor activate(const Tensor& x, c10::string_view name) {
@@ -100,6 +67,7 @@ Tensor decode_block(const Tensor& x, Tensor& keys, Tensor& values, int64_t lengt
   keys.select(2, length).copy_(qkv[1].unsqueeze(0));  // [1, H, D] into slot `length`
   values.select(2, length).copy_(qkv[2].unsqueeze(0));
   const auto cached = [&](const Tensor& t) { return t.narrow(2, 0, length + 1); };  // [1, H, length + 1, D]
+  // One query against every cached key: causal (bottom-right aligned) would keep them all, so it is off.
   const Tensor attended = attention(qkv[0].view({1, heads, 1, head_dim}), cached(keys), cached(values),
                                     key_padding_mask.contiguous(), scale);  // [1, H, 1, D]
   const Tensor o = gemv(attended.view({-1}), out_weight, out_bias).view({1, -1});  // [1, hidden]

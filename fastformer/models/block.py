@@ -11,10 +11,20 @@ from torch import nn
 
 from fastformer import nn as ffnn
 from fastformer import ops
-from fastformer.ops.decode_block import ACTIVATIONS as FUSED_DECODE_ACTIVATIONS, decode_block_checked
+from fastformer import _backends
 from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
-from fastformer.nn.activation import ACTIVATIONS
+from fastformer.nn.activation import ACTIVATIONS, ONEDNN_POST_OPS
+from fastformer.ops.decode_block import ACTIVATIONS as FUSED_DECODE_ACTIVATIONS, decode_block_checked
+from fastformer.ops.encoder_block import encoder_block_checked
+
+
+def fused_blocks_apply(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a stack's forward may run its blocks through the fused CPU ops (TransformerBlock.decode_token,
+    .encode), which skip autograd and dropout: the CPU kernels run x, nothing records a gradient, eval mode."""
+    return (x.device.type == "cpu" and not module.training
+            and (torch.is_inference_mode_enabled() or not torch.is_grad_enabled())
+            and not torch.compiler.is_compiling() and _backends.resolve("attention", None, x.device) == "cpu")
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -100,31 +110,62 @@ class TransformerBlock(nn.Module):
         (fastformer.ops.decode_block: the same kernels, no Python between them); None where the block has a
         shape that op does not cover (post-norm, gated FFN, another activation, quantized or non-fp32 linears, a
         backend other than the CPU kernels, hooks): the caller then runs forward. The caller has checked the
-        step: CPU fp32, no gradient, eval mode, something cached."""
+        step with fused_blocks_apply and that something is cached."""
         attn, ffn = self.attn, self.ffn
-        linears = (attn.qkv, attn.out, ffn.up, ffn.down)
         norm_type = type(self.attn_norm)
-        if not (self.pre_norm and ffn.gate is None and ffn.activation in FUSED_DECODE_ACTIVATIONS
-                and all(type(m) is ffnn.Linear and m.backend in (None, "cpu") and m.weight.dtype == torch.float32
-                        and m.weight.stride(-1) == 1 and (m.bias is None or m.bias.is_contiguous())
-                        for m in linears)
-                and norm_type in (ffnn.LayerNorm, ffnn.RMSNorm) and type(self.ffn_norm) is norm_type
-                and self.attn_norm.eps == self.ffn_norm.eps
-                and all(n.backend in (None, "cpu") and len(n.normalized_shape) == 1
-                        and all(p is None or p.is_contiguous() for p in (n.weight, getattr(n, "bias", None)))
-                        for n in (self.attn_norm, self.ffn_norm))
-                and not (self._forward_hooks or self._forward_pre_hooks)):
+        if not (self.pre_norm and ffn.activation in FUSED_DECODE_ACTIVATIONS
+                and self._fusable(ffnn.LayerNorm, ffnn.RMSNorm)
+                and all(m.weight.dtype == torch.float32 for m in self._linears())):
             return None
         rms = norm_type is ffnn.RMSNorm
         eps = self.attn_norm.eps if self.attn_norm.eps is not None else torch.finfo(torch.float32).eps
-        # ops.attention's default scale, computed as it does (1 / sqrt rather than ** -0.5: the same float).
-        scale = attn.scale if attn.scale is not None else 1.0 / math.sqrt(attn.head_dim)
         bias = (lambda n: None) if rms else (lambda n: n.bias)
         return decode_block_checked(
             x, cache.keys[layer], cache.values[layer], cache.length, key_padding_mask,
             self.attn_norm.weight, bias(self.attn_norm), attn.qkv.weight, attn.qkv.bias, attn.out.weight,
             attn.out.bias, self.ffn_norm.weight, bias(self.ffn_norm), ffn.up.weight, ffn.up.bias, ffn.down.weight,
-            ffn.down.bias, rms, eps, ffn.activation, scale)
+            ffn.down.bias, rms, eps, ffn.activation, self._attention_scale())
+
+    def encode(self, x, key_padding_mask, packed):
+        """The block on an inference forward of an encoder, x [B, S, hidden] or the packed tokens [T, hidden],
+        through the fused CPU op (fastformer.ops.encoder_block: the same kernels, no Python between them); None
+        where the block has a shape that op does not cover (pre-norm, gated FFN, an activation oneDNN does not
+        fuse, RMSNorm, linears off oneDNN's packed path: int8, fp16, a gradient, one row), the caller then runs
+        forward. The caller has checked the forward with fused_blocks_apply."""
+        attn, ffn = self.attn, self.ffn
+        if not (not self.pre_norm and ffn.activation in ONEDNN_POST_OPS and self._fusable(ffnn.LayerNorm)
+                and x.is_contiguous() and x.numel() > x.shape[-1]
+                and all(m._use_packed(x, m.weight) for m in self._linears())):
+            return None
+        packed_weight = lambda m: m._packed_weight(m.weight)  # noqa: E731
+        post_op, algorithm = ONEDNN_POST_OPS[ffn.activation]
+        return encoder_block_checked(
+            x, key_padding_mask, packed.cu_seqlens if packed is not None else None,
+            packed.max_seqlen if packed is not None else 0, attn.num_heads, packed_weight(attn.qkv), attn.qkv.bias,
+            packed_weight(attn.out), attn.out.bias, self.attn_norm.weight, self.attn_norm.bias, packed_weight(ffn.up),
+            ffn.up.bias, post_op, algorithm, packed_weight(ffn.down), ffn.down.bias, self.ffn_norm.weight,
+            self.ffn_norm.bias, self.attn_norm.eps, self._attention_scale())
+
+    def _linears(self):
+        return self.attn.qkv, self.attn.out, self.ffn.up, self.ffn.down
+
+    def _fusable(self, *norm_types) -> bool:
+        """What both fused block ops need: a plain FFN, linears that are ff.nn.Linear on the CPU kernels with
+        contiguous rows, two norms of one of norm_types on the CPU kernels with one eps, no hooks on the block."""
+        norm_type = type(self.attn_norm)
+        return (self.ffn.gate is None
+                and all(type(m) is ffnn.Linear and m.backend in (None, "cpu") and m.weight.stride(-1) == 1
+                        and (m.bias is None or m.bias.is_contiguous()) for m in self._linears())
+                and norm_type in norm_types and type(self.ffn_norm) is norm_type
+                and self.attn_norm.eps == self.ffn_norm.eps
+                and all(n.backend in (None, "cpu") and len(n.normalized_shape) == 1
+                        and all(p is None or p.is_contiguous() for p in (n.weight, getattr(n, "bias", None)))
+                        for n in (self.attn_norm, self.ffn_norm))
+                and not (self._forward_hooks or self._forward_pre_hooks))
+
+    def _attention_scale(self) -> float:
+        # ops.attention's default, computed as it does (1 / sqrt rather than ** -0.5: not always the same float).
+        return self.attn.scale if self.attn.scale is not None else 1.0 / math.sqrt(self.attn.head_dim)
 
     def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0, packed=None):
         if self.pre_norm:

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastformer import _backends, generation
+from fastformer import generation
 from fastformer._padding_mask import padding_mask
 from fastformer import nn as ffnn
-from fastformer.models.block import TransformerBlock, make_norm
+from fastformer.models.block import TransformerBlock, fused_blocks_apply, make_norm
 from fastformer.models.config import ModelConfig
 from fastformer.models.encoder import Embeddings
 from fastformer.models.heads import TaskOutput, classification_loss
@@ -74,11 +74,9 @@ class Decoder(nn.Module):
 
     def _decodes_one_token(self, x, cache) -> bool:
         """Whether this is a step the blocks can run through the fused CPU decode op (TransformerBlock.decode_token):
-        one new token of one row after cached ones, fp32 on the CPU kernels, no gradient, eval mode."""
+        one new token of one row after cached ones, fp32, and fused_blocks_apply."""
         return (cache is not None and cache.length > 0 and x.shape[0] == 1 and x.shape[1] == 1
-                and _HAS_DECODE_BLOCK and x.device.type == "cpu" and x.dtype == torch.float32
-                and not self.training and (torch.is_inference_mode_enabled() or not torch.is_grad_enabled())
-                and not torch.compiler.is_compiling() and _backends.resolve("attention", None, x.device) == "cpu")
+                and _HAS_DECODE_BLOCK and x.dtype == torch.float32 and fused_blocks_apply(self, x))
 
 
 class DecoderForCausalLM(nn.Module):

@@ -15,7 +15,7 @@ inference-only: no autograd), and decode_block_ref, the semantics in plain PyTor
 import torch
 import torch.nn.functional as F
 
-from fastformer.ops import _dispatch
+from fastformer.ops import _block_args, _dispatch
 
 _ops = torch.ops.fastformer
 AVAILABLE = hasattr(_ops, "decode_block")  # a build older than the op: the model keeps its Python block
@@ -47,18 +47,7 @@ def decode_block_ref(x, keys, values, length, key_padding_mask, norm1_weight, no
 
 
 def _check(x, keys, values, length, key_padding_mask, qkv_weight, activation, tensors):
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU (decode_block is a CPU op), got {t.device}")
-        if t.dtype != (torch.bool if name == "key_padding_mask" else torch.float32):
-            raise TypeError(f"{name} must be {'bool' if name == 'key_padding_mask' else 'float32'}, got {t.dtype}")
-        if t.requires_grad and torch.is_grad_enabled():
-            raise ValueError(f"{name} requires grad: decode_block is inference-only (run under torch.inference_mode "
-                             "or torch.no_grad)")
+    _block_args.check_tensors("decode_block", tensors, torch.float32)
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"x must be one token's row [1, hidden], got shape {tuple(x.shape)}")
     if keys.dim() != 4 or keys.shape[0] != 1 or keys.shape != values.shape:

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import fastformer as ff
+from fastformer.models import block as block_module
+from tests.fused_blocks import count_op_calls
 
 transformers = pytest.importorskip("transformers")
 
@@ -154,3 +156,52 @@ def test_freeze_helpers(tmp_path):
     assert trainable() == {n for n, _ in model.named_parameters()}
     with pytest.raises(ValueError, match="top_layers"):
         ff.models.freeze(model, "top", top_layers=5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("lengths", [[7], [9, 9], [9, 4, 1]], ids=["one", "unpadded", "padded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_blocks_equal_the_python_blocks(tmp_path, monkeypatch, family, lengths, dtype):
+    """An inference forward through the fused encoder op gives the Python blocks' hidden states bit for bit (the op
+    runs the same kernels in the same order), dense and packed, fp32 and bf16 (where the CPU has bf16 products)."""
+    if dtype == torch.bfloat16 and ff.nn.cpu_features.missing_for("bf16") is not None:
+        pytest.skip(ff.nn.cpu_features.missing_for("bf16"))
+    _, path = save_tiny(tmp_path, family, "Model")
+    model = ff.from_pretrained(path, dtype=dtype)
+    ids = torch.randint(5, 99, (len(lengths), max(lengths)))
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    calls = count_op_calls(monkeypatch, "encoder_block")
+    with torch.inference_mode():
+        fused = model(ids, attention_mask=mask)
+        assert len(calls) == len(model.layers)
+        monkeypatch.setattr(block_module.TransformerBlock, "encode", lambda self, x, mask, packed: None)
+        python = model(ids, attention_mask=mask)
+    assert torch.equal(fused, python)
+
+
+def test_fused_blocks_only_where_they_apply(tmp_path, monkeypatch):
+    """The Python blocks run where the fused op does not apply: a gradient to record, training mode, one token,
+    int8 linears; the fused op runs under torch.no_grad as under inference_mode."""
+    _, path = save_tiny(tmp_path, "bert", "Model")
+    model = ff.from_pretrained(path)
+    calls = count_op_calls(monkeypatch, "encoder_block")
+
+    def fused_calls(net=model, tokens=6, grad=False):
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            net(torch.randint(5, 99, (2, tokens)))
+        return len(calls)
+
+    layers = len(model.layers)
+    assert fused_calls() == layers
+    assert fused_calls(grad=True) == 0
+    assert fused_calls(net=model.train()) == 0
+    model.eval()
+    assert fused_calls(tokens=1) == layers  # two rows of one token: still a matrix product
+    single = ff.from_pretrained(path)
+    calls.clear()
+    with torch.no_grad():
+        single(torch.randint(5, 99, (1, 1)))  # one row: ff.nn.Linear's single-row kernel, not oneDNN
+    assert not calls
+    if ff.nn.cpu_features.missing_for("int8") is None:
+        assert fused_calls(net=ff.from_pretrained(path, quantize="int8")) == 0

@@ -8,6 +8,7 @@ import torch
 
 import fastformer as ff
 from fastformer.models import decoder as decoder_module
+from tests.fused_blocks import count_op_calls
 from tests.gpt2_tiny import left_padded_prompts, save_tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
@@ -104,15 +105,6 @@ def test_decode_step_streams_each_weight_in_place(tmp_path, monkeypatch):
     assert streamed[-1].data_ptr() == model.decoder.embeddings.word.weight.data_ptr()
 
 
-def count_fused_blocks(monkeypatch):
-    """A list that grows by one per block run through the fused decode op."""
-    calls = []
-    real = fused_decode._ops.decode_block.default
-    monkeypatch.setattr(fused_decode, "_ops", types.SimpleNamespace(decode_block=types.SimpleNamespace(
-        default=lambda *args: calls.append(1) or real(*args))))
-    return calls
-
-
 def python_blocks_only(monkeypatch):
     monkeypatch.setattr(decoder_module.Decoder, "_decodes_one_token", lambda self, x, cache: False)
 
@@ -134,7 +126,7 @@ def test_fused_decode_step_equals_the_python_blocks(tmp_path, monkeypatch, activ
             logits += [model.step(new_tokens[:, t:t + 1], cache) for t in range(new_tokens.shape[1])]
         return torch.cat(logits, dim=1), cache
 
-    calls = count_fused_blocks(monkeypatch)
+    calls = count_op_calls(monkeypatch, "decode_block")
     fused, fused_cache = decode()
     assert len(calls) == len(model.decoder.layers) * new_tokens.shape[1]
     python_blocks_only(monkeypatch)
@@ -148,7 +140,7 @@ def test_fused_decode_only_where_it_applies(tmp_path, monkeypatch):
     row, a prefill, another backend, int8 linears; the fused op runs under torch.no_grad as under inference_mode."""
     save_tiny_gpt2(tmp_path)
     model = ff.from_pretrained(tmp_path)
-    calls = count_fused_blocks(monkeypatch)
+    calls = count_op_calls(monkeypatch, "decode_block")
 
     def fused_calls(rows=1, grad=False, quantized=None):
         calls.clear()

@@ -79,13 +79,13 @@ def test_opcheck():
     (dict(length=MAX_LENGTH), ValueError, r"length must be in \[0, 41\)"),
     (dict(key_padding_mask=torch.ones(1, 5, dtype=torch.bool)), ValueError,
      r"key_padding_mask must be \[1, length \+ 1\]"),
-    (dict(key_padding_mask=torch.ones(1, 8)), TypeError, "key_padding_mask must be bool"),
+    (dict(key_padding_mask=torch.ones(1, 8)), TypeError, "key_padding_mask must be torch.bool"),
     (dict(qkv_weight=torch.randn(3 * HEADS * HEAD_DIM, HIDDEN + 1)), ValueError,
      r"qkv_weight must be \[3 \* H \* D, hidden\]"),
     (dict(values=torch.randn(1, HEADS, MAX_LENGTH - 1, HEAD_DIM)), ValueError,
      "keys and values must be one row's cache"),
     (dict(activation="tanh"), ValueError, "activation must be one of"),
-    (dict(up_bias=torch.randn(INTERMEDIATE, dtype=torch.float64)), TypeError, "up_bias must be float32"),
+    (dict(up_bias=torch.randn(INTERMEDIATE, dtype=torch.float64)), TypeError, "up_bias must be torch.float32"),
     (dict(out_weight="w"), TypeError, "out_weight must be a torch.Tensor"),
 ])
 def test_bad_arguments_name_the_argument(change, error, match):

@@ -1,0 +1,79 @@
+// The registered ops a fused block calls (csrc/cpu/decode_block.cpp, csrc/cpu/encoder_block.cpp), reached from C++
+// through the dispatcher (~1-2 us a call; through Python ops and modules each took ~10-20 us). Each handle is looked
+// up once. Callers hold c10::InferenceMode, so the calls go straight to the CPU kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fastformer::cpu::block_ops {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// y [N] = weight [N, K] x [K] + bias: fastformer's single-row kernel (csrc/cpu/gemv.cpp).
+inline Tensor gemv(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastformer::gemv", "")
+                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&)>();
+  return op.call(x, weight, bias);
+}
+
+// post_op(x W^T + b) on a weight packed by torch.ops.mkldnn._reorder_linear_weight: the product ff.nn.Linear runs,
+// with its fused activation (post_op "none", "gelu", "relu", "swish"; algorithm "", "none" or "tanh").
+inline Tensor packed_linear(const Tensor& x, const Tensor& packed_weight, const OptTensor& bias,
+                            c10::string_view post_op, c10::string_view algorithm) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&, c10::string_view,
+                                     c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>)>();
+  return op.call(x, packed_weight, bias, post_op, c10::List<std::optional<c10::Scalar>>(), algorithm);
+}
+
+// (norm(x + residual), x + residual) with a residual, else (norm(x), undefined); x [rows, N].
+inline std::tuple<Tensor, Tensor> norm(const Tensor& x, const OptTensor& residual, const OptTensor& weight,
+                                       const OptTensor& bias, double eps, bool rms) {
+  if (rms) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("fastformer::rms_norm_fwd", "")
+                         .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
+                                                                   double)>();
+    auto [out, residual_out, rstd] = op.call(x, residual, weight, eps);
+    return {out, residual_out};
+  }
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastformer::layer_norm_fwd", "")
+                       .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&,
+                                                                         const OptTensor&, const OptTensor&, double)>();
+  auto [out, residual_out, mean, rstd] = op.call(x, residual, weight, bias, eps);
+  return {out, residual_out};
+}
+
+// Non-causal attention without bias or dropout: q, k, v [B, H, S, D] -> out [B, H, Sq, D].
+inline Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& key_padding_mask,
+                        double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastformer::attention_fwd", "")
+                       .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                                         const OptTensor&, const OptTensor&, const OptTensor&, bool,
+                                                         bool, double, double, int64_t)>();
+  return std::get<0>(op.call(q, k, v, std::nullopt, key_padding_mask, std::nullopt, std::nullopt, false, false, scale,
+                             0.0, 0));
+}
+
+// The same over packed sequences (q, k, v [T, H, D], sequence b rows cu_seqlens[b]:cu_seqlens[b + 1]) -> [T, H, D].
+inline Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                               int64_t max_seqlen, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastformer::varlen_attention_fwd", "")
+                       .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                         const Tensor&, c10::SymInt, c10::SymInt, const OptTensor&,
+                                                         const OptTensor&, bool, bool, double, double, int64_t)>();
+  return std::get<0>(op.call(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, std::nullopt, std::nullopt,
+                             false, false, scale, 0.0, 0));
+}
+
+}  // namespace fastformer::cpu::block_ops

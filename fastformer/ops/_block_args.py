@@ -1,0 +1,23 @@
+"""The argument checks the fused block ops (decode_block, encoder_block) share: CPU tensors of the expected dtypes,
+none needing a gradient (the ops are inference-only)."""
+import torch
+
+_INDEX_DTYPES = {"key_padding_mask": torch.bool, "cu_seqlens": torch.int32}
+
+
+def check_tensors(op: str, tensors: dict, dtype: torch.dtype) -> None:
+    """Each non-None entry of tensors (name -> value) is a CPU tensor of `dtype` (key_padding_mask: bool,
+    cu_seqlens: int32) that needs no gradient; else a TypeError / ValueError naming it."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU ({op} is a CPU op), got {t.device}")
+        want = _INDEX_DTYPES.get(name, dtype)
+        if t.dtype != want:
+            raise TypeError(f"{name} must be {want}, got {t.dtype}")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{name} requires grad: {op} is inference-only (run under torch.inference_mode or "
+                             "torch.no_grad)")

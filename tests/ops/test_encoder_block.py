@@ -1,0 +1,106 @@
+"""ff.ops.encoder_block (one post-norm encoder block, CPU inference, dense or packed) against its fp64 reference,
+with plain and oneDNN-packed weights, torch.library.opcheck, and its argument errors. The model-level check (the fused
+blocks equal the Python blocks exactly) is in tests/models/test_encoders.py."""
+import pytest
+import torch
+
+import fastformer as ff
+from fastformer.ops.encoder_block import AVAILABLE, POST_OPS
+
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this build of fastformer._C has no encoder_block (rebuild)")
+
+HIDDEN, HEADS, HEAD_DIM, INTERMEDIATE = 80, 4, 20, 123
+LINEARS = ("qkv", "out", "up", "down")
+
+
+def make_args(lengths=(5, 9, 1), packed=False, post_op=("gelu", "none"), biases=True, seed=0):
+    """Random arguments for a batch of sequences of `lengths` tokens: packed, or right-padded with a mask."""
+    gen = torch.Generator().manual_seed(seed)
+    randn = lambda *shape, scale=1.0: torch.randn(*shape, generator=gen) * scale  # noqa: E731
+    width = HEADS * HEAD_DIM
+    maybe = lambda t: t if biases else None  # noqa: E731
+    batch, seq = len(lengths), max(lengths)
+    mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]  # [B, S]
+    cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32)
+    cu_seqlens[1:] = torch.tensor(lengths).cumsum(0)
+    x = randn(batch, seq, HIDDEN)
+    return dict(x=x[mask] if packed else x, key_padding_mask=None if packed else mask,
+                cu_seqlens=cu_seqlens if packed else None, max_seqlen=seq if packed else 0, heads=HEADS,
+                qkv_weight=randn(3 * width, HIDDEN, scale=HIDDEN ** -0.5), qkv_bias=maybe(randn(3 * width, scale=0.1)),
+                out_weight=randn(HIDDEN, width, scale=width ** -0.5), out_bias=maybe(randn(HIDDEN, scale=0.1)),
+                norm1_weight=1 + randn(HIDDEN, scale=0.1), norm1_bias=maybe(randn(HIDDEN, scale=0.1)),
+                up_weight=randn(INTERMEDIATE, HIDDEN, scale=HIDDEN ** -0.5),
+                up_bias=maybe(randn(INTERMEDIATE, scale=0.1)), up_post_op=post_op[0], up_algorithm=post_op[1],
+                down_weight=randn(HIDDEN, INTERMEDIATE, scale=INTERMEDIATE ** -0.5),
+                down_bias=maybe(randn(HIDDEN, scale=0.1)), norm2_weight=1 + randn(HIDDEN, scale=0.1),
+                norm2_bias=maybe(randn(HIDDEN, scale=0.1)), eps=1e-12, scale=HEAD_DIM ** -0.5)
+
+
+def as_fp64(args):
+    return {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in args.items()}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("post_op", sorted(POST_OPS), ids=lambda p: "-".join(filter(None, p)))
+@pytest.mark.parametrize("biases", [True, False], ids=["biases", "no-biases"])
+def test_matches_fp64_reference(packed, post_op, biases):
+    args = make_args(packed=packed, post_op=post_op, biases=biases)
+    want = ff.ops.encoder_block_ref(**as_fp64(args))
+    baseline = (ff.ops.encoder_block_ref(**args).double() - want).abs()
+    got = ff.ops.encoder_block(**args)
+    assert got.shape == args["x"].shape and got.dtype == torch.float32
+    real = args["key_padding_mask"] if not packed else slice(None)  # padded rows' outputs are never read
+    assert (got.double() - want)[real].abs().max() <= 2 * baseline[real].max() + 1e-5
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_packed_weights_give_the_plain_weights_result(packed):
+    """ff.nn.Linear hands the op its oneDNN-packed weights; they compute what the plain ones do."""
+    args = make_args(packed=packed)
+    packed_weights = {f"{n}_weight": torch.ops.mkldnn._reorder_linear_weight(args[f"{n}_weight"]) for n in LINEARS}
+    torch.testing.assert_close(ff.ops.encoder_block(**{**args, **packed_weights}), ff.ops.encoder_block(**args),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_no_mask_and_a_full_mask_agree():
+    args = make_args(lengths=(6, 6))
+    torch.testing.assert_close(ff.ops.encoder_block(**{**args, "key_padding_mask": None}), ff.ops.encoder_block(**args))
+
+
+def test_opcheck():
+    for packed in (False, True):
+        torch.library.opcheck(torch.ops.fastformer.encoder_block.default, tuple(make_args(packed=packed).values()),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(x=torch.randn(3, HIDDEN)), ValueError, r"x must be a non-empty \[B, S, hidden\] batch"),
+    (dict(key_padding_mask=torch.ones(3, 4, dtype=torch.bool)), ValueError, r"key_padding_mask must be \[B, S\]"),
+    (dict(key_padding_mask=torch.ones(3, 9)), TypeError, "key_padding_mask must be torch.bool"),
+    (dict(heads=7), ValueError, "heads must be an int >= 1 that splits qkv_weight's 240 rows"),
+    (dict(up_post_op="tanh"), ValueError, r"\(up_post_op, up_algorithm\) must be one of"),
+    (dict(out_bias=torch.randn(HIDDEN, dtype=torch.float64)), TypeError, "out_bias must be torch.float32"),
+    (dict(x=torch.randn(3, 9, HIDDEN, dtype=torch.float16)), TypeError, "x must be float32 or bfloat16"),
+    (dict(cu_seqlens=torch.tensor([0, 5, 14, 15], dtype=torch.int32), max_seqlen=9), ValueError,
+     "give cu_seqlens .* or key_padding_mask .*, not both"),
+])
+def test_bad_arguments_name_the_argument(change, error, match):
+    with pytest.raises(error, match=match):
+        ff.ops.encoder_block(**{**make_args(), **change})
+
+
+def test_packed_arguments_are_checked():
+    args = make_args(packed=True)
+    with pytest.raises(ValueError, match="max_seqlen must be an int >= 1"):
+        ff.ops.encoder_block(**{**args, "max_seqlen": 0})
+    with pytest.raises(TypeError, match="cu_seqlens must be torch.int32"):
+        ff.ops.encoder_block(**{**args, "cu_seqlens": args["cu_seqlens"].long()})
+
+
+def test_refuses_weights_that_require_grad():
+    args = make_args()
+    args["qkv_weight"].requires_grad_(True)
+    with pytest.raises(ValueError, match="qkv_weight requires grad: encoder_block is inference-only"):
+        ff.ops.encoder_block(**args)
+    with torch.inference_mode():
+        ff.ops.encoder_block(**args)
