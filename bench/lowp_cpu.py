@@ -170,7 +170,7 @@ def main():
     use_ct2 = not args.no_ct2
     if use_ct2:
         try:
-            import ctranslate2  # noqa: F401
+            ctranslate2_runtime.import_ctranslate2()
         except ImportError:
             print("ctranslate2 is not installed: its rows are left out")
             use_ct2 = False

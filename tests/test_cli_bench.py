@@ -435,6 +435,17 @@ def test_peers_not_installed_or_not_applicable_say_why(tmp_path, checkpoint, mon
     assert ct2["status"] == "unavailable" and "encoders only" in ct2["reason"]
 
 
+def test_ctranslate2_runs_on_its_own_openmp_runtime():
+    """Imported after torch, CTranslate2's library binds its own bundled libgomp, not torch's: sharing one OpenMP
+    runtime slowed both engines in a bench process (fastformer/modelbench/ctranslate2_runtime.import_ctranslate2)."""
+    pytest.importorskip("ctranslate2")
+    code = "import torch; from fastformer.modelbench import ctranslate2_runtime; ctranslate2_runtime.import_ctranslate2()"
+    bindings = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LD_DEBUG": "bindings"},
+                              capture_output=True, text=True, timeout=120).stderr.splitlines()
+    gomp = [line for line in bindings if "libctranslate2" in line and "`GOMP_parallel'" in line]
+    assert gomp and all("ctranslate2.libs/libgomp" in line for line in gomp), gomp
+
+
 def test_blocks_give_each_backend_an_untimed_call_then_timed_calls_in_a_row():
     calls = []
     fns = [lambda name=name: calls.append(name) for name in "abc"]
