@@ -22,7 +22,7 @@ import torch
 
 import fastformer as ff
 from fastformer import opbench
-from fastformer.modelbench import ctranslate2_runtime, machine, report
+from fastformer.modelbench import ctranslate2_runtime, machine, report, timing
 
 
 def _gpt2_small_path(tmp):
@@ -45,11 +45,15 @@ def _timed(fn, device) -> float:
 
 
 def interleaved_medians(runners: dict, reps: int, device) -> dict:
-    """Median seconds of each runner over reps rounds, every round running each runner once in turn."""
+    """Median seconds of each runner over reps rounds, every round running each runner once in turn. On the CPU the
+    process then waits until its threads are idle (timing.wait_until_idle): torch's and CTranslate2's OpenMP threads
+    spin a while after a call and would take the cores from the next runner."""
     samples = {k: [] for k in runners}
     for _ in range(reps):
         for k, fn in runners.items():
             samples[k].append(_timed(fn, device))
+            if device.type == "cpu":
+                timing.wait_until_idle()
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
