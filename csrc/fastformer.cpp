@@ -42,10 +42,11 @@
 //            (csrc/cpu/decode_block.cpp spells out the sequence).
 //   encoder_block: one post-norm encoder block (BERT's), CPU inference: x [B, S, hidden] (key_padding_mask bool
 //            [B, S] or none) or the packed real tokens [T, hidden] with cu_seqlens int32 [B + 1] and max_seqlen;
-//            linear weights [N, K] (plain, or packed by torch.ops.mkldnn._reorder_linear_weight, ff.nn.Linear's
-//            cache) with qkv's rows q, k, v; up_post_op / up_algorithm: the activation as a oneDNN post-op
-//            (fastformer/nn/activation.py ONEDNN_POST_OPS); LayerNorm with eps. Returns the block's output, x's
-//            shape (csrc/cpu/encoder_block.cpp spells out the sequence).
+//            weights, biases, weight_scales: the qkv (rows q, k, v), out, up and down linears' [N, K], [N] or none,
+//            [N] or none; a linear with a scale is int8 (int8 weight, ff.nn.Int8Linear's product, int8_max_crest),
+//            else oneDNN's (weight plain or packed by torch.ops.mkldnn._reorder_linear_weight, ff.nn.Linear's
+//            cache); activation (after up) one of gelu, gelu_tanh, relu, silu; LayerNorm with eps. Returns the
+//            block's output, x's shape (csrc/cpu/encoder_block.cpp spells out the sequence).
 //   gemv: x [K] contiguous, weight [N, K] last dim contiguous (any row stride), bias [N] contiguous or none,
 //            all fp32, CPU only: y [N] = weight @ x + bias (the single-row linear of batch-1 decoding).
 // Optional outputs that do not apply (residual_out without residual, grad_weight without weight,
@@ -94,10 +95,9 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor? out_bias, Tensor? norm2_weight, Tensor? norm2_bias, Tensor up_weight, Tensor? up_bias,"
         " Tensor down_weight, Tensor? down_bias, bool rms, float eps, str activation, float scale) -> Tensor");
   m.def("encoder_block(Tensor x, Tensor? key_padding_mask, Tensor? cu_seqlens, int max_seqlen, int heads,"
-        " Tensor qkv_weight, Tensor? qkv_bias, Tensor out_weight, Tensor? out_bias, Tensor? norm1_weight,"
-        " Tensor? norm1_bias, Tensor up_weight, Tensor? up_bias, str up_post_op, str up_algorithm,"
-        " Tensor down_weight, Tensor? down_bias, Tensor? norm2_weight, Tensor? norm2_bias, float eps,"
-        " float scale) -> Tensor");
+        " Tensor[] weights, Tensor?[] biases, Tensor?[] weight_scales, float int8_max_crest, Tensor? norm1_weight,"
+        " Tensor? norm1_bias, Tensor? norm2_weight, Tensor? norm2_bias, str activation, float eps, float scale)"
+        " -> Tensor");
   // Int8 rows (CPU only; csrc/cpu/int8_rows.cpp): x [M, K] fp32 -> q [M + R, K] int8, scale [M + R], refined
   // [R] (rows whose max/rms > max_crest get a second, residual row); acc [M + R, N] int32 -> fp32 [M, N].
   m.def("quantize_rows_int8(Tensor x, float max_crest) -> (Tensor q, Tensor scale, Tensor refined)");

@@ -33,6 +33,25 @@ inline Tensor packed_linear(const Tensor& x, const Tensor& packed_weight, const 
   return op.call(x, packed_weight, bias, post_op, c10::List<std::optional<c10::Scalar>>(), algorithm);
 }
 
+// (x W^T + b) with int8 weights [N, K] and per-channel scales [N], as ff.nn.Int8Linear: x's rows quantized per row
+// (rows whose max/rms exceeds max_crest get a second, residual row), an int32 product, dequantized to fp32.
+inline Tensor int8_linear(const Tensor& x, const Tensor& weight_int8, const Tensor& weight_scale, const OptTensor& bias,
+                          double max_crest) {
+  static auto quantize = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastformer::quantize_rows_int8", "")
+                             .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, double)>();
+  static auto dequantize = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastformer::dequantize_rows_int32", "")
+                               .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                             const OptTensor&)>();
+  const int64_t in = weight_int8.size(1);
+  auto [quantized, row_scale, refined] = quantize.call(x.reshape({-1, in}), max_crest);  // [M + R, K], [M + R], [R]
+  const Tensor acc = at::_int_mm(quantized, weight_int8.t());  // [M + R, N] int32
+  auto sizes = x.sizes().vec();
+  sizes.back() = weight_int8.size(0);
+  return dequantize.call(acc, row_scale, weight_scale, bias, refined).view(sizes);
+}
+
 // (norm(x + residual), x + residual) with a residual, else (norm(x), undefined); x [rows, N].
 inline std::tuple<Tensor, Tensor> norm(const Tensor& x, const OptTensor& residual, const OptTensor& weight,
                                        const OptTensor& bias, double eps, bool rms) {

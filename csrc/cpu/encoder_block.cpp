@@ -9,14 +9,17 @@
 // written flat, with the difference (~200 us a block) spent in module calls, argument checks and backend choice.
 //
 // Per block, with x [B, S, hidden] (dense; key_padding_mask bool [B, S] or none) or [T, hidden] (packed: the real
-// tokens, sequence b rows cu_seqlens[b]:cu_seqlens[b + 1]); weights packed by torch.ops.mkldnn._reorder_linear_weight:
+// tokens, sequence b rows cu_seqlens[b]:cu_seqlens[b + 1]); each linear either oneDNN's (its weight plain or packed
+// by torch.ops.mkldnn._reorder_linear_weight) or int8 (int8 weight and per-channel scales, as ff.nn.Int8Linear):
 //   q, k, v = split(linear(x, W_qkv, b_qkv))        [..., 3, H, D] views, no copies
 //   a = attention(q, k, v) over each sequence's own keys
 //   x = LayerNorm1(x + linear(a, W_out, b_out))
-//   x = LayerNorm2(x + linear(act(linear(x, W_up, b_up)), W_down, b_down))    act fused into the up product
+//   x = LayerNorm2(x + linear(act(linear(x, W_up, b_up)), W_down, b_down))    act fused into a oneDNN up product
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
+
+#include <string>
 
 #include "cpu/block_ops.h"
 
@@ -25,25 +28,55 @@ namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
-using block_ops::packed_linear;
+
+// The activation of the up product by name, as a oneDNN post-op (fused into the packed product, as ff.nn.Linear
+// does) or as ATen computes it after an int8 product (as ff.nn.Int8Linear's caller does).
+struct Activation {
+  c10::string_view post_op, algorithm;
+  Tensor (*apply)(const Tensor&);
+};
+
+Activation activation_named(c10::string_view name) {
+  if (name == "gelu") return {"gelu", "none", [](const Tensor& t) { return at::gelu(t); }};
+  if (name == "gelu_tanh") return {"gelu", "tanh", [](const Tensor& t) { return at::gelu(t, "tanh"); }};
+  if (name == "relu") return {"relu", "", [](const Tensor& t) { return at::relu(t); }};
+  if (name == "silu") return {"swish", "", [](const Tensor& t) { return at::silu(t); }};
+  TORCH_CHECK(false, "encoder_block: activation must be gelu, gelu_tanh, relu or silu, got ", std::string(name));
+}
+
+// Linear i of the block: int8 where it has a weight scale, else oneDNN's product (with `activation` fused).
+Tensor linear(const Tensor& x, at::TensorList weights, const c10::List<OptTensor>& biases,
+              const c10::List<OptTensor>& scales, int64_t i, double max_crest, const Activation* activation = nullptr) {
+  const OptTensor bias = biases.get(i), scale = scales.get(i);
+  if (scale) {
+    const Tensor y = block_ops::int8_linear(x, weights[i], *scale, bias, max_crest);
+    return activation ? activation->apply(y) : y;
+  }
+  return block_ops::packed_linear(x, weights[i], bias, activation ? activation->post_op : "none",
+                                  activation ? activation->algorithm : "");
+}
 
 Tensor encoder_block(const Tensor& x, const OptTensor& key_padding_mask, const OptTensor& cu_seqlens,
-                     int64_t max_seqlen, int64_t heads, const Tensor& qkv_weight, const OptTensor& qkv_bias,
-                     const Tensor& out_weight, const OptTensor& out_bias, const OptTensor& norm1_weight,
-                     const OptTensor& norm1_bias, const Tensor& up_weight, const OptTensor& up_bias,
-                     c10::string_view up_post_op, c10::string_view up_algorithm, const Tensor& down_weight,
-                     const OptTensor& down_bias, const OptTensor& norm2_weight, const OptTensor& norm2_bias,
-                     double eps, double scale) {
+                     int64_t max_seqlen, int64_t heads, at::TensorList weights, const c10::List<OptTensor>& biases,
+                     const c10::List<OptTensor>& weight_scales, double int8_max_crest, const OptTensor& norm1_weight,
+                     const OptTensor& norm1_bias, const OptTensor& norm2_weight, const OptTensor& norm2_bias,
+                     c10::string_view activation, double eps, double scale) {
   const bool packed = cu_seqlens.has_value();
   TORCH_CHECK(x.dim() == (packed ? 2 : 3) && x.is_contiguous(),
               "encoder_block: x must be contiguous [T, hidden] with cu_seqlens, else [B, S, hidden], got ", x.sizes());
   TORCH_CHECK(!(packed && key_padding_mask.has_value()),
               "encoder_block: a packed batch has no padding to mask: give cu_seqlens or key_padding_mask, not both");
+  TORCH_CHECK(weights.size() == 4 && biases.size() == 4 && weight_scales.size() == 4,
+              "encoder_block: weights, biases and weight_scales hold the qkv, out, up and down linears' (4 each)");
+  const Activation up_activation = activation_named(activation);
   const int64_t hidden = x.size(-1), rows = x.numel() / hidden;
   c10::InferenceMode inference;  // kernels only: their autograd wrappers would not run anyway
+  const auto product = [&](const Tensor& input, int64_t i, const Activation* act = nullptr) {
+    return linear(input, weights, biases, weight_scales, i, int8_max_crest, act);
+  };
 
-  const Tensor qkv = packed_linear(x, qkv_weight, qkv_bias, "none", "");  // [..., 3 H D]
-  TORCH_CHECK(qkv.size(-1) % (3 * heads) == 0, "encoder_block: qkv_weight's ", qkv.size(-1),
+  const Tensor qkv = product(x, 0);  // [..., 3 H D]
+  TORCH_CHECK(qkv.size(-1) % (3 * heads) == 0, "encoder_block: the qkv weight's ", qkv.size(-1),
               " outputs do not split into q, k, v of ", heads, " heads");
   const int64_t head_dim = qkv.size(-1) / (3 * heads);
   Tensor attended;
@@ -60,11 +93,10 @@ Tensor encoder_block(const Tensor& x, const OptTensor& key_padding_mask, const O
                    .reshape({batch, seq, heads * head_dim});
   }
   const auto rows_of = [&](const Tensor& t) { return t.view({rows, hidden}); };
-  const Tensor o = packed_linear(attended, out_weight, out_bias, "none", "");
-  const Tensor h = std::get<0>(block_ops::norm(rows_of(o), rows_of(x), norm1_weight, norm1_bias, eps, false))
+  const Tensor h = std::get<0>(block_ops::norm(rows_of(product(attended, 1)), rows_of(x), norm1_weight, norm1_bias,
+                                               eps, false))
                        .view(x.sizes());
-  const Tensor up = packed_linear(h, up_weight, up_bias, up_post_op, up_algorithm);
-  const Tensor down = packed_linear(up, down_weight, down_bias, "none", "");
+  const Tensor down = product(product(h, 2, &up_activation), 3);
   return std::get<0>(block_ops::norm(rows_of(down), rows_of(h), norm2_weight, norm2_bias, eps, false)).view(x.sizes());
 }
 

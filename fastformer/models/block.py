@@ -14,9 +14,10 @@ from fastformer import ops
 from fastformer import _backends
 from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
-from fastformer.nn.activation import ACTIVATIONS, ONEDNN_POST_OPS
+from fastformer.nn.activation import ACTIVATIONS
 from fastformer.ops.decode_block import ACTIVATIONS as FUSED_DECODE_ACTIVATIONS, decode_block_checked
-from fastformer.ops.encoder_block import encoder_block_checked
+from fastformer.nn.int8_linear import MAX_CREST as INT8_MAX_CREST
+from fastformer.ops.encoder_block import ACTIVATIONS as ENCODER_BLOCK_ACTIVATIONS, encoder_block_checked
 
 
 def fused_blocks_apply(module: nn.Module, x: torch.Tensor) -> bool:
@@ -129,32 +130,35 @@ class TransformerBlock(nn.Module):
     def encode(self, x, key_padding_mask, packed):
         """The block on an inference forward of an encoder, x [B, S, hidden] or the packed tokens [T, hidden],
         through the fused CPU op (fastformer.ops.encoder_block: the same kernels, no Python between them); None
-        where the block has a shape that op does not cover (pre-norm, gated FFN, an activation oneDNN does not
-        fuse, RMSNorm, linears off oneDNN's packed path: int8, fp16, a gradient, one row), the caller then runs
+        where the block has a shape that op does not cover (pre-norm, gated FFN, another activation, RMSNorm, linears
+        neither int8 (ff.nn.Int8Linear) nor on oneDNN's packed path (fp16, a gradient, one row)); the caller then runs
         forward. The caller has checked the forward with fused_blocks_apply."""
         attn, ffn = self.attn, self.ffn
-        if not (not self.pre_norm and ffn.activation in ONEDNN_POST_OPS and self._fusable(ffnn.LayerNorm)
+        linears = self._linears()
+        if not (not self.pre_norm and ffn.activation in ENCODER_BLOCK_ACTIVATIONS
+                and self._fusable(ffnn.LayerNorm, linear_types=(ffnn.Linear, ffnn.Int8Linear))
                 and x.is_contiguous() and x.numel() > x.shape[-1]
-                and all(m._use_packed(x, m.weight) for m in self._linears())):
+                and all(isinstance(m, ffnn.Int8Linear) or m._use_packed(x, m.weight) for m in linears)):
             return None
-        packed_weight = lambda m: m._packed_weight(m.weight)  # noqa: E731
-        post_op, algorithm = ONEDNN_POST_OPS[ffn.activation]
+        int8 = [isinstance(m, ffnn.Int8Linear) for m in linears]
         return encoder_block_checked(
             x, key_padding_mask, packed.cu_seqlens if packed is not None else None,
-            packed.max_seqlen if packed is not None else 0, attn.num_heads, packed_weight(attn.qkv), attn.qkv.bias,
-            packed_weight(attn.out), attn.out.bias, self.attn_norm.weight, self.attn_norm.bias, packed_weight(ffn.up),
-            ffn.up.bias, post_op, algorithm, packed_weight(ffn.down), ffn.down.bias, self.ffn_norm.weight,
-            self.ffn_norm.bias, self.attn_norm.eps, self._attention_scale())
+            packed.max_seqlen if packed is not None else 0, attn.num_heads,
+            [m.weight_int8 if q else m._packed_weight(m.weight) for m, q in zip(linears, int8)],
+            [m.bias for m in linears], [m.weight_scale if q else None for m, q in zip(linears, int8)], INT8_MAX_CREST,
+            self.attn_norm.weight, self.attn_norm.bias, self.ffn_norm.weight, self.ffn_norm.bias, ffn.activation,
+            self.attn_norm.eps, self._attention_scale())
 
     def _linears(self):
         return self.attn.qkv, self.attn.out, self.ffn.up, self.ffn.down
 
-    def _fusable(self, *norm_types) -> bool:
-        """What both fused block ops need: a plain FFN, linears that are ff.nn.Linear on the CPU kernels with
-        contiguous rows, two norms of one of norm_types on the CPU kernels with one eps, no hooks on the block."""
+    def _fusable(self, *norm_types, linear_types=(ffnn.Linear,)) -> bool:
+        """What both fused block ops need: a plain FFN, linears of exactly one of linear_types on the CPU kernels
+        with contiguous rows, two norms of one of norm_types on the CPU kernels with one eps, no hooks on the block."""
         norm_type = type(self.attn_norm)
         return (self.ffn.gate is None
-                and all(type(m) is ffnn.Linear and m.backend in (None, "cpu") and m.weight.stride(-1) == 1
+                and all(type(m) in linear_types and getattr(m, "backend", None) in (None, "cpu")
+                        and (m.weight_int8 if isinstance(m, ffnn.Int8Linear) else m.weight).stride(-1) == 1
                         and (m.bias is None or m.bias.is_contiguous()) for m in self._linears())
                 and norm_type in norm_types and type(self.ffn_norm) is norm_type
                 and self.attn_norm.eps == self.ffn_norm.eps

@@ -6,7 +6,8 @@ On small inputs an encoder's time is mostly Python around its kernels: all-MiniL
 calls written flat. The C++ op (csrc/cpu/encoder_block.cpp) runs the block's own kernels (oneDNN's prepacked linear
 with the activation fused, attention_fwd or varlen_attention_fwd, layer_norm_fwd) in the block's order from C++, so
 its output equals the Python block's exactly; fastformer.models.block.TransformerBlock calls it for an inference
-forward when the block has the shape it covers.
+forward when the block has the shape it covers, with float linears (oneDNN's product, the activation fused) or int8
+ones (ff.nn.Int8Linear's product).
 
 Here: the fake impl (so the op traces under torch.compile), the functional wrapper with its input checks (the op is
 inference-only: no autograd), and encoder_block_ref, the semantics in plain PyTorch.
@@ -15,22 +16,36 @@ import torch
 import torch.nn.functional as F
 
 from fastformer.ops import _block_args, _dispatch
+from fastformer.ops.int8_rows import dequantize_rows_int32_ref, quantize_rows_int8_ref
 from fastformer.ops.varlen_attention import varlen_attention_ref
 
 _ops = torch.ops.fastformer
 AVAILABLE = hasattr(_ops, "encoder_block")  # a build older than the op: the model keeps its Python block
-# The activation fused into the up product, as a oneDNN post-op and algorithm (what ff.nn.Linear passes oneDNN).
-POST_OPS = {("gelu", "none"): F.gelu, ("gelu", "tanh"): lambda t: F.gelu(t, approximate="tanh"), ("relu", ""): F.relu,
-            ("swish", ""): F.silu}
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu": F.relu, "silu": F.silu}
+LINEARS = ("qkv", "out", "up", "down")
 
 
-def encoder_block_ref(x, key_padding_mask, cu_seqlens, max_seqlen, heads, qkv_weight, qkv_bias, out_weight, out_bias,
-                      norm1_weight, norm1_bias, up_weight, up_bias, up_post_op, up_algorithm, down_weight, down_bias,
-                      norm2_weight, norm2_bias, eps, scale):
+def _int8_linear_ref(x, weight_int8, weight_scale, bias, max_crest):
+    """ff.nn.Int8Linear's product: rows quantized per row (a second, residual row past max_crest), int32 product."""
+    rows = x.reshape(-1, x.shape[-1])
+    quantized, row_scale, refined = quantize_rows_int8_ref(rows, max_crest)
+    acc = quantized.to(torch.int32) @ weight_int8.to(torch.int32).t()  # [M + R, N]
+    out = dequantize_rows_int32_ref(acc, row_scale, weight_scale, bias, refined)
+    return out.reshape(*x.shape[:-1], weight_int8.shape[0])
+
+
+def encoder_block_ref(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weights, biases, weight_scales,
+                      int8_max_crest, norm1_weight, norm1_bias, norm2_weight, norm2_bias, activation, eps, scale):
     """The semantics: the post-norm block on x [B, S, hidden] (key_padding_mask bool [B, S], True = attend, or None)
-    or on packed tokens x [T, hidden] with cu_seqlens; the up product's activation is POST_OPS[post_op, algorithm]."""
+    or on packed tokens x [T, hidden] with cu_seqlens. weights, biases, weight_scales: the qkv, out, up and down
+    linears'; one with a scale is int8 (ff.nn.Int8Linear's product)."""
+    def linear(t, i):
+        if weight_scales[i] is not None:
+            return _int8_linear_ref(t, weights[i], weight_scales[i], biases[i], int8_max_crest)
+        return F.linear(t, weights[i], biases[i])
+
     hidden = x.shape[-1]
-    qkv = F.linear(x, qkv_weight, qkv_bias)
+    qkv = linear(x, 0)
     head_dim = qkv.shape[-1] // (3 * heads)
     if cu_seqlens is not None:
         q, k, v = qkv.view(-1, 3, heads, head_dim).unbind(1)  # [T, H, D]
@@ -40,16 +55,24 @@ def encoder_block_ref(x, key_padding_mask, cu_seqlens, max_seqlen, heads, qkv_we
         q, k, v = qkv.view(batch, seq, 3, heads, head_dim).transpose(1, 3).unbind(2)  # [B, H, S, D]
         mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2)
-    h = F.layer_norm(x + F.linear(attended.reshape(*x.shape[:-1], -1), out_weight, out_bias), (hidden,),
-                     norm1_weight, norm1_bias, eps)
-    up = POST_OPS[up_post_op, up_algorithm](F.linear(h, up_weight, up_bias))
-    return F.layer_norm(h + F.linear(up, down_weight, down_bias), (hidden,), norm2_weight, norm2_bias, eps)
+    h = F.layer_norm(x + linear(attended.reshape(*x.shape[:-1], -1), 1), (hidden,), norm1_weight, norm1_bias, eps)
+    up = ACTIVATIONS[activation](linear(h, 2))
+    return F.layer_norm(h + linear(up, 3), (hidden,), norm2_weight, norm2_bias, eps)
 
 
-def _check(x, key_padding_mask, cu_seqlens, max_seqlen, heads, post_op, tensors):
+def _check(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weights, biases, weight_scales, activation, norms):
     if isinstance(x, torch.Tensor) and x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
-    _block_args.check_tensors("encoder_block", tensors, x.dtype)
+    for name, given in (("weights", weights), ("biases", biases), ("weight_scales", weight_scales)):
+        if not isinstance(given, (list, tuple)) or len(given) != len(LINEARS):
+            raise ValueError(f"{name} must list the {', '.join(LINEARS)} linears' (4 entries), got {given!r:.80}")
+    _block_args.check_tensors("encoder_block", {"x": x, "key_padding_mask": key_padding_mask,
+                                                "cu_seqlens": cu_seqlens, **norms}, x.dtype)
+    for name, weight, bias, weight_scale in zip(LINEARS, weights, biases, weight_scales):
+        _block_args.check_tensors("encoder_block", {f"{name} bias": bias, f"{name} weight scale": weight_scale},
+                                  torch.float32)
+        _block_args.check_tensors("encoder_block", {f"{name} weight": weight},
+                                  torch.int8 if weight_scale is not None else x.dtype)
     if cu_seqlens is not None:
         if key_padding_mask is not None:
             raise ValueError("give cu_seqlens (packed tokens) or key_padding_mask (a padded batch), not both")
@@ -63,26 +86,23 @@ def _check(x, key_padding_mask, cu_seqlens, max_seqlen, heads, post_op, tensors)
                          f"{tuple(x.shape)}")
     elif key_padding_mask is not None and tuple(key_padding_mask.shape) != tuple(x.shape[:2]):
         raise ValueError(f"key_padding_mask must be [B, S] = {list(x.shape[:2])}, got {list(key_padding_mask.shape)}")
-    if not isinstance(heads, int) or heads < 1 or tensors["qkv_weight"].shape[0] % (3 * heads):
-        raise ValueError(f"heads must be an int >= 1 that splits qkv_weight's {tensors['qkv_weight'].shape[0]} rows "
-                         f"into q, k, v, got {heads!r}")
-    if post_op not in POST_OPS:
-        raise ValueError(f"(up_post_op, up_algorithm) must be one of {sorted(POST_OPS)}, got {post_op!r}")
+    if not isinstance(heads, int) or heads < 1 or weights[0].shape[0] % (3 * heads):
+        raise ValueError(f"heads must be an int >= 1 that splits the qkv weight's {weights[0].shape[0]} rows into q, "
+                         f"k, v, got {heads!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
 
-def encoder_block(x, key_padding_mask, cu_seqlens, max_seqlen, heads, qkv_weight, qkv_bias, out_weight, out_bias,
-                  norm1_weight, norm1_bias, up_weight, up_bias, up_post_op, up_algorithm, down_weight, down_bias,
-                  norm2_weight, norm2_bias, eps, scale):
-    """encoder_block_ref's result from the C++ op, after checking the arguments. Weights may also be the
-    oneDNN-packed tensors ff.nn.Linear caches (torch.ops.mkldnn._reorder_linear_weight)."""
-    tensors = {"x": x, "key_padding_mask": key_padding_mask, "cu_seqlens": cu_seqlens, "qkv_weight": qkv_weight,
-               "qkv_bias": qkv_bias, "out_weight": out_weight, "out_bias": out_bias, "norm1_weight": norm1_weight,
-               "norm1_bias": norm1_bias, "up_weight": up_weight, "up_bias": up_bias, "down_weight": down_weight,
-               "down_bias": down_bias, "norm2_weight": norm2_weight, "norm2_bias": norm2_bias}
-    _check(x, key_padding_mask, cu_seqlens, max_seqlen, heads, (up_post_op, up_algorithm), tensors)
-    return encoder_block_checked(x.contiguous(), key_padding_mask, cu_seqlens, max_seqlen, heads, qkv_weight, qkv_bias,
-                                 out_weight, out_bias, norm1_weight, norm1_bias, up_weight, up_bias, up_post_op,
-                                 up_algorithm, down_weight, down_bias, norm2_weight, norm2_bias, eps, scale)
+def encoder_block(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weights, biases, weight_scales, int8_max_crest,
+                  norm1_weight, norm1_bias, norm2_weight, norm2_bias, activation, eps, scale):
+    """encoder_block_ref's result from the C++ op, after checking the arguments. A float weight may also be the
+    oneDNN-packed tensor ff.nn.Linear caches (torch.ops.mkldnn._reorder_linear_weight)."""
+    norms = {"norm1_weight": norm1_weight, "norm1_bias": norm1_bias, "norm2_weight": norm2_weight,
+             "norm2_bias": norm2_bias}
+    _check(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weights, biases, weight_scales, activation, norms)
+    return encoder_block_checked(x.contiguous(), key_padding_mask, cu_seqlens, max_seqlen, heads, list(weights),
+                                 list(biases), list(weight_scales), int8_max_crest, norm1_weight, norm1_bias,
+                                 norm2_weight, norm2_bias, activation, eps, scale)
 
 
 def encoder_block_checked(*args):

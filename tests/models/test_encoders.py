@@ -160,14 +160,14 @@ def test_freeze_helpers(tmp_path):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("lengths", [[7], [9, 9], [9, 4, 1]], ids=["one", "unpadded", "padded"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_fused_blocks_equal_the_python_blocks(tmp_path, monkeypatch, family, lengths, dtype):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_fused_blocks_equal_the_python_blocks(tmp_path, monkeypatch, family, lengths, precision):
     """An inference forward through the fused encoder op gives the Python blocks' hidden states bit for bit (the op
-    runs the same kernels in the same order), dense and packed, fp32 and bf16 (where the CPU has bf16 products)."""
-    if dtype == torch.bfloat16 and ff.nn.cpu_features.missing_for("bf16") is not None:
-        pytest.skip(ff.nn.cpu_features.missing_for("bf16"))
+    runs the same kernels in the same order), dense and packed, fp32, bf16 and int8 (where the CPU runs them)."""
+    if precision != "fp32" and ff.nn.cpu_features.missing_for(precision) is not None:
+        pytest.skip(ff.nn.cpu_features.missing_for(precision))
     _, path = save_tiny(tmp_path, family, "Model")
-    model = ff.from_pretrained(path, dtype=dtype)
+    model = ff.from_pretrained(path, quantize=None if precision == "fp32" else precision)
     ids = torch.randint(5, 99, (len(lengths), max(lengths)))
     mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
     calls = count_op_calls(monkeypatch, "encoder_block")
@@ -180,8 +180,9 @@ def test_fused_blocks_equal_the_python_blocks(tmp_path, monkeypatch, family, len
 
 
 def test_fused_blocks_only_where_they_apply(tmp_path, monkeypatch):
-    """The Python blocks run where the fused op does not apply: a gradient to record, training mode, one token,
-    int8 linears; the fused op runs under torch.no_grad as under inference_mode."""
+    """The Python blocks run where the fused op does not apply: a gradient to record, training mode, one row of one
+    token, a block with hooks; the fused op runs under torch.no_grad as under
+    inference_mode, with float or int8 linears."""
     _, path = save_tiny(tmp_path, "bert", "Model")
     model = ff.from_pretrained(path)
     calls = count_op_calls(monkeypatch, "encoder_block")
@@ -204,4 +205,7 @@ def test_fused_blocks_only_where_they_apply(tmp_path, monkeypatch):
         single(torch.randint(5, 99, (1, 1)))  # one row: ff.nn.Linear's single-row kernel, not oneDNN
     assert not calls
     if ff.nn.cpu_features.missing_for("int8") is None:
-        assert fused_calls(net=ff.from_pretrained(path, quantize="int8")) == 0
+        assert fused_calls(net=ff.from_pretrained(path, quantize="int8")) == layers
+    handle = model.layers[0].register_forward_hook(lambda module, args, output: None)
+    assert fused_calls() == layers - 1  # a hook sees its block run as a module
+    handle.remove()

@@ -5,46 +5,57 @@ import pytest
 import torch
 
 import fastformer as ff
-from fastformer.ops.encoder_block import AVAILABLE, POST_OPS
+from fastformer.ops.encoder_block import ACTIVATIONS, AVAILABLE, LINEARS
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this build of fastformer._C has no encoder_block (rebuild)")
 
 HIDDEN, HEADS, HEAD_DIM, INTERMEDIATE = 80, 4, 20, 123
-LINEARS = ("qkv", "out", "up", "down")
 
 
-def make_args(lengths=(5, 9, 1), packed=False, post_op=("gelu", "none"), biases=True, seed=0):
-    """Random arguments for a batch of sequences of `lengths` tokens: packed, or right-padded with a mask."""
+def make_args(lengths=(5, 9, 1), packed=False, activation="gelu", biases=True, int8=(), seed=0):
+    """Random arguments for a batch of sequences of `lengths` tokens: packed, or right-padded with a mask. The
+    linears named in int8 get int8 weights with per-channel scales (as ff.nn.Int8Linear quantizes them)."""
     gen = torch.Generator().manual_seed(seed)
     randn = lambda *shape, scale=1.0: torch.randn(*shape, generator=gen) * scale  # noqa: E731
     width = HEADS * HEAD_DIM
-    maybe = lambda t: t if biases else None  # noqa: E731
     batch, seq = len(lengths), max(lengths)
     mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]  # [B, S]
     cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32)
     cu_seqlens[1:] = torch.tensor(lengths).cumsum(0)
     x = randn(batch, seq, HIDDEN)
+    shapes = {"qkv": (3 * width, HIDDEN), "out": (HIDDEN, width), "up": (INTERMEDIATE, HIDDEN),
+              "down": (HIDDEN, INTERMEDIATE)}
+    weights, bias_list, scales = [], [], []
+    for name in LINEARS:
+        weight = randn(*shapes[name], scale=shapes[name][1] ** -0.5)
+        scale = None
+        if name in int8:
+            scale = weight.abs().amax(1) / 127  # [N], per output channel, symmetric
+            weight = torch.round(weight / scale[:, None]).to(torch.int8)
+        weights.append(weight)
+        bias_list.append(randn(shapes[name][0], scale=0.1) if biases else None)
+        scales.append(scale)
     return dict(x=x[mask] if packed else x, key_padding_mask=None if packed else mask,
                 cu_seqlens=cu_seqlens if packed else None, max_seqlen=seq if packed else 0, heads=HEADS,
-                qkv_weight=randn(3 * width, HIDDEN, scale=HIDDEN ** -0.5), qkv_bias=maybe(randn(3 * width, scale=0.1)),
-                out_weight=randn(HIDDEN, width, scale=width ** -0.5), out_bias=maybe(randn(HIDDEN, scale=0.1)),
-                norm1_weight=1 + randn(HIDDEN, scale=0.1), norm1_bias=maybe(randn(HIDDEN, scale=0.1)),
-                up_weight=randn(INTERMEDIATE, HIDDEN, scale=HIDDEN ** -0.5),
-                up_bias=maybe(randn(INTERMEDIATE, scale=0.1)), up_post_op=post_op[0], up_algorithm=post_op[1],
-                down_weight=randn(HIDDEN, INTERMEDIATE, scale=INTERMEDIATE ** -0.5),
-                down_bias=maybe(randn(HIDDEN, scale=0.1)), norm2_weight=1 + randn(HIDDEN, scale=0.1),
-                norm2_bias=maybe(randn(HIDDEN, scale=0.1)), eps=1e-12, scale=HEAD_DIM ** -0.5)
+                weights=weights, biases=bias_list, weight_scales=scales, int8_max_crest=16.0,
+                norm1_weight=1 + randn(HIDDEN, scale=0.1), norm1_bias=randn(HIDDEN, scale=0.1) if biases else None,
+                norm2_weight=1 + randn(HIDDEN, scale=0.1), norm2_bias=randn(HIDDEN, scale=0.1) if biases else None,
+                activation=activation, eps=1e-12, scale=HEAD_DIM ** -0.5)
 
 
 def as_fp64(args):
-    return {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in args.items()}
+    def convert(v):
+        if isinstance(v, list):
+            return [convert(t) for t in v]
+        return v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+    return {k: convert(v) for k, v in args.items()}
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("post_op", sorted(POST_OPS), ids=lambda p: "-".join(filter(None, p)))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("biases", [True, False], ids=["biases", "no-biases"])
-def test_matches_fp64_reference(packed, post_op, biases):
-    args = make_args(packed=packed, post_op=post_op, biases=biases)
+def test_matches_fp64_reference(packed, activation, biases):
+    args = make_args(packed=packed, activation=activation, biases=biases)
     want = ff.ops.encoder_block_ref(**as_fp64(args))
     baseline = (ff.ops.encoder_block_ref(**args).double() - want).abs()
     got = ff.ops.encoder_block(**args)
@@ -54,12 +65,23 @@ def test_matches_fp64_reference(packed, post_op, biases):
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("int8", [LINEARS, ("qkv", "down")], ids=["all-int8", "mixed"])
+def test_int8_linears_match_the_reference(packed, int8):
+    """Linears with weight scales run ff.nn.Int8Linear's product (rows quantized per row, an int32 product): the
+    same quantization as the reference's, so only fp32 rounding differs."""
+    args = make_args(packed=packed, int8=int8)
+    got, want = ff.ops.encoder_block(**args), ff.ops.encoder_block_ref(**args)
+    real = args["key_padding_mask"] if not packed else slice(None)
+    torch.testing.assert_close(got[real], want[real], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_packed_weights_give_the_plain_weights_result(packed):
     """ff.nn.Linear hands the op its oneDNN-packed weights; they compute what the plain ones do."""
     args = make_args(packed=packed)
-    packed_weights = {f"{n}_weight": torch.ops.mkldnn._reorder_linear_weight(args[f"{n}_weight"]) for n in LINEARS}
-    torch.testing.assert_close(ff.ops.encoder_block(**{**args, **packed_weights}), ff.ops.encoder_block(**args),
-                               rtol=1e-5, atol=1e-5)
+    packed_weights = [torch.ops.mkldnn._reorder_linear_weight(w) for w in args["weights"]]
+    torch.testing.assert_close(ff.ops.encoder_block(**{**args, "weights": packed_weights}),
+                               ff.ops.encoder_block(**args), rtol=1e-5, atol=1e-5)
 
 
 def test_no_mask_and_a_full_mask_agree():
@@ -77,9 +99,12 @@ def test_opcheck():
     (dict(x=torch.randn(3, HIDDEN)), ValueError, r"x must be a non-empty \[B, S, hidden\] batch"),
     (dict(key_padding_mask=torch.ones(3, 4, dtype=torch.bool)), ValueError, r"key_padding_mask must be \[B, S\]"),
     (dict(key_padding_mask=torch.ones(3, 9)), TypeError, "key_padding_mask must be torch.bool"),
-    (dict(heads=7), ValueError, "heads must be an int >= 1 that splits qkv_weight's 240 rows"),
-    (dict(up_post_op="tanh"), ValueError, r"\(up_post_op, up_algorithm\) must be one of"),
-    (dict(out_bias=torch.randn(HIDDEN, dtype=torch.float64)), TypeError, "out_bias must be torch.float32"),
+    (dict(heads=7), ValueError, "heads must be an int >= 1 that splits the qkv weight's 240 rows"),
+    (dict(activation="tanh"), ValueError, "activation must be one of"),
+    (dict(biases=[None] * 3), ValueError, "biases must list the qkv, out, up, down linears'"),
+    (dict(biases=[None, torch.randn(HIDDEN, dtype=torch.float64), None, None]), TypeError,
+     "out bias must be torch.float32"),
+    (dict(weight_scales=[torch.ones(240), None, None, None]), TypeError, "qkv weight must be torch.int8"),
     (dict(x=torch.randn(3, 9, HIDDEN, dtype=torch.float16)), TypeError, "x must be float32 or bfloat16"),
     (dict(cu_seqlens=torch.tensor([0, 5, 14, 15], dtype=torch.int32), max_seqlen=9), ValueError,
      "give cu_seqlens .* or key_padding_mask .*, not both"),
@@ -99,8 +124,8 @@ def test_packed_arguments_are_checked():
 
 def test_refuses_weights_that_require_grad():
     args = make_args()
-    args["qkv_weight"].requires_grad_(True)
-    with pytest.raises(ValueError, match="qkv_weight requires grad: encoder_block is inference-only"):
+    args["weights"][0].requires_grad_(True)
+    with pytest.raises(ValueError, match="qkv weight requires grad: encoder_block is inference-only"):
         ff.ops.encoder_block(**args)
     with torch.inference_mode():
         ff.ops.encoder_block(**args)
