@@ -17,7 +17,8 @@ from fastformer.models.dropout import Dropout
 from fastformer.nn.activation import ACTIVATIONS
 from fastformer.ops.decode_block import ACTIVATIONS as FUSED_DECODE_ACTIVATIONS, decode_block_checked
 from fastformer.nn.int8_linear import MAX_CREST as INT8_MAX_CREST
-from fastformer.ops.encoder_block import ACTIVATIONS as ENCODER_BLOCK_ACTIVATIONS, encoder_block_checked
+from fastformer.ops.encoder_block import ACTIVATIONS as ENCODER_BLOCK_ACTIVATIONS
+from fastformer.ops.encoder_block import AVAILABLE as _HAS_ENCODER_BLOCK, encoder_block_checked
 
 
 def fused_blocks_apply(module: nn.Module, x: torch.Tensor) -> bool:
@@ -26,6 +27,17 @@ def fused_blocks_apply(module: nn.Module, x: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and not module.training
             and (torch.is_inference_mode_enabled() or not torch.is_grad_enabled())
             and not torch.compiler.is_compiling() and _backends.resolve("attention", None, x.device) == "cpu")
+
+
+def encoder_blocks(stack: nn.Module, x, key_padding_mask=None, attn_bias=None, packed=None):
+    """Each of stack.layers' outputs in turn (a generator), every block through the fused CPU op where it applies
+    (TransformerBlock.encode: no attention bias, fused_blocks_apply), else through its modules."""
+    fuse = attn_bias is None and _HAS_ENCODER_BLOCK and fused_blocks_apply(stack, x)
+    for layer in stack.layers:
+        fused = layer.encode(x, key_padding_mask, packed) if fuse else None
+        x = fused if fused is not None else layer(x, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
+                                                  packed=packed)
+        yield x
 
 
 def make_norm(config: ModelConfig) -> nn.Module:

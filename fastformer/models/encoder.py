@@ -4,11 +4,10 @@ from torch import nn
 
 from fastformer._padding_mask import padding_mask
 from fastformer._token_ids import check_token_ids
-from fastformer.models.block import TransformerBlock, fused_blocks_apply, make_norm
+from fastformer.models.block import TransformerBlock, encoder_blocks, make_norm
 from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
 from fastformer.models.packing import pack_if_padded
-from fastformer.ops.encoder_block import AVAILABLE as _HAS_ENCODER_BLOCK
 
 
 class Embeddings(nn.Module):
@@ -85,12 +84,8 @@ class Encoder(nn.Module):
         packed = None
         if pack:
             x, key_padding_mask, packed = pack_if_padded(x, key_padding_mask)  # x [T, hidden] when packed
-        hidden_states = [x]
-        fuse = _HAS_ENCODER_BLOCK and fused_blocks_apply(self, x)
-        for layer in self.layers:
-            fused = layer.encode(x, key_padding_mask, packed) if fuse else None
-            x = fused if fused is not None else layer(x, key_padding_mask=key_padding_mask, packed=packed)
-            hidden_states.append(x)
+        hidden_states = [x, *encoder_blocks(self, x, key_padding_mask, packed=packed)]
+        x = hidden_states[-1]
         if self.final_norm is not None:
             x = self.final_norm(x)
         if packed is not None:

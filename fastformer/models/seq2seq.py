@@ -16,7 +16,7 @@ from fastformer._padding_mask import padding_mask
 from fastformer._token_ids import check_dtype, check_token_ids
 from fastformer import generation
 from fastformer import nn as ffnn
-from fastformer.models.block import TransformerBlock, make_norm
+from fastformer.models.block import TransformerBlock, encoder_blocks, make_norm
 from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
 from fastformer.models.cross_attention import CrossAttention
@@ -135,9 +135,8 @@ class Seq2SeqEncoder(Seq2SeqStack):
         """A padded batch runs packed (fastformer.models.packing); the output has zeros at the padding, which
         the decoder's cross-attention masks."""
         x, key_padding_mask, packed = pack_if_padded(self.embeddings(input_ids), key_padding_mask)
-        bias = self.position_bias(bidirectional=True)
-        for layer in self.layers:
-            x = layer(x, key_padding_mask=key_padding_mask, attn_bias=bias, packed=packed)
+        for x in encoder_blocks(self, x, key_padding_mask, self.position_bias(bidirectional=True), packed):
+            pass  # x: each block's output in turn, the last block's after the loop
         x = self.finish(x)
         return packed.unpack(x) if packed is not None else x  # [B, S_src, hidden]
 

@@ -7,6 +7,8 @@ import torch
 
 import fastformer as ff
 from fastformer.ops import _t5_bias
+from fastformer.models import block as block_module
+from tests.fused_blocks import count_op_calls
 from tests.seq2seq_checkpoints import FAMILIES, VOCAB, save_tiny, source_batch
 
 
@@ -178,3 +180,20 @@ def test_unsupported_config_variants_are_rejected(tmp_path, family, flag):
     (path / "config.json").write_text(json.dumps({**config, flag: True}))
     with pytest.raises(ValueError, match=f"{flag}=true"):
         ff.from_pretrained(path)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+def test_encoder_runs_fused_blocks_where_they_apply(tmp_path, monkeypatch, family, padded):
+    """BART's and Marian's post-norm encoder blocks run through the fused encoder op in inference, with the
+    Python blocks' output bit for bit; T5's (pre-norm, relative bias) keep their modules."""
+    _, path = save_tiny(tmp_path, family)
+    model = ff.from_pretrained(path)
+    ids, mask = source_batch(family, padded)
+    calls = count_op_calls(monkeypatch, "encoder_block")
+    with torch.inference_mode():
+        fused = model.encode(ids, mask)
+        assert len(calls) == (0 if family.startswith("t5") else len(model.encoder.layers))
+        monkeypatch.setattr(block_module.TransformerBlock, "encode", lambda self, x, mask, packed: None)
+        python = model.encode(ids, mask)
+    assert torch.equal(fused.hidden, python.hidden)
