@@ -439,7 +439,8 @@ def test_ctranslate2_runs_on_its_own_openmp_runtime():
     """Imported after torch, CTranslate2's library binds its own bundled libgomp, not torch's: sharing one OpenMP
     runtime slowed both engines in a bench process (fastformer/modelbench/ctranslate2_runtime.import_ctranslate2)."""
     pytest.importorskip("ctranslate2")
-    code = "import torch; from fastformer.modelbench import ctranslate2_runtime; ctranslate2_runtime.import_ctranslate2()"
+    code = ("import torch; from fastformer.modelbench import ctranslate2_runtime; "
+            "ctranslate2_runtime.import_ctranslate2()")
     bindings = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LD_DEBUG": "bindings"},
                               capture_output=True, text=True, timeout=120).stderr.splitlines()
     gomp = [line for line in bindings if "libctranslate2" in line and "`GOMP_parallel'" in line]

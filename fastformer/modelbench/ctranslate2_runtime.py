@@ -26,12 +26,12 @@ def import_ctranslate2():
     """The ctranslate2 module, its native library bound to its own bundled OpenMP runtime.
 
     Its wheel ships its own libgomp, but imported after torch, whose libgomp is in the process's global symbol
-    scope, its library binds to torch's (LD_DEBUG=bindings shows GOMP_parallel resolved there). The two then share
-    one OpenMP runtime, whose threads outnumber the cores, and libgomp stops spinning between parallel regions for
-    everyone: measured on the 2-core dev VM, 2 threads, all-MiniLM-L6-v2 batch 1 in one bench process, fastformer
-    7.0-7.9 ms and CTranslate2 12.5-14.9 ms that way vs 4.8-5.9 ms and 8.5-10.1 ms with each on its own runtime,
-    ONNX Runtime (its own thread pool) unchanged. RTLD_DEEPBIND puts the library's own dependencies first, as in a
-    process of its own."""
+    scope, its library binds to torch's (LD_DEBUG=bindings shows GOMP_parallel resolved there). The two engines then
+    share one OpenMP runtime, and after a CTranslate2 call torch's threads slept between parallel regions instead of
+    spinning (a voluntary context switch per region). Measured on the 2-core dev VM, 2 threads, all-MiniLM-L6-v2
+    batch 1 in one bench process: fastformer 7.0-7.9 ms and CTranslate2 12.5-14.9 ms that way vs 4.8-5.9 ms and
+    8.5-10.1 ms with each on its own runtime, ONNX Runtime (its own thread pool) unchanged. RTLD_DEEPBIND puts the
+    library's own dependencies first, as in a process of its own."""
     if sys.modules.get("ctranslate2") is not None:  # imported already (None there: import raises ImportError)
         return sys.modules["ctranslate2"]
     flags = sys.getdlopenflags()
