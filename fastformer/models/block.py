@@ -8,6 +8,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from fastformer import nn as ffnn
 from fastformer import ops
@@ -38,6 +39,12 @@ def encoder_blocks(stack: nn.Module, x, key_padding_mask=None, attn_bias=None, p
         x = fused if fused is not None else layer(x, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
                                                   packed=packed)
         yield x
+
+
+def _has_forward_hooks(module: nn.Module) -> bool:
+    """Whether a forward hook or pre-hook would fire for module or a module in it (~2 us for a block)."""
+    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()))
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -166,7 +173,8 @@ class TransformerBlock(nn.Module):
 
     def _fusable(self, *norm_types, linear_types=(ffnn.Linear,)) -> bool:
         """What both fused block ops need: a plain FFN, linears of exactly one of linear_types on the CPU kernels
-        with contiguous rows, two norms of one of norm_types on the CPU kernels with one eps, no hooks on the block."""
+        with contiguous rows, two norms of one of norm_types on the CPU kernels with one eps, no forward hooks (on the
+        block, a module in it, or every module): the fused op runs no module, so a hook would silently not fire."""
         norm_type = type(self.attn_norm)
         return (self.ffn.gate is None
                 and all(type(m) in linear_types and getattr(m, "backend", None) in (None, "cpu")
@@ -177,7 +185,7 @@ class TransformerBlock(nn.Module):
                 and all(n.backend in (None, "cpu") and len(n.normalized_shape) == 1
                         and all(p is None or p.is_contiguous() for p in (n.weight, getattr(n, "bias", None)))
                         for n in (self.attn_norm, self.ffn_norm))
-                and not (self._forward_hooks or self._forward_pre_hooks))
+                and not _has_forward_hooks(self))
 
     def _attention_scale(self) -> float:
         # ops.attention's default, computed as it does (1 / sqrt rather than ** -0.5: not always the same float).

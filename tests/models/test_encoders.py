@@ -181,7 +181,7 @@ def test_fused_blocks_equal_the_python_blocks(tmp_path, monkeypatch, family, len
 
 def test_fused_blocks_only_where_they_apply(tmp_path, monkeypatch):
     """The Python blocks run where the fused op does not apply: a gradient to record, training mode, one row of one
-    token, a block with hooks; the fused op runs under torch.no_grad as under
+    token, forward hooks (on a block, a module in it, every module); the fused op runs under torch.no_grad as under
     inference_mode, with float or int8 linears."""
     _, path = save_tiny(tmp_path, "bert", "Model")
     model = ff.from_pretrained(path)
@@ -206,6 +206,11 @@ def test_fused_blocks_only_where_they_apply(tmp_path, monkeypatch):
     assert not calls
     if ff.nn.cpu_features.missing_for("int8") is None:
         assert fused_calls(net=ff.from_pretrained(path, quantize="int8")) == layers
-    handle = model.layers[0].register_forward_hook(lambda module, args, output: None)
-    assert fused_calls() == layers - 1  # a hook sees its block run as a module
+    seen = []
+    for hooked in (model.layers[0], model.layers[0].ffn.up):  # a hook sees its module run
+        handle = hooked.register_forward_hook(lambda module, args, output: seen.append(module))
+        assert fused_calls() == layers - 1 and seen[-1] is hooked
+        handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: None)
+    assert fused_calls() == 0  # a global hook sees every module run
     handle.remove()
