@@ -23,7 +23,7 @@ import time
 import torch
 
 import fastformer as ff
-from fastformer.modelbench import ctranslate2_runtime, machine, report
+from fastformer.modelbench import ctranslate2_runtime, machine, report, timing
 from fastformer.modelbench.inputs import sentences
 from fastformer.nn import cpu_features
 
@@ -37,7 +37,8 @@ def load_average() -> float:
 
 def interleaved_medians(runners: dict, reps: int, warmup: int = 2) -> dict:
     """Median seconds of each runner: warm-up calls first, then reps rounds, each round running every runner once,
-    the first runner rotating so none always runs right after another."""
+    the first runner rotating so none always runs right after another, and waiting after each call until the
+    process's threads are idle (torch's and CTranslate2's OpenMP threads spin a while after a call)."""
     names = list(runners)
     for _ in range(warmup):
         for name in names:
@@ -48,6 +49,7 @@ def interleaved_medians(runners: dict, reps: int, warmup: int = 2) -> dict:
             t0 = time.perf_counter()
             runners[name]()
             samples[name].append(time.perf_counter() - t0)
+            timing.wait_until_idle()
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
