@@ -30,17 +30,19 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
 // The activation of the up product by name, as a oneDNN post-op (fused into the packed product, as ff.nn.Linear
-// does) or as ATen computes it after an int8 product (as ff.nn.Int8Linear's caller does).
+// does) or as ATen computes it after an int8 product (as ff.nn.Int8Linear's caller does), in place: the product is
+// ours alone, and a fresh [rows, intermediate] output cost more than the activation itself (BERT-base, 8 x 128
+// tokens: GELU took 3.4 ms a call in the model vs 1.0 ms on a warm buffer).
 struct Activation {
   c10::string_view post_op, algorithm;
-  Tensor (*apply)(const Tensor&);
+  Tensor& (*apply)(Tensor&);
 };
 
 Activation activation_named(c10::string_view name) {
-  if (name == "gelu") return {"gelu", "none", [](const Tensor& t) { return at::gelu(t); }};
-  if (name == "gelu_tanh") return {"gelu", "tanh", [](const Tensor& t) { return at::gelu(t, "tanh"); }};
-  if (name == "relu") return {"relu", "", [](const Tensor& t) { return at::relu(t); }};
-  if (name == "silu") return {"swish", "", [](const Tensor& t) { return at::silu(t); }};
+  if (name == "gelu") return {"gelu", "none", [](Tensor& t) -> Tensor& { return at::gelu_(t); }};
+  if (name == "gelu_tanh") return {"gelu", "tanh", [](Tensor& t) -> Tensor& { return at::gelu_(t, "tanh"); }};
+  if (name == "relu") return {"relu", "", [](Tensor& t) -> Tensor& { return at::relu_(t); }};
+  if (name == "silu") return {"swish", "", [](Tensor& t) -> Tensor& { return at::silu_(t); }};
   TORCH_CHECK(false, "encoder_block: activation must be gelu, gelu_tanh, relu or silu, got ", std::string(name));
 }
 
@@ -49,7 +51,7 @@ Tensor linear(const Tensor& x, at::TensorList weights, const c10::List<OptTensor
               const c10::List<OptTensor>& scales, int64_t i, double max_crest, const Activation* activation = nullptr) {
   const OptTensor bias = biases.get(i), scale = scales.get(i);
   if (scale) {
-    const Tensor y = block_ops::int8_linear(x, weights[i], *scale, bias, max_crest);
+    Tensor y = block_ops::int8_linear(x, weights[i], *scale, bias, max_crest);
     return activation ? activation->apply(y) : y;
   }
   return block_ops::packed_linear(x, weights[i], bias, activation ? activation->post_op : "none",
