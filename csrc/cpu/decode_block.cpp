@@ -19,8 +19,6 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
-#include <string>
-
 #include "cpu/block_ops.h"
 
 namespace fastformer::cpu {
@@ -31,15 +29,6 @@ using OptTensor = std::optional<Tensor>;
 using block_ops::attention;
 using block_ops::gemv;
 using block_ops::norm;
-
-// The activations ff.nn.Linear fuses into oneDNN (fastformer/nn/activation.py ONEDNN_POST_OPS), as ATen computes them.
-Tensor activate(const Tensor& x, c10::string_view name) {
-  if (name == "gelu") return at::gelu(x);
-  if (name == "gelu_tanh") return at::gelu(x, "tanh");
-  if (name == "relu") return at::relu(x);
-  if (name == "silu") return at::silu(x);
-  TORCH_CHECK(false, "decode_block: activation must be gelu, gelu_tanh, relu or silu, got ", std::string(name));
-}
 
 Tensor decode_block(const Tensor& x, Tensor& keys, Tensor& values, int64_t length, const Tensor& key_padding_mask,
                     const OptTensor& norm1_weight, const OptTensor& norm1_bias, const Tensor& qkv_weight,
@@ -72,7 +61,8 @@ Tensor decode_block(const Tensor& x, Tensor& keys, Tensor& values, int64_t lengt
                                     key_padding_mask.contiguous(), scale);  // [1, H, 1, D]
   const Tensor o = gemv(attended.view({-1}), out_weight, out_bias).view({1, -1});  // [1, hidden]
   auto [normed, stream] = norm(o, x, norm2_weight, norm2_bias, eps, rms);
-  const Tensor up = activate(gemv(normed.view({-1}), up_weight, up_bias), activation);
+  Tensor up = gemv(normed.view({-1}), up_weight, up_bias);
+  block_ops::activation_named(activation, "decode_block").apply(up);
   return stream.add_(gemv(up, down_weight, down_bias).view({1, -1}));
 }
 

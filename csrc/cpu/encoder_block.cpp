@@ -19,8 +19,6 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
-#include <string>
-
 #include "cpu/block_ops.h"
 
 namespace fastformer::cpu {
@@ -29,22 +27,7 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-// The activation of the up product by name, as a oneDNN post-op (fused into the packed product, as ff.nn.Linear
-// does) or as ATen computes it after an int8 product (as ff.nn.Int8Linear's caller does), in place: the product is
-// ours alone, and a fresh [rows, intermediate] output cost more than the activation itself (BERT-base, 8 x 128
-// tokens: GELU took 3.4 ms a call in the model vs 1.0 ms on a warm buffer).
-struct Activation {
-  c10::string_view post_op, algorithm;
-  Tensor& (*apply)(Tensor&);
-};
-
-Activation activation_named(c10::string_view name) {
-  if (name == "gelu") return {"gelu", "none", [](Tensor& t) -> Tensor& { return at::gelu_(t); }};
-  if (name == "gelu_tanh") return {"gelu", "tanh", [](Tensor& t) -> Tensor& { return at::gelu_(t, "tanh"); }};
-  if (name == "relu") return {"relu", "", [](Tensor& t) -> Tensor& { return at::relu_(t); }};
-  if (name == "silu") return {"swish", "", [](Tensor& t) -> Tensor& { return at::silu_(t); }};
-  TORCH_CHECK(false, "encoder_block: activation must be gelu, gelu_tanh, relu or silu, got ", std::string(name));
-}
+using block_ops::Activation;
 
 // Linear i of the block: int8 where it has a weight scale, else oneDNN's product (with `activation` fused).
 Tensor linear(const Tensor& x, at::TensorList weights, const c10::List<OptTensor>& biases,
@@ -70,7 +53,7 @@ Tensor encoder_block(const Tensor& x, const OptTensor& key_padding_mask, const O
               "encoder_block: a packed batch has no padding to mask: give cu_seqlens or key_padding_mask, not both");
   TORCH_CHECK(weights.size() == 4 && biases.size() == 4 && weight_scales.size() == 4,
               "encoder_block: weights, biases and weight_scales hold the qkv, out, up and down linears' (4 each)");
-  const Activation up_activation = activation_named(activation);
+  const Activation up_activation = block_ops::activation_named(activation, "encoder_block");
   const int64_t hidden = x.size(-1), rows = x.numel() / hidden;
   c10::InferenceMode inference;  // kernels only: their autograd wrappers would not run anyway
   const auto product = [&](const Tensor& input, int64_t i, const Activation* act = nullptr) {

@@ -4,8 +4,6 @@ Attention runs on ff.ops.attention with a fused QKV projection (q, k, v are stri
 [B, S, 3, H, D] tensor, no copies); every residual add is fused into the following norm through
 ff.ops.layer_norm / rms_norm(residual=...).
 """
-import math
-
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
@@ -16,9 +14,10 @@ from fastformer import _backends
 from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
 from fastformer.nn.activation import ACTIVATIONS
-from fastformer.ops.decode_block import ACTIVATIONS as FUSED_DECODE_ACTIVATIONS, decode_block_checked
+from fastformer.ops._block_args import ACTIVATIONS as FUSED_ACTIVATIONS
+from fastformer.ops.attention import default_scale
+from fastformer.ops.decode_block import decode_block_checked
 from fastformer.nn.int8_linear import MAX_CREST as INT8_MAX_CREST
-from fastformer.ops.encoder_block import ACTIVATIONS as ENCODER_BLOCK_ACTIVATIONS
 from fastformer.ops.encoder_block import AVAILABLE as _HAS_ENCODER_BLOCK, encoder_block_checked
 
 
@@ -133,7 +132,7 @@ class TransformerBlock(nn.Module):
         step with fused_blocks_apply and that something is cached."""
         attn, ffn = self.attn, self.ffn
         norm_type = type(self.attn_norm)
-        if not (self.pre_norm and ffn.activation in FUSED_DECODE_ACTIVATIONS
+        if not (self.pre_norm and ffn.activation in FUSED_ACTIVATIONS
                 and self._fusable(ffnn.LayerNorm, ffnn.RMSNorm)
                 and all(m.weight.dtype == torch.float32 for m in self._linears())):
             return None
@@ -154,7 +153,7 @@ class TransformerBlock(nn.Module):
         forward. The caller has checked the forward with fused_blocks_apply."""
         attn, ffn = self.attn, self.ffn
         linears = self._linears()
-        if not (not self.pre_norm and ffn.activation in ENCODER_BLOCK_ACTIVATIONS
+        if not (not self.pre_norm and ffn.activation in FUSED_ACTIVATIONS
                 and self._fusable(ffnn.LayerNorm, linear_types=(ffnn.Linear, ffnn.Int8Linear))
                 and x.is_contiguous() and x.numel() > x.shape[-1]
                 and all(isinstance(m, ffnn.Int8Linear) or m._use_packed(x, m.weight) for m in linears)):
@@ -188,8 +187,7 @@ class TransformerBlock(nn.Module):
                 and not _has_forward_hooks(self))
 
     def _attention_scale(self) -> float:
-        # ops.attention's default, computed as it does (1 / sqrt rather than ** -0.5: not always the same float).
-        return self.attn.scale if self.attn.scale is not None else 1.0 / math.sqrt(self.attn.head_dim)
+        return self.attn.scale if self.attn.scale is not None else default_scale(self.attn.head_dim)
 
     def forward(self, x, key_padding_mask=None, attn_bias=None, causal=False, cache=None, layer=0, packed=None):
         if self.pre_norm:

@@ -1,8 +1,17 @@
-"""The argument checks the fused block ops (decode_block, encoder_block) share: CPU tensors of the expected dtypes,
-none needing a gradient (the ops are inference-only)."""
+"""What the fused block ops (decode_block, encoder_block) share: the activations they run after the up product
+(by name, with their semantics; the C++ side is csrc/cpu/block_ops.h's activation_named), and the argument checks:
+CPU tensors of the expected dtypes, none needing a gradient (the ops are inference-only)."""
 import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu": F.relu, "silu": F.silu}
 
 _INDEX_DTYPES = {"key_padding_mask": torch.bool, "cu_seqlens": torch.int32}
+
+
+def check_activation(activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
 
 def check_tensors(op: str, tensors: dict, dtype: torch.dtype) -> None:

@@ -49,7 +49,7 @@ def attention_ref(q, k, v, attn_bias=None, key_padding_mask=None, causal=False, 
     """
     batch, heads, seq_q, head_dim = q.shape
     heads_kv, seq_k = k.shape[1], k.shape[2]
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    scale = default_scale(head_dim) if scale is None else scale
     acc = _backends.accumulation_dtype(q.dtype)
     k = k.repeat_interleave(heads // heads_kv, dim=1)  # [B, H, Sk, D]
     v = v.repeat_interleave(heads // heads_kv, dim=1)
@@ -114,13 +114,19 @@ def _check_qkv(q, k, v) -> None:
         raise ValueError(f"q, k and v must have a head dim D >= 1, got q {tuple(q.shape)}")
 
 
+def default_scale(head_dim: int) -> float:
+    """The scores' scale when none is given, 1/sqrt(D), as every backend and the fused blocks compute it (1 / sqrt
+    rather than D ** -0.5: not always the same float)."""
+    return 1.0 / math.sqrt(head_dim)
+
+
 def _check_options(causal, scale, dropout_p, head_dim: int) -> float:
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
     if scale is None:
-        return 1.0 / math.sqrt(head_dim)
+        return default_scale(head_dim)
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number or None, got {scale!r}")
     return float(scale)

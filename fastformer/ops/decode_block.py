@@ -19,7 +19,6 @@ from fastformer.ops import _block_args, _dispatch
 
 _ops = torch.ops.fastformer
 AVAILABLE = hasattr(_ops, "decode_block")  # a build older than the op: the model keeps its Python block
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
 def decode_block_ref(x, keys, values, length, key_padding_mask, norm1_weight, norm1_bias, qkv_weight, qkv_bias,
@@ -41,8 +40,7 @@ def decode_block_ref(x, keys, values, length, key_padding_mask, norm1_weight, no
     scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
     attended = torch.softmax(scores, dim=-1) @ values[:, :, : length + 1]  # [1, H, 1, D]
     x = x + F.linear(attended.reshape(1, heads * head_dim), out_weight, out_bias)
-    act = {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu": F.relu, "silu": F.silu}
-    up = act[activation](F.linear(norm(x, norm2_weight, norm2_bias), up_weight, up_bias))
+    up = _block_args.ACTIVATIONS[activation](F.linear(norm(x, norm2_weight, norm2_bias), up_weight, up_bias))
     return x + F.linear(up, down_weight, down_bias)
 
 
@@ -61,8 +59,7 @@ def _check(x, keys, values, length, key_padding_mask, qkv_weight, activation, te
     if qkv_weight.dim() != 2 or qkv_weight.shape != (3 * keys.shape[1] * keys.shape[3], x.shape[1]):
         raise ValueError(f"qkv_weight must be [3 * H * D, hidden] = [{3 * keys.shape[1] * keys.shape[3]}, "
                          f"{x.shape[1]}], got {tuple(qkv_weight.shape)}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    _block_args.check_activation(activation)
 
 
 def decode_block(x, keys, values, length, key_padding_mask, norm1_weight, norm1_bias, qkv_weight, qkv_bias, out_weight,

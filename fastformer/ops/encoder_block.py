@@ -21,7 +21,6 @@ from fastformer.ops.varlen_attention import varlen_attention_ref
 
 _ops = torch.ops.fastformer
 AVAILABLE = hasattr(_ops, "encoder_block")  # a build older than the op: the model keeps its Python block
-ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu": F.relu, "silu": F.silu}
 LINEARS = ("qkv", "out", "up", "down")
 
 
@@ -56,7 +55,7 @@ def encoder_block_ref(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weight
         mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2)
     h = F.layer_norm(x + linear(attended.reshape(*x.shape[:-1], -1), 1), (hidden,), norm1_weight, norm1_bias, eps)
-    up = ACTIVATIONS[activation](linear(h, 2))
+    up = _block_args.ACTIVATIONS[activation](linear(h, 2))
     return F.layer_norm(h + linear(up, 3), (hidden,), norm2_weight, norm2_bias, eps)
 
 
@@ -89,8 +88,7 @@ def _check(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weights, biases, 
     if not isinstance(heads, int) or heads < 1 or weights[0].shape[0] % (3 * heads):
         raise ValueError(f"heads must be an int >= 1 that splits the qkv weight's {weights[0].shape[0]} rows into q, "
                          f"k, v, got {heads!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    _block_args.check_activation(activation)
 
 
 def encoder_block(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weights, biases, weight_scales, int8_max_crest,

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import fastformer as ff
-from fastformer.ops.encoder_block import ACTIVATIONS, AVAILABLE, LINEARS
+from fastformer.ops._block_args import ACTIVATIONS
+from fastformer.ops.encoder_block import AVAILABLE, LINEARS
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this build of fastformer._C has no encoder_block (rebuild)")
 
