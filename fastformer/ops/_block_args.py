@@ -30,3 +30,22 @@ def check_tensors(op: str, tensors: dict, dtype: torch.dtype) -> None:
         if t.requires_grad and torch.is_grad_enabled():
             raise ValueError(f"{name} requires grad: {op} is inference-only (run under torch.inference_mode or "
                              "torch.no_grad)")
+
+
+def check_shapes(hidden: int, width: int, linears: dict, norms: dict) -> None:
+    """The block's parameters fit x's `hidden` and the attention's `width` (H * D): linears maps qkv, out, up, down to
+    (name of its weight, weight, [(name, bias or per-channel scale or None)]), a weight [out, in] (plain or
+    oneDNN-packed); norms maps names to [hidden] tensors or None. Else a ValueError naming the argument."""
+    intermediate = linears["up"][1].shape[0] if linears["up"][1].dim() == 2 else None
+    want = {"qkv": (3 * width, hidden), "out": (hidden, width), "up": (intermediate, hidden),
+            "down": (hidden, intermediate)}
+    for key, (name, weight, per_row) in linears.items():
+        if weight.dim() != 2 or tuple(weight.shape) != want[key]:
+            raise ValueError(f"{name} must be [{want[key][0]}, {want[key][1]}] for hidden={hidden}, H*D={width}, got "
+                             f"{tuple(weight.shape)}")
+        for row_name, t in per_row:
+            if t is not None and tuple(t.shape) != (want[key][0],):
+                raise ValueError(f"{row_name} must be [{want[key][0]}], got {tuple(t.shape)}")
+    for name, t in norms.items():
+        if t is not None and tuple(t.shape) != (hidden,):
+            raise ValueError(f"{name} must be [hidden={hidden}], got {tuple(t.shape)}")

@@ -44,7 +44,10 @@ def decode_block_ref(x, keys, values, length, key_padding_mask, norm1_weight, no
     return x + F.linear(up, down_weight, down_bias)
 
 
-def _check(x, keys, values, length, key_padding_mask, qkv_weight, activation, tensors):
+NORMS = ("norm1_weight", "norm1_bias", "norm2_weight", "norm2_bias")
+
+
+def _check(x, keys, values, length, key_padding_mask, activation, tensors):
     _block_args.check_tensors("decode_block", tensors, torch.float32)
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"x must be one token's row [1, hidden], got shape {tuple(x.shape)}")
@@ -56,23 +59,25 @@ def _check(x, keys, values, length, key_padding_mask, qkv_weight, activation, te
     if tuple(key_padding_mask.shape) != (1, length + 1):
         raise ValueError(f"key_padding_mask must be [1, length + 1] = [1, {length + 1}], got "
                          f"{tuple(key_padding_mask.shape)}")
-    if qkv_weight.dim() != 2 or qkv_weight.shape != (3 * keys.shape[1] * keys.shape[3], x.shape[1]):
-        raise ValueError(f"qkv_weight must be [3 * H * D, hidden] = [{3 * keys.shape[1] * keys.shape[3]}, "
-                         f"{x.shape[1]}], got {tuple(qkv_weight.shape)}")
+    if keys.stride(-1) != 1 or values.stride(-1) != 1:
+        raise ValueError("keys and values must have a contiguous last dim (head_dim)")
+    t = tensors
+    _block_args.check_shapes(x.shape[1], keys.shape[1] * keys.shape[3], {
+        name: (f"{name}_weight", t[f"{name}_weight"], [(f"{name}_bias", t[f"{name}_bias"])])
+        for name in ("qkv", "out", "up", "down")}, {name: t[name] for name in NORMS})
     _block_args.check_activation(activation)
 
 
 def decode_block(x, keys, values, length, key_padding_mask, norm1_weight, norm1_bias, qkv_weight, qkv_bias, out_weight,
                  out_bias, norm2_weight, norm2_bias, up_weight, up_bias, down_weight, down_bias, rms, eps, activation,
                  scale):
-    """decode_block_ref's result from the C++ op, after checking the arguments (a mismatched weight shape gets the
-    kernels' own error, naming the kernel)."""
+    """decode_block_ref's result from the C++ op, after checking the arguments."""
     tensors = {"x": x, "keys": keys, "values": values, "key_padding_mask": key_padding_mask,
                "norm1_weight": norm1_weight, "norm1_bias": norm1_bias, "qkv_weight": qkv_weight, "qkv_bias": qkv_bias,
                "out_weight": out_weight, "out_bias": out_bias, "norm2_weight": norm2_weight,
                "norm2_bias": norm2_bias, "up_weight": up_weight, "up_bias": up_bias, "down_weight": down_weight,
                "down_bias": down_bias}
-    _check(x, keys, values, length, key_padding_mask, qkv_weight, activation, tensors)
+    _check(x, keys, values, length, key_padding_mask, activation, tensors)
     return decode_block_checked(x, keys, values, length, key_padding_mask, norm1_weight, norm1_bias, qkv_weight,
                                 qkv_bias, out_weight, out_bias, norm2_weight, norm2_bias, up_weight, up_bias,
                                 down_weight, down_bias, rms, eps, activation, scale)

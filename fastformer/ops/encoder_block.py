@@ -88,6 +88,9 @@ def _check(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weights, biases, 
     if not isinstance(heads, int) or heads < 1 or weights[0].shape[0] % (3 * heads):
         raise ValueError(f"heads must be an int >= 1 that splits the qkv weight's {weights[0].shape[0]} rows into q, "
                          f"k, v, got {heads!r}")
+    _block_args.check_shapes(x.shape[-1], weights[0].shape[0] // 3, {
+        name: (f"{name} weight", weight, [(f"{name} bias", bias), (f"{name} weight scale", weight_scale)])
+        for name, weight, bias, weight_scale in zip(LINEARS, weights, biases, weight_scales)}, norms)
     _block_args.check_activation(activation)
 
 
