@@ -435,14 +435,18 @@ def test_peers_not_installed_or_not_applicable_say_why(tmp_path, checkpoint, mon
     assert ct2["status"] == "unavailable" and "encoders only" in ct2["reason"]
 
 
-def test_ctranslate2_runs_on_its_own_openmp_runtime():
-    """Imported after torch, CTranslate2's library binds its own bundled libgomp, not torch's: sharing one OpenMP
-    runtime slowed both engines in a bench process (fastformer/modelbench/ctranslate2_runtime.import_ctranslate2)."""
+def test_ctranslate2_runs_on_its_own_openmp_runtime(tmp_path, checkpoint):
+    """In a `fastformer bench` process, CTranslate2's library binds its own bundled libgomp, not torch's: sharing one
+    OpenMP runtime slowed both engines (fastformer/modelbench/ctranslate2_runtime.import_ctranslate2). Through the
+    CLI, because a plain `import ctranslate2` anywhere before (the backend's is-it-installed check did one) undoes it."""
     pytest.importorskip("ctranslate2")
-    code = ("import torch; from fastformer.modelbench import ctranslate2_runtime; "
-            "ctranslate2_runtime.import_ctranslate2()")
-    bindings = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LD_DEBUG": "bindings"},
-                              capture_output=True, text=True, timeout=120).stderr.splitlines()
+    command = [sys.executable, "-m", "fastformer", "bench", *QUICK, "--model", checkpoint("bert"), "--backends",
+               "ctranslate2", "--batch", "1", "--seq", "8", "--json", str(tmp_path / "out.json")]
+    env = {**os.environ, "LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(tmp_path / "bindings"),
+           "FASTFORMER_CACHE": str(tmp_path / "cache")}
+    subprocess.run(command, env=env, capture_output=True, timeout=300, check=True)
+    assert json.loads((tmp_path / "out.json").read_text())["results"][0]["status"] == "ok"
+    bindings = [line for path in tmp_path.glob("bindings.*") for line in path.read_text().splitlines()]
     gomp = [line for line in bindings if "libctranslate2" in line and "`GOMP_parallel'" in line]
     assert gomp and all("ctranslate2.libs/libgomp" in line for line in gomp), gomp
 

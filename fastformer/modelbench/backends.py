@@ -9,6 +9,7 @@ compares them with the fastest other backend), quantized=True when it computes b
 is labelled, and the verdict also names the fastest full-precision backend), spins=True when its
 threads busy-wait between calls (the run is then timed in alternating blocks)."""
 import functools
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -106,6 +107,11 @@ def _hf_compile(ctx: LoadContext) -> Runner:
     return _as_runner(torch.compile(load_hf(ctx, "sdpa")))
 
 
+# How each CPU engine is imported: CTranslate2 through its runtime module, which binds its native library to its own
+# OpenMP runtime; a plain `import ctranslate2` first would bind it to torch's for the rest of the process.
+_IMPORTERS = {"ctranslate2": ctranslate2_runtime.import_ctranslate2}
+
+
 def _require_cpu_float32(ctx: LoadContext, package: str, install: str):
     """The CPU engines run here on the CPU in float32 only, and only when installed."""
     if torch.device(ctx.device).type != "cpu":
@@ -113,7 +119,7 @@ def _require_cpu_float32(ctx: LoadContext, package: str, install: str):
     if ctx.dtype != torch.float32:
         raise BackendUnavailable(f"benchmarked in float32 only, not {str(ctx.dtype).removeprefix('torch.')}")
     try:
-        __import__(package)
+        _IMPORTERS.get(package, lambda: importlib.import_module(package))()
     except ImportError:
         raise BackendUnavailable(f"{package} is not installed (pip install {install}, or the `peers` extras)") from None
 
