@@ -61,6 +61,11 @@ class Linear(_DropIn, nn.Linear):
         return (_HAS_MKLDNN and self.backend in (None, "cpu") and not needs_grad and x.is_cpu
                 and x.dtype == weight.dtype and _packs(x.dtype) and not torch.compiler.is_compiling())
 
+    def __getstate__(self):
+        # The packed weight is a cache in oneDNN's opaque layout, whose storage neither pickle (torch.save) nor
+        # copy.deepcopy can read; a copy packs its own on its first call.
+        return {k: v for k, v in super().__getstate__().items() if k not in ("_packed", "_packed_key")}
+
     def _packed_weight(self, weight) -> torch.Tensor:
         # Inference tensors (a model built under torch.inference_mode) have no version counter: their key is
         # the storage alone, so an in-place change of such a weight needs a new tensor to be seen.

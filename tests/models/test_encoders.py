@@ -1,11 +1,13 @@
 """Native BERT / RoBERTa / DistilBERT and every head against Hugging Face transformers, loaded from
 tiny random checkpoints saved with save_pretrained (no network)."""
+import copy
+
 import pytest
 import torch
 
 import fastformer as ff
 from fastformer.models import block as block_module
-from tests.fused_blocks import count_op_calls
+from tests.fused_blocks import block_changes, count_op_calls
 
 transformers = pytest.importorskip("transformers")
 
@@ -178,6 +180,53 @@ def test_fused_blocks_equal_the_python_blocks(tmp_path, monkeypatch, family, len
         python = model(ids, attention_mask=mask)
     assert torch.equal(fused, python)
 
+
+
+def test_fused_blocks_see_every_change_to_the_model(tmp_path, monkeypatch):
+    """The fused op's per-block arguments are kept between forwards (TransformerBlock._fused_args); every kind of
+    change to a block after a forward reaches the next one, which equals the Python blocks' bit for bit: a weight
+    updated in place, a .data swap, a new parameter, a setting (eps, activation), a module replaced by one the op
+    does not cover, a state dict loaded."""
+    _, path = save_tiny(tmp_path, "bert", "Model")
+    model = ff.from_pretrained(path)
+    loaded = {name: torch.randn_like(t) for name, t in model.state_dict().items()}
+    ids = torch.randint(5, 99, (2, 6))
+    calls = count_op_calls(monkeypatch, "encoder_block")
+
+    def forward(python=False):
+        with torch.inference_mode(), monkeypatch.context() as patch:
+            if python:
+                patch.setattr(block_module.TransformerBlock, "encode", lambda self, x, mask, packed: None)
+            return model(ids)
+
+    changes = {**block_changes(model.layers[0]),
+               "activation": lambda: setattr(model.layers[1].ffn, "activation", "relu"),
+               "state dict": lambda: model.load_state_dict(loaded)}
+    before, python_layers = forward(), 0
+    for name, change in changes.items():
+        with torch.no_grad():
+            change()
+        python_layers += name == "module"  # from here on layer 0 has torch's Linear: its Python block runs
+        calls.clear()
+        fused = forward()
+        assert len(calls) == len(model.layers) - python_layers, name
+        assert torch.equal(fused, forward(python=True)) and not torch.equal(fused, before), name
+        before = fused
+
+
+
+def test_a_model_copies_and_saves_after_inference(tmp_path):
+    """After an inference forward the model holds caches in oneDNN's opaque layout (packed weights, the fused blocks'
+    arguments); copy.deepcopy and torch.save leave them out, and the copies compute what the model does."""
+    _, path = save_tiny(tmp_path, "bert", "Model")
+    model = ff.from_pretrained(path)
+    ids = torch.randint(5, 99, (2, 6))
+    with torch.inference_mode():
+        expected = model(ids)
+    torch.save(model, tmp_path / "model.pt")
+    for copied in (copy.deepcopy(model), torch.load(tmp_path / "model.pt", weights_only=False)):
+        with torch.inference_mode():
+            assert torch.equal(copied(ids), expected)
 
 def test_fused_blocks_only_where_they_apply(tmp_path, monkeypatch):
     """The Python blocks run where the fused op does not apply: a gradient to record, training mode, one row of one

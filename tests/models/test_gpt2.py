@@ -1,5 +1,6 @@
 """Native GPT-2 (causal LM, sequence classification, bare body) against Hugging Face transformers,
 loaded from tiny random checkpoints (no network)."""
+import copy
 import importlib
 import types
 
@@ -8,7 +9,7 @@ import torch
 
 import fastformer as ff
 from fastformer.models import decoder as decoder_module
-from tests.fused_blocks import count_op_calls
+from tests.fused_blocks import block_changes, count_op_calls
 from tests.gpt2_tiny import left_padded_prompts, save_tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
@@ -134,6 +135,36 @@ def test_fused_decode_step_equals_the_python_blocks(tmp_path, monkeypatch, activ
     assert torch.equal(fused, python)
     assert torch.equal(fused_cache.keys, python_cache.keys) and torch.equal(fused_cache.values, python_cache.values)
 
+
+
+def test_fused_decode_sees_every_change_to_the_model(tmp_path, monkeypatch):
+    """The fused op's per-block arguments are kept between steps (TransformerBlock._fused_args); a change to a block
+    between two decode steps reaches the next step, whose logits equal the Python blocks' bit for bit: a weight
+    updated in place, a .data swap, a new parameter, a setting (eps), a module the op does not cover."""
+    save_tiny_gpt2(tmp_path, noise=0.3)
+    model = ff.from_pretrained(tmp_path)
+    changes = block_changes(model.decoder.layers[0])
+    calls = count_op_calls(monkeypatch, "decode_block")
+
+    def step(cache, token, python=False):
+        with torch.inference_mode(), monkeypatch.context() as patch:
+            if python:
+                python_blocks_only(patch)
+            return model.step(token, cache)
+
+    with torch.inference_mode():
+        cache = model.new_cache(1, 4 + 2 * len(changes))
+        model.step(torch.randint(3, 97, (1, 4)), cache)
+    for name, change in changes.items():
+        step(cache, torch.randint(3, 97, (1, 1)))  # builds (or reuses) the arguments
+        with torch.no_grad():
+            change()
+        token = torch.randint(3, 97, (1, 1))
+        python_cache = copy.deepcopy(cache)
+        calls.clear()
+        fused = step(cache, token)
+        assert len(calls) == len(model.decoder.layers) - (name == "module"), name  # torch's Linear: Python
+        assert torch.equal(fused, step(python_cache, token, python=True)), name
 
 def test_fused_decode_only_where_it_applies(tmp_path, monkeypatch):
     """The Python blocks run where the fused op does not apply: a gradient to record, training mode, more than one
