@@ -51,8 +51,10 @@ def _block_state(block: nn.Module) -> tuple[tuple, list]:
     replaced one changes the key) with its public settings (eps, backend, activation, heads, training, ...) and
     whether it has forward hooks, and each parameter and buffer with its storage and version (an in-place update or a
     .data swap changes the key), read from the modules' dicts: nn.Module's attribute lookup costs ~0.7 us per
-    submodule or parameter. Modules and tensors enter the key by id; `objects` holds them, so that no id is reused
-    while a key is kept."""
+    submodule or parameter. Modules and tensors enter the key by id. `objects` holds the tensors, so that no tensor's
+    id is reused while a key is kept; not the modules, which would make the block a reference cycle (freed only by
+    the garbage collector): a module replaced by one at the same id differs in its type or tensors, or else in
+    nothing the fused op reads."""
     key = [bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)]
     objects = []
     pending = [block]
@@ -60,8 +62,7 @@ def _block_state(block: nn.Module) -> tuple[tuple, list]:
         module = pending.pop()
         state = module.__dict__  # the slots nn.Module's __getattr__ reads, without its lookup
         pending += [m for m in state["_modules"].values() if m is not None]
-        objects.append(module)
-        key += (id(module), bool(state["_forward_hooks"] or state["_forward_pre_hooks"]))
+        key += (id(module), type(module), bool(state["_forward_hooks"] or state["_forward_pre_hooks"]))
         settings = [value for name, value in state.items() if name[0] != "_"]
         for i, value in enumerate(settings):
             if isinstance(value, torch.Tensor):  # a tensor's == is elementwise: compare it by id

@@ -1,6 +1,8 @@
 """Native BERT / RoBERTa / DistilBERT and every head against Hugging Face transformers, loaded from
 tiny random checkpoints saved with save_pretrained (no network)."""
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -227,6 +229,22 @@ def test_a_model_copies_and_saves_after_inference(tmp_path):
     for copied in (copy.deepcopy(model), torch.load(tmp_path / "model.pt", weights_only=False)):
         with torch.inference_mode():
             assert torch.equal(copied(ids), expected)
+
+
+def test_a_model_is_freed_without_the_garbage_collector_after_inference(tmp_path):
+    """The caches a forward leaves (packed weights, the fused blocks' arguments) make no reference cycle: dropping the
+    last reference frees the model and its weights at once, not at a later garbage collection."""
+    _, path = save_tiny(tmp_path, "bert", "Model")
+    model = ff.from_pretrained(path)
+    with torch.inference_mode():
+        model(torch.randint(5, 99, (2, 6)))
+    block, weight = weakref.ref(model.layers[0]), weakref.ref(model.layers[0].attn.qkv.weight)
+    gc.disable()
+    try:
+        del model
+        assert block() is None and weight() is None
+    finally:
+        gc.enable()
 
 def test_fused_blocks_only_where_they_apply(tmp_path, monkeypatch):
     """The Python blocks run where the fused op does not apply: a gradient to record, training mode, one row of one
