@@ -5,15 +5,20 @@
 // (GPT-2-small streams 498 MB of fp32 weights per token), so the kernel's only job is to stream W at the
 // machine's read bandwidth. Measured on the 2-core AVX-512 development VM, four quiet interleaved runs,
 // 2 threads, GPT-2-small's 48 layer matrices + LM head per step (498 MB): oneDNN's prepacked product
-// (torch.ops.mkldnn._linear_pointwise) 17.9 / 22.3 / 21.9 / 24.3 ms, this kernel 17.8 / 18.7 / 21.6 / 23.0 ms:
-// never slower, up to 1.19x faster (the VM's memory bandwidth moves between runs). oneDNN treats the row as a 1 x K matrix and walks its blocked weight layout; here each
+// (torch.ops.mkldnn._linear_pointwise) 17.9 / 22.3 / 21.9 / 24.3 ms, this kernel's first version (four rows
+// interleaved, below) 17.8 / 18.7 / 21.6 / 23.0 ms: never slower, up to 1.19x faster (the VM's memory bandwidth
+// moves between runs). oneDNN treats the row as a 1 x K matrix and walks its blocked weight layout; here each
 // thread reads a contiguous band of W's rows front to back, which the hardware prefetcher streams.
 //
-// W stays in its own row-major layout [N, K] (any row stride, last dim contiguous): no packed copy. Rows
-// are processed kRows at a time, each against the same x chunk loaded once, with two accumulators per row
-// so consecutive fused multiply-adds do not wait on each other; K's tail past the last full chunk is
-// summed in scalar code. Accumulation is in fp32 (the dtype of the op), summed in a different order than
-// a matmul's: results differ from F.linear by rounding only.
+// W stays in its own row-major layout [N, K] (any row stride, last dim contiguous): no packed copy. Each thread
+// takes a contiguous band of rows and reads it front to back, one row at a time with four accumulators, so
+// consecutive fused multiply-adds do not wait on each other; K's tail past the last full chunk is summed in scalar
+// code. Reading rows one at a time keeps each thread's reads one sequential stream: four rows interleaved (each
+// chunk of x against rows n..n+3) made four short streams of one row (3 KB at K = 768) each, which the hardware
+// prefetcher follows worse. GPT-2-small's 49 decode products (498 MB, cold), 2 threads, same VM, 9 interleaved
+// passes, two runs: 21.44 / 23.17 ms (23.0 / 21.3 GB/s) four rows interleaved, 17.30 / 18.35 ms (28.6 / 26.9 GB/s)
+// one row at a time; software prefetch ahead made either slower. Accumulation is in fp32 (the dtype of the op),
+// summed in a different order than a matmul's: results differ from F.linear by rounding only.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -26,27 +31,21 @@ namespace {
 using at::Tensor;
 using Vec = at::vec::Vectorized<float>;
 
-constexpr int64_t kRows = 4;  // rows of W per step: 4 x 2 accumulators fit AVX2's 16 registers with x
-constexpr int64_t kChunk = 2 * Vec::size();
+constexpr int64_t kChunk = 4 * Vec::size();  // one chunk: a vector for each of the four accumulators
 
-template <int64_t R>
-void dot_rows(const float* w, int64_t row_stride, const float* x, int64_t K, const float* bias, float* y) {
-  Vec acc[R][2];
-  for (int64_t r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Vec(0.f);
+// y = w . x + bias over K elements (w and x contiguous).
+float dot_row(const float* w, const float* x, int64_t K, float bias) {
+  Vec acc0(0.f), acc1(0.f), acc2(0.f), acc3(0.f);
   int64_t k = 0;
   for (; k + kChunk <= K; k += kChunk) {
-    const Vec x0 = Vec::loadu(x + k), x1 = Vec::loadu(x + k + Vec::size());
-    for (int64_t r = 0; r < R; ++r) {
-      const float* wr = w + r * row_stride + k;
-      acc[r][0] = at::vec::fmadd(Vec::loadu(wr), x0, acc[r][0]);
-      acc[r][1] = at::vec::fmadd(Vec::loadu(wr + Vec::size()), x1, acc[r][1]);
-    }
+    acc0 = at::vec::fmadd(Vec::loadu(w + k), Vec::loadu(x + k), acc0);
+    acc1 = at::vec::fmadd(Vec::loadu(w + k + Vec::size()), Vec::loadu(x + k + Vec::size()), acc1);
+    acc2 = at::vec::fmadd(Vec::loadu(w + k + 2 * Vec::size()), Vec::loadu(x + k + 2 * Vec::size()), acc2);
+    acc3 = at::vec::fmadd(Vec::loadu(w + k + 3 * Vec::size()), Vec::loadu(x + k + 3 * Vec::size()), acc3);
   }
-  for (int64_t r = 0; r < R; ++r) {
-    float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc[r][0] + acc[r][1]);
-    for (int64_t t = k; t < K; ++t) sum += w[r * row_stride + t] * x[t];
-    y[r] = sum + (bias != nullptr ? bias[r] : 0.f);
-  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, (acc0 + acc1) + (acc2 + acc3));
+  for (; k < K; ++k) sum += w[k] * x[k];
+  return sum + bias;
 }
 
 // x [K] contiguous, weight [N, K] last dim contiguous, bias [N] contiguous or undefined; all fp32 on CPU
@@ -66,17 +65,12 @@ Tensor gemv(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& 
   const float* wp = weight.data_ptr<float>();
   const float* bp = has_bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const int64_t groups = N / kRows;
-  // Grain: at least 64 groups (256 rows) per task, ~200 KB of GPT-2's K = 768 weights: a thread wake-up
-  // (~5 us) costs less than streaming that (~8 us at 26 GB/s).
-  at::parallel_for(0, groups, 64, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t n = g * kRows;
-      dot_rows<kRows>(wp + n * row_stride, row_stride, xp, K, bp != nullptr ? bp + n : nullptr, yp + n);
-    }
+  // Grain: at least 256 rows per task, ~750 KB of GPT-2's K = 768 weights: a thread wake-up (~5 us) costs less
+  // than streaming that (~28 us at 27 GB/s).
+  at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      yp[n] = dot_row(wp + n * row_stride, xp, K, bp != nullptr ? bp[n] : 0.f);
   });
-  for (int64_t n = groups * kRows; n < N; ++n)
-    dot_rows<1>(wp + n * row_stride, row_stride, xp, K, bp != nullptr ? bp + n : nullptr, yp + n);
   return y;
 }
 
