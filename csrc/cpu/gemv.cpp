@@ -1,5 +1,5 @@
 // Matrix-vector product on CPU: y = W x + b for one input row, the linear layers of a batch-1 KV-cache
-// decode step.
+// decode step, in fp32 or bf16.
 //
 // A single row makes the product memory-bound: every weight is read once and used for one multiply-add
 // (GPT-2-small streams 498 MB of fp32 weights per token), so the kernel's only job is to stream W at the
@@ -25,6 +25,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <array>
+
 namespace fastformer::cpu {
 namespace {
 
@@ -33,44 +35,71 @@ using Vec = at::vec::Vectorized<float>;
 
 constexpr int64_t kChunk = 4 * Vec::size();  // one chunk: a vector for each of the four accumulators
 
-// y = w . x + bias over K elements (w and x contiguous).
-float dot_row(const float* w, const float* x, int64_t K, float bias) {
-  Vec acc0(0.f), acc1(0.f), acc2(0.f), acc3(0.f);
+// One chunk of weights (kChunk of them) as four fp32 vectors: fp32 loaded as is, bf16 (half the bytes to stream)
+// widened, which is exact.
+inline std::array<Vec, 4> load_chunk(const float* w) {
+  return {Vec::loadu(w), Vec::loadu(w + Vec::size()), Vec::loadu(w + 2 * Vec::size()),
+          Vec::loadu(w + 3 * Vec::size())};
+}
+inline std::array<Vec, 4> load_chunk(const c10::BFloat16* w) {
+  using BVec = at::vec::Vectorized<c10::BFloat16>;
+  static_assert(BVec::size() == 2 * Vec::size(), "a bf16 vector widens to two fp32 vectors");
+  const auto [a, b] = at::vec::convert_bfloat16_float(BVec::loadu(w));
+  const auto [c, d] = at::vec::convert_bfloat16_float(BVec::loadu(w + BVec::size()));
+  return {a, b, c, d};
+}
+
+// w . x + bias over K elements (w and x contiguous; x in fp32), accumulated in fp32.
+template <typename T>
+float dot_row(const T* w, const float* x, int64_t K, float bias) {
+  Vec acc[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
   int64_t k = 0;
   for (; k + kChunk <= K; k += kChunk) {
-    acc0 = at::vec::fmadd(Vec::loadu(w + k), Vec::loadu(x + k), acc0);
-    acc1 = at::vec::fmadd(Vec::loadu(w + k + Vec::size()), Vec::loadu(x + k + Vec::size()), acc1);
-    acc2 = at::vec::fmadd(Vec::loadu(w + k + 2 * Vec::size()), Vec::loadu(x + k + 2 * Vec::size()), acc2);
-    acc3 = at::vec::fmadd(Vec::loadu(w + k + 3 * Vec::size()), Vec::loadu(x + k + 3 * Vec::size()), acc3);
+    const std::array<Vec, 4> wk = load_chunk(w + k);
+    for (int i = 0; i < 4; ++i) acc[i] = at::vec::fmadd(wk[i], Vec::loadu(x + k + i * Vec::size()), acc[i]);
   }
-  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, (acc0 + acc1) + (acc2 + acc3));
-  for (; k < K; ++k) sum += w[k] * x[k];
+  const Vec total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, total);
+  for (; k < K; ++k) sum += static_cast<float>(w[k]) * x[k];
   return sum + bias;
 }
 
-// x [K] contiguous, weight [N, K] last dim contiguous, bias [N] contiguous or undefined; all fp32 on CPU
-// (the wrapper in fastformer/ops/gemv.py checks and reshapes). Returns y [N].
-Tensor gemv(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 1 && x.is_contiguous() && x.scalar_type() == at::kFloat, "gemv: x must be contiguous fp32 [K]");
-  TORCH_CHECK(weight.dim() == 2 && weight.stride(1) == 1 && weight.size(1) == x.size(0) &&
-                  weight.scalar_type() == at::kFloat,
-              "gemv: weight must be fp32 [N, K] with its last dim contiguous");
-  const bool has_bias = bias.has_value() && bias->defined();
-  TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->is_contiguous() &&
-                            bias->scalar_type() == at::kFloat),
-              "gemv: bias must be contiguous fp32 [N]");
+template <typename T>
+void gemv_rows(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, Tensor& y) {
   const int64_t N = weight.size(0), K = weight.size(1), row_stride = weight.stride(0);
-  Tensor y = at::empty({N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
-  const float* bp = has_bias ? bias->data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  // Grain: at least 256 rows per task, ~750 KB of GPT-2's K = 768 weights: a thread wake-up (~5 us) costs less
+  const Tensor x_float = x.to(at::kFloat);  // [K], read once per row: widened once
+  const float* xp = x_float.const_data_ptr<float>();
+  const T* wp = weight.const_data_ptr<T>();
+  const T* bp = bias ? bias->const_data_ptr<T>() : nullptr;
+  T* yp = y.data_ptr<T>();
+  // Grain: at least 256 rows per task, ~750 KB of GPT-2's K = 768 fp32 weights: a thread wake-up (~5 us) costs less
   // than streaming that (~28 us at 27 GB/s).
   at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
-      yp[n] = dot_row(wp + n * row_stride, xp, K, bp != nullptr ? bp[n] : 0.f);
+      yp[n] = static_cast<T>(dot_row(wp + n * row_stride, xp, K, bp != nullptr ? static_cast<float>(bp[n]) : 0.f));
   });
+}
+
+// x [K] contiguous, weight [N, K] last dim contiguous, bias [N] contiguous or undefined; all fp32, or all bf16 (fp32
+// accumulation, the result rounded once, as oneDNN's bf16 product), on CPU (the wrapper in fastformer/ops/gemv.py
+// checks and reshapes). Returns y [N].
+Tensor gemv(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(x.dim() == 1 && x.is_contiguous() && (dtype == at::kFloat || dtype == at::kBFloat16),
+              "gemv: x must be contiguous fp32 or bf16 [K]");
+  TORCH_CHECK(weight.dim() == 2 && weight.stride(1) == 1 && weight.size(1) == x.size(0) &&
+                  weight.scalar_type() == dtype,
+              "gemv: weight must be [N, K] of x's dtype with its last dim contiguous");
+  const bool has_bias = bias.has_value() && bias->defined();
+  TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->is_contiguous() &&
+                            bias->scalar_type() == dtype),
+              "gemv: bias must be contiguous [N] of x's dtype");
+  Tensor y = at::empty({weight.size(0)}, x.options());
+  const std::optional<Tensor> used_bias = has_bias ? bias : std::nullopt;
+  if (dtype == at::kFloat)
+    gemv_rows<float>(x, weight, used_bias, y);
+  else
+    gemv_rows<c10::BFloat16>(x, weight, used_bias, y);
   return y;
 }
 

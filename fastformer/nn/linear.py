@@ -7,7 +7,7 @@ state_dict), rebuilt when the weight changes; whenever a gradient is needed, or 
 CPU with native bf16 dot products: 1.5 ms vs fp32's 2.9 ms for the product above, single rows 0.056 vs 0.122 ms
 for F.linear on bf16), forward is plain F.linear.
 
-Single fp32 rows (KV-cache decoding at batch 1) run fastformer's own matrix-vector kernel
+Single fp32 or bf16 rows (KV-cache decoding at batch 1) run fastformer's own matrix-vector kernel
 (ff.ops.gemv) on the unpacked weight instead. A matrix-vector product streams the weight once, so its
 speed is memory bandwidth; measured on a quiet 2-core AVX-512 development VM (torch 2.13.0, 2 threads,
 GPT-2-small's 48 layer matrices + LM head, 498 MB): F.linear reads 13.5 GB/s, the packed oneDNN product
@@ -22,7 +22,7 @@ from torch import nn
 from fastformer.nn import cpu_features
 from fastformer.nn._dropin import _DropIn
 from fastformer.nn.activation import ACTIVATIONS, ONEDNN_POST_OPS
-from fastformer.ops.gemv import AVAILABLE as _HAS_GEMV, gemv_checked
+from fastformer.ops.gemv import AVAILABLE as _HAS_GEMV, DTYPES as GEMV_DTYPES, gemv_checked
 
 _HAS_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -45,9 +45,9 @@ class Linear(_DropIn, nn.Linear):
             if x.dim() == 0 or x.shape[-1] != self.in_features:  # oneDNN's own message names neither
                 raise ValueError(f"input must have shape [..., in_features={self.in_features}], got "
                                  f"{tuple(x.shape)}")
-            if x.numel() == self.in_features and x.dtype == torch.float32 and _HAS_GEMV:
-                # One row: memory-bound, our kernel streams W faster. x was checked above (fp32, CPU, [..., K])
-                # and the weight is x's dtype; a bias of another dtype is refused by the kernel.
+            if x.numel() == self.in_features and x.dtype in GEMV_DTYPES and _HAS_GEMV:
+                # One row: memory-bound, our kernel streams W faster. x was checked above (fp32 or bf16, CPU,
+                # [..., K]) and the weight is x's dtype; a bias of another dtype is refused by the kernel.
                 y = gemv_checked(x, weight, bias)
                 return ACTIVATIONS[activation](y) if activation is not None else y
             post_op, algorithm = ONEDNN_POST_OPS.get(activation, ("none", ""))

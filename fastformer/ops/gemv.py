@@ -1,11 +1,12 @@
-"""gemv: y = x @ weight.T + bias for ONE input row, CPU fp32: the linear layers of a batch-1 KV-cache decode step.
+"""gemv: y = x @ weight.T + bias for ONE input row, CPU fp32 or bf16: the linear layers of a batch-1 KV-cache decode
+step.
 
 A single row makes a linear layer memory-bound (each weight is read once for one multiply-add), so its speed
-is the bandwidth at which the weight streams: measured on the 2-core AVX-512 development VM, 2 threads,
-GPT-2-small's 49 decode matrices (498 MB), four quiet interleaved runs, the C++ kernel (csrc/cpu/gemv.cpp)
-took 1.00-1.19x less time than oneDNN's prepacked product (22-28 GB/s), and GPT-2-small decoded at 31.4 vs
-33.1 ms/token with it (one interleaved in-process A/B). ff.nn.Linear
-calls it for single-row fp32 inference on the CPU; everything else keeps oneDNN / F.linear.
+is the bandwidth at which the weight streams: each thread reads its band of weight rows front to back, one row at a
+time (csrc/cpu/gemv.cpp). Measured on the 2-core AVX-512 development VM, 2 threads, GPT-2-small's 49 decode
+matrices (498 MB fp32): 17.3-18.4 ms (27-29 GB/s), where oneDNN's prepacked product took 18-24 ms. bf16 weights
+stream half the bytes; accumulation is in fp32 and the result is rounded to bf16 once, as oneDNN's bf16 product does.
+ff.nn.Linear calls it for single-row inference on the CPU; everything else keeps oneDNN / F.linear.
 
 The op is registered in C++ (schema in csrc/fastformer.cpp); here: its fake impl, autograd (so it is a
 complete op under torch.compile and in training, though the model only calls it without gradients), the
@@ -20,6 +21,7 @@ from fastformer.ops._layout import contiguous, last_dim_contiguous
 _ops = torch.ops.fastformer
 # A build older than the op has no kernel: ff.nn.Linear then keeps oneDNN for single rows.
 AVAILABLE = hasattr(_ops, "gemv")
+DTYPES = (torch.float32, torch.bfloat16)
 
 
 def gemv_ref(x, weight, bias=None):
@@ -33,8 +35,10 @@ def _check(x, weight, bias):
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != torch.float32:
-            raise TypeError(f"{name} must be float32 (gemv is the fp32 CPU single-row kernel), got {t.dtype}")
+        if t.dtype not in DTYPES:
+            raise TypeError(f"{name} must be float32 or bfloat16 (gemv's CPU kernels), got {t.dtype}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
         if t.device.type != "cpu":
             raise ValueError(f"{name} must be on the CPU, got {t.device}")
     if weight.dim() != 2:
@@ -47,7 +51,7 @@ def _check(x, weight, bias):
 
 
 def gemv(x, weight, bias=None):
-    """x [..., K] holding one row, weight [N, K], bias [N] or None (all fp32, CPU) -> [..., N]."""
+    """x [..., K] holding one row, weight [N, K], bias [N] or None (all fp32, or all bf16; CPU) -> [..., N]."""
     _check(x, weight, bias)
     return gemv_checked(x, weight, bias)
 

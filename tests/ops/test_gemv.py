@@ -1,4 +1,4 @@
-"""ff.ops.gemv (the single-row fp32 CPU linear) against fp64 and F.linear, and ff.nn.Linear's use of it."""
+"""ff.ops.gemv (the single-row fp32 / bf16 CPU linear) against fp64 and F.linear, and ff.nn.Linear's use of it."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,23 @@ def test_matches_fp64(K, N, with_bias):
     _assert_close_to_fp64(ff.ops.gemv(x, weight, bias), x, weight, bias)
 
 
+
+@pytest.mark.parametrize("K", [1, 31, 32, 33, 768, 3072])
+@pytest.mark.parametrize("N", [1, 5, 257])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bf16_matches_fp64_as_f_linear_does(K, N, with_bias):
+    """bf16 inputs, fp32 accumulation, one rounding to bf16: within one bf16 rounding of the fp64 product of the same
+    bf16 values, and as close as F.linear's own bf16 product (K past, at and below the 32-weight chunk)."""
+    x, weight = torch.randn(K).bfloat16(), torch.randn(N, K).bfloat16()
+    bias = torch.randn(N).bfloat16() if with_bias else None
+    got = ff.ops.gemv(x, weight, bias)
+    want = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    assert got.dtype == torch.bfloat16 and got.shape == (N,)
+    scale = F.linear(x.double().abs(), weight.double().abs(), None if bias is None else bias.double().abs())
+    error, baseline = (got.double() - want).abs(), (F.linear(x, weight, bias).double() - want).abs()
+    assert (error <= 2 ** -8 * want.abs() + 1e-5 * scale).all()  # bf16 rounding + fp32 accumulation
+    assert error.max() <= 2 * baseline.max() + 1e-5 * scale.max()
+
 def test_any_leading_shape_strided_weight_rows_and_strided_x():
     wide = torch.randn(300, 200)
     weight = wide[:, :123]  # row stride 200, read in place
@@ -50,8 +67,9 @@ def test_gradients_match_f_linear():
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
-def test_opcheck():
-    x, weight, bias = torch.randn(37), torch.randn(29, 37), torch.randn(29)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    x, weight, bias = torch.randn(37, dtype=dtype), torch.randn(29, 37, dtype=dtype), torch.randn(29, dtype=dtype)
     torch.library.opcheck(torch.ops.fastformer.gemv.default, (x, weight, bias))
     torch.library.opcheck(torch.ops.fastformer.gemv.default, (x, weight, None))
 
@@ -69,6 +87,8 @@ def test_compiles_fullgraph():
     ((torch.randn(8), torch.randn(4, 8), torch.randn(5)), ValueError, "bias must be"),
     ((torch.randn(8).double(), torch.randn(4, 8), None), TypeError, "x must be float32"),
     ((torch.randn(8), torch.randn(4, 8).half(), None), TypeError, "weight must be float32"),
+    ((torch.randn(8), torch.randn(4, 8).bfloat16(), None), TypeError, "weight must have x's dtype"),
+    ((torch.randn(8).bfloat16(), torch.randn(4, 8).bfloat16(), torch.randn(4)), TypeError, "bias must have x's"),
     (([0.0] * 8, torch.randn(4, 8), None), TypeError, "x must be a torch.Tensor"),
 ])
 def test_bad_input_is_named(args, error, match):
@@ -77,18 +97,24 @@ def test_bad_input_is_named(args, error, match):
 
 
 @pytest.mark.parametrize("activation", [None, "gelu", "relu"])
-def test_linear_runs_single_rows_through_gemv(activation, monkeypatch):
-    linear = ff.nn.Linear(96, 200)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_runs_single_rows_through_gemv(activation, dtype, monkeypatch):
+    """Single rows take the kernel in fp32, and in bf16 where ff.nn.Linear runs bf16 on oneDNN (native bf16 dot
+    products); other inputs keep oneDNN."""
+    if dtype == torch.bfloat16 and ff.nn.cpu_features.missing_for("bf16") is not None:
+        pytest.skip(ff.nn.cpu_features.missing_for("bf16"))
+    linear = ff.nn.Linear(96, 200).to(dtype)
     calls = []
     real = linear_module.gemv_checked
     monkeypatch.setattr(linear_module, "gemv_checked", lambda *a: calls.append(a[0].shape) or real(*a))
-    x = torch.randn(1, 1, 96)
+    x = torch.randn(1, 1, 96, dtype=dtype)
     with torch.no_grad():
         got = linear(x, activation=activation)
-        linear(torch.randn(2, 96))  # two rows: oneDNN
+        linear(torch.randn(2, 96, dtype=dtype))  # two rows: oneDNN
     assert calls == [(1, 1, 96)]
     want = F.linear(x, linear.weight, linear.bias)
     if activation is not None:
         from fastformer.nn.activation import ACTIVATIONS
         want = ACTIVATIONS[activation](want)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: both round their fp32 sums once
+    torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
