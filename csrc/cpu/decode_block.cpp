@@ -36,8 +36,9 @@ Tensor decode_block(const Tensor& x, Tensor& keys, Tensor& values, int64_t lengt
                     const OptTensor& norm2_weight, const OptTensor& norm2_bias, const Tensor& up_weight,
                     const OptTensor& up_bias, const Tensor& down_weight, const OptTensor& down_bias, bool rms,
                     double eps, c10::string_view activation, double scale) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) == 1 && x.is_contiguous() && x.scalar_type() == at::kFloat,
-              "decode_block: x must be one contiguous fp32 row [1, hidden], got ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == 1 && x.is_contiguous() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "decode_block: x must be one contiguous fp32 or bf16 row [1, hidden], got ", x.sizes());
   TORCH_CHECK(keys.dim() == 4 && keys.size(0) == 1 && keys.sizes() == values.sizes() && keys.stride(3) == 1 &&
                   values.stride(3) == 1,
               "decode_block: keys and values must be one row's cache [1, H, max_length, D] with contiguous heads");

@@ -14,6 +14,7 @@ from fastformer import _backends
 from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
 from fastformer.nn.activation import ACTIVATIONS
+from fastformer.nn.linear import single_rows_on_gemv
 from fastformer.ops._block_args import ACTIVATIONS as FUSED_ACTIVATIONS
 from fastformer.ops.attention import default_scale
 from fastformer.ops.decode_block import decode_block_checked
@@ -160,18 +161,21 @@ class TransformerBlock(nn.Module):
         shape that op does not cover (post-norm, gated FFN, another activation, quantized or non-fp32 linears, a
         backend other than the CPU kernels, hooks): the caller then runs forward. The caller has checked the
         step with fused_blocks_apply and that something is cached."""
-        args = self._fused_args("decode", x.dtype, self._decode_args)
+        args = self._fused_args("decode", x.dtype, lambda: self._decode_args(x.dtype))
         if args is None:
             return None
         return decode_block_checked(x, cache.keys[layer], cache.values[layer], cache.length, key_padding_mask, *args)
 
-    def _decode_args(self):
-        """decode_block's arguments after key_padding_mask, or None where the block does not fit the op."""
+    def _decode_args(self, dtype: torch.dtype):
+        """decode_block's arguments after key_padding_mask for a token of `dtype`, or None where the block does not
+        fit the op. Its products are ff.ops.gemv's: where ff.nn.Linear would not take that kernel for a single row of
+        `dtype` (bf16 without native bf16 dot products), the block keeps its modules."""
         attn, ffn = self.attn, self.ffn
         norm_type = type(self.attn_norm)
-        if not (self.pre_norm and ffn.activation in FUSED_ACTIVATIONS
+        if not (self.pre_norm and ffn.activation in FUSED_ACTIVATIONS and single_rows_on_gemv(dtype)
                 and self._fusable(ffnn.LayerNorm, ffnn.RMSNorm)
-                and all(m.weight.dtype == torch.float32 for m in self._linears())):
+                and all(m.weight.dtype == dtype for m in (*self._linears(), self.attn_norm, self.ffn_norm)
+                        if m.weight is not None)):
             return None
         rms = norm_type is ffnn.RMSNorm
         eps = self.attn_norm.eps if self.attn_norm.eps is not None else torch.finfo(torch.float32).eps

@@ -74,9 +74,9 @@ class Decoder(nn.Module):
 
     def _decodes_one_token(self, x, cache) -> bool:
         """Whether this is a step the blocks can run through the fused CPU decode op (TransformerBlock.decode_token):
-        one new token of one row after cached ones, fp32, and fused_blocks_apply."""
+        one new token of one row after cached ones, fp32 or bf16, and fused_blocks_apply."""
         return (cache is not None and cache.length > 0 and x.shape[0] == 1 and x.shape[1] == 1
-                and _HAS_DECODE_BLOCK and x.dtype == torch.float32 and fused_blocks_apply(self, x))
+                and _HAS_DECODE_BLOCK and x.dtype in (torch.float32, torch.bfloat16) and fused_blocks_apply(self, x))
 
 
 class DecoderForCausalLM(nn.Module):

@@ -32,6 +32,12 @@ def _packs(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_features.missing_for("bf16") is None)
 
 
+def single_rows_on_gemv(dtype: torch.dtype) -> bool:
+    """Whether Linear runs a single inference row of `dtype` on the CPU through ff.ops.gemv (the decode-step
+    product): fp32, and bf16 where it runs bf16 on oneDNN at all (native bf16 dot products)."""
+    return _HAS_GEMV and dtype in GEMV_DTYPES and _packs(dtype)
+
+
 class Linear(_DropIn, nn.Linear):
     # self.weight and self.bias are read once per call: a parameter lookup through nn.Module.__getattr__ costs
     # ~0.7 us, and a forward makes 24 of these calls (all-MiniLM-L6-v2), a GPT-2-small decode step 49.
@@ -45,7 +51,7 @@ class Linear(_DropIn, nn.Linear):
             if x.dim() == 0 or x.shape[-1] != self.in_features:  # oneDNN's own message names neither
                 raise ValueError(f"input must have shape [..., in_features={self.in_features}], got "
                                  f"{tuple(x.shape)}")
-            if x.numel() == self.in_features and x.dtype in GEMV_DTYPES and _HAS_GEMV:
+            if x.numel() == self.in_features and single_rows_on_gemv(x.dtype):
                 # One row: memory-bound, our kernel streams W faster. x was checked above (fp32 or bf16, CPU,
                 # [..., K]) and the weight is x's dtype; a bias of another dtype is refused by the kernel.
                 y = gemv_checked(x, weight, bias)

@@ -1,5 +1,5 @@
 """decode_block: one pre-norm transformer block (GPT-2's) for ONE new token of batch 1 against its KV cache, CPU
-fp32 inference, in one call.
+fp32 or bf16 inference, in one call.
 
 A batch-1 decode step is 49 single-row products that stream the weights (GPT-2-small: ~22 ms of a ~26 ms step on
 the 2-core development VM) and ~150 small calls around them: norms, attention over the cache, cache writes,
@@ -48,7 +48,9 @@ NORMS = ("norm1_weight", "norm1_bias", "norm2_weight", "norm2_bias")
 
 
 def _check(x, keys, values, length, key_padding_mask, activation, tensors):
-    _block_args.check_tensors("decode_block", tensors, torch.float32)
+    if isinstance(x, torch.Tensor) and x.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
+    _block_args.check_tensors("decode_block", tensors, x.dtype)
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"x must be one token's row [1, hidden], got shape {tuple(x.shape)}")
     if keys.dim() != 4 or keys.shape[0] != 1 or keys.shape != values.shape:

@@ -9,6 +9,7 @@ import torch
 
 import fastformer as ff
 from fastformer.models import decoder as decoder_module
+from fastformer.nn import linear as linear_module
 from tests.fused_blocks import block_changes, count_op_calls
 from tests.gpt2_tiny import left_padded_prompts, save_tiny_gpt2
 
@@ -112,11 +113,14 @@ def python_blocks_only(monkeypatch):
 
 @pytest.mark.parametrize("activation", ["gelu_new", "gelu", "relu", "silu"])
 @pytest.mark.parametrize("padded", [False, True], ids=["plain", "left-padded"])
-def test_fused_decode_step_equals_the_python_blocks(tmp_path, monkeypatch, activation, padded):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_decode_step_equals_the_python_blocks(tmp_path, monkeypatch, activation, padded, precision):
     """Decode steps through the fused op give the Python blocks' logits and KV cache bit for bit (the op runs the
-    same kernels in the same order), for every activation it covers and a left-padded prompt."""
+    same kernels in the same order), for every activation it covers, a left-padded prompt, fp32 and bf16."""
+    if precision == "bf16" and ff.nn.cpu_features.missing_for("bf16") is not None:
+        pytest.skip(ff.nn.cpu_features.missing_for("bf16"))
     save_tiny_gpt2(tmp_path, activation_function=activation, noise=0.3)
-    model = ff.from_pretrained(tmp_path)
+    model = ff.from_pretrained(tmp_path, quantize=None if precision == "fp32" else precision)
     ids, mask = left_padded_prompts([5], 9) if padded else (torch.randint(3, 97, (1, 6)), None)
     new_tokens = torch.randint(3, 97, (1, 7))
 
@@ -168,7 +172,8 @@ def test_fused_decode_sees_every_change_to_the_model(tmp_path, monkeypatch):
 
 def test_fused_decode_only_where_it_applies(tmp_path, monkeypatch):
     """The Python blocks run where the fused op does not apply: a gradient to record, training mode, more than one
-    row, a prefill, another backend, int8 linears; the fused op runs under torch.no_grad as under inference_mode."""
+    row, a prefill, another backend, int8 linears, bf16 where ff.nn.Linear does not run it on its kernels; the fused
+    op runs under torch.no_grad as under inference_mode."""
     save_tiny_gpt2(tmp_path)
     model = ff.from_pretrained(tmp_path)
     calls = count_op_calls(monkeypatch, "decode_block")
@@ -194,6 +199,11 @@ def test_fused_decode_only_where_it_applies(tmp_path, monkeypatch):
     monkeypatch.delenv("FASTFORMER_BACKEND")
     if ff.nn.cpu_features.missing_for("int8") is None:
         assert fused_calls(quantized=ff.from_pretrained(tmp_path, quantize="int8")) == 0
+    if ff.nn.cpu_features.missing_for("bf16") is None:
+        assert fused_calls(quantized=ff.from_pretrained(tmp_path, quantize="bf16")) == layers
+        # Without native bf16 dot products ff.nn.Linear keeps F.linear for bf16 rows; so does the block.
+        monkeypatch.setattr(linear_module, "_packs", lambda dtype: dtype == torch.float32)
+        assert fused_calls(quantized=ff.from_pretrained(tmp_path).to(torch.bfloat16)) == 0
 
 
 def test_sequence_classification_needs_pad_token_for_batches(tmp_path):

@@ -1,5 +1,5 @@
-"""ff.ops.decode_block (one pre-norm block for one token against its KV cache, CPU fp32) against its fp64 reference,
-its cache writes, torch.library.opcheck, and its argument errors. The model-level check (the fused step equals the
+"""ff.ops.decode_block (one pre-norm block for one token against its KV cache, CPU fp32 / bf16) against its fp64
+reference, its cache writes, torch.library.opcheck, and its argument errors. The model-level check (the fused step equals the
 Python block's exactly, through generation) is in tests/models/test_gpt2.py."""
 import pytest
 import torch
@@ -58,6 +58,19 @@ def test_matches_fp64_reference_and_writes_the_cache(length, rms, activation, bi
         fresh = make_args(length, rms, activation, biases, padded)[name]
         assert torch.equal(args[name][:, :, untouched], fresh[:, :, untouched])
 
+
+
+@pytest.mark.parametrize("rms, activation", [(False, "gelu_tanh"), (True, "silu")])
+def test_bf16_is_as_close_to_fp64_as_the_reference_in_bf16(rms, activation):
+    """bf16 arguments: the op's error against the fp64 block of the same bf16 values stays within 2x that of the
+    reference block computed in bf16 by PyTorch, and the token's k and v go into its slot."""
+    args = with_tensors(make_args(9, rms, activation), lambda t: t.bfloat16())
+    want = ff.ops.decode_block_ref(**with_tensors(args, lambda t: t.double().clone()))
+    baseline = (ff.ops.decode_block_ref(**with_tensors(args, lambda t: t.clone())).double() - want).abs().max()
+    keys = args["keys"]
+    got = ff.ops.decode_block(**args)
+    assert got.dtype == torch.bfloat16 and (got.double() - want).abs().max() <= 2 * baseline + 1e-3
+    assert not torch.equal(keys[:, :, 9], make_args(9, rms, activation)["keys"][:, :, 9].bfloat16())
 
 def test_masked_slots_are_not_attended():
     """A masked slot's cached values do not reach the output, whatever they hold."""
