@@ -1,6 +1,6 @@
 """ff.ops.decode_block (one pre-norm block for one token against its KV cache, CPU fp32 / bf16) against its fp64
-reference, its cache writes, torch.library.opcheck, and its argument errors. The model-level check (the fused step equals the
-Python block's exactly, through generation) is in tests/models/test_gpt2.py."""
+reference, its cache writes, torch.library.opcheck, and its argument errors. The model-level check (the fused step
+equals the Python block's exactly, through generation) is in tests/models/test_gpt2.py."""
 import pytest
 import torch
 
