@@ -48,7 +48,9 @@
 //            cache); activation (after up) one of gelu, gelu_tanh, relu, silu; LayerNorm with eps. Returns the
 //            block's output, x's shape (csrc/cpu/encoder_block.cpp spells out the sequence).
 //   gemv: x [K] contiguous, weight [N, K] last dim contiguous (any row stride), bias [N] contiguous or none,
-//            all fp32, CPU only: y [N] = weight @ x + bias (the single-row linear of batch-1 decoding).
+//            all fp32 or all bf16, CPU only: y [N] = weight @ x + bias (the single-row linear of batch-1 decoding).
+//   gemv_int8: x [K] fp32, weight_int8 [N, K] int8, weight_scale [N] and bias [N] (or none) fp32, CPU only:
+//            y [N] = weight_scale * (weight_int8 @ x) + bias (ff.nn.Int8Linear's single rows, weight-only).
 // Optional outputs that do not apply (residual_out without residual, grad_weight without weight,
 // grad_bias without bias_needs_grad, grad_rel_table without rel_table) come back as empty tensors,
 // so every schema has a fixed number of results.
@@ -90,6 +92,7 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor? rel_lut, bool rel_bidirectional, bool causal, float scale, float dropout_p, int seed)"
         " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_rel_table)");
   m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("gemv_int8(Tensor x, Tensor weight_int8, Tensor weight_scale, Tensor? bias) -> Tensor");
   m.def("decode_block(Tensor x, Tensor(a!) keys, Tensor(b!) values, int length, Tensor key_padding_mask,"
         " Tensor? norm1_weight, Tensor? norm1_bias, Tensor qkv_weight, Tensor? qkv_bias, Tensor out_weight,"
         " Tensor? out_bias, Tensor? norm2_weight, Tensor? norm2_bias, Tensor up_weight, Tensor? up_bias,"

@@ -21,6 +21,7 @@ from fastformer.ops._layout import contiguous, last_dim_contiguous
 _ops = torch.ops.fastformer
 # A build older than the op has no kernel: ff.nn.Linear then keeps oneDNN for single rows.
 AVAILABLE = hasattr(_ops, "gemv")
+AVAILABLE_INT8 = hasattr(_ops, "gemv_int8")
 DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -41,8 +42,13 @@ def _check(x, weight, bias):
             raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
         if t.device.type != "cpu":
             raise ValueError(f"{name} must be on the CPU, got {t.device}")
+    _check_shapes(x, weight, bias)
+
+
+def _check_shapes(x, weight, bias):
+    name = "weight_int8" if weight.dtype == torch.int8 else "weight"
     if weight.dim() != 2:
-        raise ValueError(f"weight must be [N, K], got shape {tuple(weight.shape)}")
+        raise ValueError(f"{name} must be [N, K], got shape {tuple(weight.shape)}")
     if x.dim() == 0 or x.shape[-1] != weight.shape[1] or x.numel() != weight.shape[1]:
         raise ValueError(f"x must hold one row of K={weight.shape[1]} features ([..., K] with every other dim 1), "
                          f"got shape {tuple(x.shape)}")
@@ -66,6 +72,43 @@ def gemv_checked(x, weight, bias=None):
                        grad_inputs=(x, weight, bias))  # [N]
     return y.view(*x.shape[:-1], weight.shape[0])
 
+
+def gemv_int8_ref(x, weight_int8, weight_scale, bias=None):
+    """The semantics of gemv_int8: F.linear on one row with the int8 weight dequantized (exact in fp32)."""
+    return F.linear(x, weight_int8.float() * weight_scale[:, None], bias)
+
+
+def gemv_int8(x, weight_int8, weight_scale, bias=None):
+    """Weight-only int8 product of one row: x [..., K] fp32 holding one row, weight_int8 [N, K] int8, weight_scale [N]
+    and bias [N] (or None) fp32 (ff.nn.Int8Linear's buffers), all on the CPU -> [..., N] fp32. The weights stream at a
+    quarter of fp32's bytes; x stays fp32 (no activation rounding)."""
+    for name, t, dtype in (("x", x, torch.float32), ("weight_int8", weight_int8, torch.int8),
+                           ("weight_scale", weight_scale, torch.float32), ("bias", bias, torch.float32)):
+        if t is None and name == "bias":
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != dtype:
+            raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got {t.device}")
+    _check_shapes(x, weight_int8, bias)
+    if tuple(weight_scale.shape) != (weight_int8.shape[0],):
+        raise ValueError(f"weight_scale must be [N={weight_int8.shape[0]}], got shape {tuple(weight_scale.shape)}")
+    return gemv_int8_checked(x, weight_int8, weight_scale, bias)
+
+
+def gemv_int8_checked(x, weight_int8, weight_scale, bias=None):
+    """gemv_int8 on arguments the caller has checked (ff.nn.Int8Linear: its own buffers, x checked)."""
+    y = _ops.gemv_int8.default(contiguous(x.reshape(-1)), last_dim_contiguous(weight_int8), contiguous(weight_scale),
+                               contiguous(bias) if bias is not None else None)  # [N]
+    return y.view(*x.shape[:-1], weight_int8.shape[0])
+
+
+if AVAILABLE_INT8:
+    @torch.library.register_fake(_ops.gemv_int8.default)
+    def _fake_int8(x, weight_int8, weight_scale, bias):
+        return x.new_empty((weight_int8.shape[0],))
 
 if AVAILABLE:
     @torch.library.register_fake(_ops.gemv.default)

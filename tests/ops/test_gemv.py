@@ -45,6 +45,38 @@ def test_bf16_matches_fp64_as_f_linear_does(K, N, with_bias):
     assert (error <= 2 ** -8 * want.abs() + 1e-5 * scale).all()  # bf16 rounding + fp32 accumulation
     assert error.max() <= 2 * baseline.max() + 1e-5 * scale.max()
 
+
+@pytest.mark.parametrize("K", [1, 31, 32, 33, 768])
+@pytest.mark.parametrize("N", [1, 5, 1025])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_int8_weights_match_fp64_of_the_dequantized_weight(K, N, with_bias):
+    """gemv_int8 is the fp32 product with the dequantized weight (int8 steps are exact in fp32): within 2x of
+    F.linear's own fp32 error against fp64 (K past, at and below the 32-weight chunk; N past the 1024-row grain)."""
+    x = torch.randn(K)
+    weight_int8 = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    weight_scale, bias = torch.rand(N) / 50, torch.randn(N) if with_bias else None
+    got = ff.ops.gemv_int8(x, weight_int8, weight_scale, bias)
+    assert got.shape == (N,) and got.dtype == torch.float32
+    want = ff.ops.gemv_int8_ref(x.double(), weight_int8, weight_scale.double(), None if bias is None else bias.double())
+    baseline = (ff.ops.gemv_int8_ref(x, weight_int8, weight_scale, bias).double() - want).abs().max()
+    assert (got.double() - want).abs().max() <= 2 * baseline + 1e-5 * K ** 0.5
+
+
+def test_int8_opcheck_and_bad_input():
+    x, weight_int8 = torch.randn(37), torch.randint(-127, 128, (29, 37), dtype=torch.int8)
+    weight_scale, bias = torch.rand(29), torch.randn(29)
+    torch.library.opcheck(torch.ops.fastformer.gemv_int8.default, (x, weight_int8, weight_scale, bias))
+    torch.library.opcheck(torch.ops.fastformer.gemv_int8.default, (x, weight_int8, weight_scale, None))
+    for args, error, match in [
+        ((x, weight_int8.float(), weight_scale), TypeError, "weight_int8 must be torch.int8"),
+        ((x.double(), weight_int8, weight_scale), TypeError, "x must be torch.float32"),
+        ((x, weight_int8, weight_scale[:5]), ValueError, "weight_scale must be"),
+        ((torch.randn(2, 37), weight_int8, weight_scale), ValueError, "one row"),
+        ((x, weight_int8, weight_scale, torch.randn(3)), ValueError, "bias must be"),
+    ]:
+        with pytest.raises(error, match=match):
+            ff.ops.gemv_int8(*args)
+
 def test_any_leading_shape_strided_weight_rows_and_strided_x():
     wide = torch.randn(300, 200)
     weight = wide[:, :123]  # row stride 200, read in place
