@@ -7,6 +7,16 @@ import torch.nn.functional as F
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu": F.relu, "silu": F.silu}
 
 _INDEX_DTYPES = {"key_padding_mask": torch.bool, "cu_seqlens": torch.int32}
+FLOAT_DTYPES = (torch.float32, torch.bfloat16)  # what the blocks' CPU kernels compute in
+
+
+def input_dtype(x) -> torch.dtype:
+    """x's dtype, which every float argument of the op must share: float32 or bfloat16; else a TypeError."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
+    return x.dtype
 
 
 def check_activation(activation) -> None:

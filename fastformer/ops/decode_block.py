@@ -48,9 +48,7 @@ NORMS = ("norm1_weight", "norm1_bias", "norm2_weight", "norm2_bias")
 
 
 def _check(x, keys, values, length, key_padding_mask, activation, tensors):
-    if isinstance(x, torch.Tensor) and x.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
-    _block_args.check_tensors("decode_block", tensors, x.dtype)
+    _block_args.check_tensors("decode_block", tensors, _block_args.input_dtype(x))
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"x must be one token's row [1, hidden], got shape {tuple(x.shape)}")
     if keys.dim() != 4 or keys.shape[0] != 1 or keys.shape != values.shape:

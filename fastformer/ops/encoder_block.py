@@ -60,18 +60,17 @@ def encoder_block_ref(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weight
 
 
 def _check(x, key_padding_mask, cu_seqlens, max_seqlen, heads, weights, biases, weight_scales, activation, norms):
-    if isinstance(x, torch.Tensor) and x.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
+    dtype = _block_args.input_dtype(x)
     for name, given in (("weights", weights), ("biases", biases), ("weight_scales", weight_scales)):
         if not isinstance(given, (list, tuple)) or len(given) != len(LINEARS):
             raise ValueError(f"{name} must list the {', '.join(LINEARS)} linears' (4 entries), got {given!r:.80}")
     _block_args.check_tensors("encoder_block", {"x": x, "key_padding_mask": key_padding_mask,
-                                                "cu_seqlens": cu_seqlens, **norms}, x.dtype)
+                                                "cu_seqlens": cu_seqlens, **norms}, dtype)
     for name, weight, bias, weight_scale in zip(LINEARS, weights, biases, weight_scales):
         _block_args.check_tensors("encoder_block", {f"{name} bias": bias, f"{name} weight scale": weight_scale},
                                   torch.float32)
         _block_args.check_tensors("encoder_block", {f"{name} weight": weight},
-                                  torch.int8 if weight_scale is not None else x.dtype)
+                                  torch.int8 if weight_scale is not None else dtype)
     if cu_seqlens is not None:
         if key_padding_mask is not None:
             raise ValueError("give cu_seqlens (packed tokens) or key_padding_mask (a padded batch), not both")

@@ -89,6 +89,8 @@ def test_opcheck():
 
 @pytest.mark.parametrize("change, error, match", [
     (dict(x=torch.randn(2, HIDDEN)), ValueError, r"x must be one token's row \[1, hidden\]"),
+    (dict(x=[[0.0] * HIDDEN]), TypeError, "x must be a torch.Tensor"),
+    (dict(x=torch.randn(1, HIDDEN, dtype=torch.float16)), TypeError, "x must be float32 or bfloat16"),
     (dict(length=MAX_LENGTH), ValueError, r"length must be in \[0, 41\)"),
     (dict(key_padding_mask=torch.ones(1, 5, dtype=torch.bool)), ValueError,
      r"key_padding_mask must be \[1, length \+ 1\]"),

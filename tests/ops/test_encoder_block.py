@@ -111,6 +111,7 @@ def test_opcheck():
      "out bias must be torch.float32"),
     (dict(weight_scales=[torch.ones(240), None, None, None]), TypeError, "qkv weight must be torch.int8"),
     (dict(x=torch.randn(3, 9, HIDDEN, dtype=torch.float16)), TypeError, "x must be float32 or bfloat16"),
+    (dict(x=[[0.0] * HIDDEN]), TypeError, "x must be a torch.Tensor"),
     (dict(cu_seqlens=torch.tensor([0, 5, 14, 15], dtype=torch.int32), max_seqlen=9), ValueError,
      "give cu_seqlens .* or key_padding_mask .*, not both"),
 ])

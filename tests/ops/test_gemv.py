@@ -73,6 +73,9 @@ def test_int8_opcheck_and_bad_input():
         ((x, weight_int8, weight_scale[:5]), ValueError, "weight_scale must be"),
         ((torch.randn(2, 37), weight_int8, weight_scale), ValueError, "one row"),
         ((x, weight_int8, weight_scale, torch.randn(3)), ValueError, "bias must be"),
+        ((torch.randn(37, requires_grad=True), weight_int8, weight_scale), ValueError,
+         "x requires grad: gemv_int8 is inference-only"),
+        (([0.0] * 37, weight_int8, weight_scale), TypeError, "x must be a torch.Tensor"),
     ]:
         with pytest.raises(error, match=match):
             ff.ops.gemv_int8(*args)
