@@ -8,7 +8,7 @@ _TAGS = ("model", "kind")
 class ServerMetrics:
     def __init__(self):
         self.batch_size = metrics.Histogram(
-            "fastformer_batch_size", "inputs per dynamic batch (one @serve.batch call)",
+            "fastformer_batch_size", "inputs per dynamic batch",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128], tag_keys=_TAGS)
         self.forwards = metrics.Counter("fastformer_forwards", "model forwards run (a batch is cut by length)",
                                         tag_keys=_TAGS)

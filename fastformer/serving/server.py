@@ -1,10 +1,10 @@
 """FastformerServer: the Ray Serve deployment behind `fastformer serve` (one FastAPI ingress, every route).
 
-Each replica loads every served model's pipeline once. Requests wait in one of three @serve.batch queues
-(encoders, text generation, text2text); a batch is cut into length-sorted forwards (see
-EncoderPipeline.run) and runs in a worker thread, so the event loop keeps answering /health and queueing
-while the model computes. Limits are checked before a request joins a batch, so one bad input never
-fails the others in its batch.
+Each replica loads every served model's pipeline once. Requests wait in one of three DynamicBatcher queues
+(encoders, text generation, text2text; see batcher.py for why not @serve.batch); a batch is cut into
+length-sorted forwards (see EncoderPipeline.run) and runs in a worker thread, so the event loop keeps
+answering /health and queueing while the model computes. Limits are checked before a request joins a batch,
+so one bad input never fails the others in its batch.
 """
 import asyncio
 import base64
@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 
 import ray
 import torch
@@ -24,6 +25,7 @@ from ray import serve
 
 from fastformer.pipelines import InputTooLong, check_texts, pipeline
 from fastformer.serving import requests as api_requests
+from fastformer.serving.batcher import DynamicBatcher
 from fastformer.serving.metrics import ServerMetrics
 from fastformer.serving.streaming import completion_events, cut_at_stop
 
@@ -98,10 +100,6 @@ class Item:
     settings: tuple = ()
 
 
-def _inputs_in_batch(items: list) -> int:
-    return sum(len(item.inputs) for item in items)
-
-
 @serve.deployment
 @serve.ingress(api)
 class FastformerServer:
@@ -120,11 +118,11 @@ class FastformerServer:
         self.max_inputs = min(max_inputs or max_batch_size, max_batch_size)
         self.max_new_tokens = max_new_tokens
         self.quantize = quantize
-        for batched in (self._encode, self._generate, self._text2text):
-            batched.set_max_batch_size(max_batch_size)
-            batched.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         self.metrics = ServerMetrics()
-        self.waiting = 0
+        self.batchers = {kind: DynamicBatcher(partial(self._run_batch, kind, run), max_batch_size, batch_wait_ms / 1000,
+                                              self._queue_depth_changed)
+                         for kind, run in (("encode", self._encode), ("generate", self._generate),
+                                           ("text2text", self._text2text))}
 
     # ---- choosing a model, checking inputs, waiting for a batch ----
 
@@ -148,17 +146,14 @@ class FastformerServer:
                            "too_many_inputs", "max_inputs", self.max_inputs)
         return texts
 
-    async def _batched(self, queue, item: Item):
-        self.waiting += 1
-        self.metrics.queue_depth.set(self.waiting)
-        result = await queue(item)
-        if isinstance(result, Exception):
-            raise result
-        return result
+    async def _batched(self, kind: str, item: Item):
+        return await self.batchers[kind].submit(item, len(item.inputs))
 
-    def _picked_up(self, items: list):
-        self.waiting -= len(items)
-        self.metrics.queue_depth.set(self.waiting)
+    def _queue_depth_changed(self):
+        self.metrics.queue_depth.set(sum(batcher.depth for batcher in self.batchers.values()))
+
+    async def _run_batch(self, kind: str, run, items: list) -> list:
+        return await asyncio.to_thread(self._run_groups, items, kind, run)
 
     def _run_groups(self, items: list, kind: str, run) -> list:
         """Runs run(served, inputs, settings) -> (outputs, stats, generated) once per (model, settings) group
@@ -183,38 +178,24 @@ class FastformerServer:
                 first += len(items[i].inputs)
         return results
 
-    # ---- the three batch queues ----
+    # ---- what a batch of each queue runs: run(served, inputs, settings) -> (outputs, stats, generated) ----
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_inputs_in_batch)
-    async def _encode(self, items: list) -> list:
-        self._picked_up(items)
+    def _encode(self, served, inputs, settings):
+        outputs, stats = served.pipeline.run(inputs, self.max_batch_size, max_padding=MAX_PADDING, **settings)
+        return outputs, stats, 0
 
-        def run(served, inputs, settings):
-            outputs, stats = served.pipeline.run(inputs, self.max_batch_size, max_padding=MAX_PADDING, **settings)
-            return outputs, stats, 0
-        return await asyncio.to_thread(self._run_groups, items, "encode", run)
+    @staticmethod
+    def _generate(served, prompts, settings):
+        completions = served.pipeline.complete(prompts, **settings)
+        return completions, None, sum(c.completion_tokens for c in completions)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_inputs_in_batch)
-    async def _generate(self, items: list) -> list:
-        self._picked_up(items)
-
-        def run(served, prompts, settings):
-            completions = served.pipeline.complete(prompts, **settings)
-            return completions, None, sum(c.completion_tokens for c in completions)
-        return await asyncio.to_thread(self._run_groups, items, "generate", run)
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_inputs_in_batch)
-    async def _text2text(self, items: list) -> list:
-        self._picked_up(items)
-
-        def run(served, texts, settings):
-            return served.pipeline(texts, batch_size=self.max_batch_size, **settings), None, 0
-        return await asyncio.to_thread(self._run_groups, items, "text2text", run)
+    def _text2text(self, served, texts, settings):
+        return served.pipeline(texts, batch_size=self.max_batch_size, **settings), None, 0
 
     async def _encoded(self, served: Served, inputs: list, truncate: bool) -> tuple[list, int]:
         """The pipeline's outputs for inputs, and their token count (limits checked before batching)."""
         tokens = sum(served.pipeline.count_tokens(inputs, truncate))
-        return await self._batched(self._encode, Item(served.name, inputs, (("truncate", truncate),))), tokens
+        return await self._batched("encode", Item(served.name, inputs, (("truncate", truncate),))), tokens
 
     # ---- routes ----
 
@@ -286,7 +267,7 @@ class FastformerServer:
             raise ApiError(413, f"max_new_tokens {body.max_new_tokens} is over the limit of {self.max_new_tokens} "
                            "(max_new_tokens)", "too_many_tokens", "max_new_tokens", self.max_new_tokens)
         served.pipeline.count_tokens(texts)  # InputTooLong (413) over the model's source positions
-        outputs = await self._batched(self._text2text, Item(served.name, texts, tuple(sorted(settings.items()))))
+        outputs = await self._batched("text2text", Item(served.name, texts, tuple(sorted(settings.items()))))
         return {"model": served.name, "outputs": outputs}
 
     @api.post("/v1/completions")
@@ -313,7 +294,7 @@ class FastformerServer:
                 raise ApiError(422, "stream: true takes one prompt", "invalid_request")
             events = completion_events(generator, prompts[0], settings, stops, identity)
             return StreamingResponse(events, media_type="text/event-stream")
-        completions = await self._batched(self._generate, Item(served.name, prompts, tuple(sorted(settings.items()))))
+        completions = await self._batched("generate", Item(served.name, prompts, tuple(sorted(settings.items()))))
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for i, completion in enumerate(completions):
             text, stopped = cut_at_stop(completion.text, stops)
