@@ -49,7 +49,11 @@ class DynamicBatcher:
     async def submit(self, item, size: int = 1):
         """item's result, once a batch holding it has run."""
         loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.done():
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            # First use, or a new event loop (the last one's callers went with it: their requests are dropped).
+            self._queue.clear()
+            self._queued_inputs = 0
+            self._arrived = asyncio.Event()
             self._worker = loop.create_task(self._serve())
         queued = _Queued(item, size, loop.create_future(), loop.time())
         self._queue.append(queued)

@@ -124,6 +124,14 @@ def test_a_cancelled_request_is_left_out_of_its_batch_and_depth_counts_the_queue
     assert max(depths) == 2 and depths[-1] == 0
 
 
+def test_one_batcher_serves_one_event_loop_after_another():
+    run = Recorder()
+    batcher = DynamicBatcher(run, max_batch_size=4, wait_s=0.01)
+    for name in ("first loop", "second loop"):  # a worker left on the closed first loop would never answer
+        assert asyncio.run(asyncio.wait_for(batcher.submit(name), 10)) == f"out {name}"
+    assert run.batches == [["first loop"], ["second loop"]]
+
+
 @pytest.mark.parametrize("max_batch_size, wait_s, name", [(0, 0.01, "max_batch_size"), (True, 0.01, "max_batch_size"),
                                                           (4, -1.0, "wait_s")])
 def test_bad_settings_are_refused_by_name(max_batch_size, wait_s, name):
