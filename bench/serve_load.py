@@ -523,13 +523,13 @@ async def _served_and_direct(url: str, work: Workload, args) -> tuple[dict, dict
     served, direct = [], []
     async with _client(args.timeout) as http:
         for i in range(10 + args.single):
-            text = work.body(i)["inputs"]
+            body = work.body(i)
             start = time.perf_counter()
-            status, *_ = await _post(http, url, work.body(i))
+            status, *_ = await _post(http, url, body)
             if status != 200:
                 raise RuntimeError(f"{url} answered {status} to one request at a time")
             middle = time.perf_counter()
-            embed(text)
+            embed(body["inputs"])
             end = time.perf_counter()
             if i >= 10:
                 served.append((middle - start) * 1000)

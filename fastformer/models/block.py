@@ -158,9 +158,9 @@ class TransformerBlock(nn.Module):
     def decode_token(self, x, cache, layer, key_padding_mask):
         """The block on one new token of a batch-1 decode step, x [1, hidden], through the fused CPU op
         (fastformer.ops.decode_block: the same kernels, no Python between them); None where the block has a
-        shape that op does not cover (post-norm, gated FFN, another activation, quantized or non-fp32 linears, a
-        backend other than the CPU kernels, hooks): the caller then runs forward. The caller has checked the
-        step with fused_blocks_apply and that something is cached."""
+        shape that op does not cover (post-norm, gated FFN, another activation, quantized linears or weights not
+        of x's dtype, a backend other than the CPU kernels, hooks): the caller then runs forward. The caller has
+        checked the step with fused_blocks_apply and that something is cached."""
         args = self._fused_args("decode", x.dtype, lambda: self._decode_args(x.dtype))
         if args is None:
             return None

@@ -13,6 +13,7 @@ from fastformer.models.config import ModelConfig
 from fastformer.models.encoder import Embeddings
 from fastformer.models.heads import TaskOutput, classification_loss
 from fastformer.models.packing import pack_if_padded
+from fastformer.ops._block_args import FLOAT_DTYPES
 from fastformer.ops.decode_block import AVAILABLE as _HAS_DECODE_BLOCK
 
 
@@ -76,7 +77,7 @@ class Decoder(nn.Module):
         """Whether this is a step the blocks can run through the fused CPU decode op (TransformerBlock.decode_token):
         one new token of one row after cached ones, fp32 or bf16, and fused_blocks_apply."""
         return (cache is not None and cache.length > 0 and x.shape[0] == 1 and x.shape[1] == 1
-                and _HAS_DECODE_BLOCK and x.dtype in (torch.float32, torch.bfloat16) and fused_blocks_apply(self, x))
+                and _HAS_DECODE_BLOCK and x.dtype in FLOAT_DTYPES and fused_blocks_apply(self, x))
 
 
 class DecoderForCausalLM(nn.Module):
