@@ -16,6 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 @dataclass
 class _Queued:
     item: object
@@ -31,8 +36,9 @@ class DynamicBatcher:
         max_batch_size: inputs per batch (an item's size is given to submit; one item over it runs alone);
         wait_s: how long the oldest queued request may wait for the batch to fill; on_depth(): called when
         the number of queued requests (`depth`) changes."""
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
+        if not callable(run):
+            raise TypeError(f"run must be an async function of a list of items, got {type(run).__name__}")
+        _check_count("max_batch_size", max_batch_size)
         if wait_s < 0:
             raise ValueError(f"wait_s must be >= 0, got {wait_s!r}")
         self.run, self.max_batch_size, self.wait_s, self.on_depth = run, max_batch_size, wait_s, on_depth
@@ -48,6 +54,7 @@ class DynamicBatcher:
 
     async def submit(self, item, size: int = 1):
         """item's result, once a batch holding it has run."""
+        _check_count("size", size)
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             # First use, or a new event loop (the last one's callers went with it: their requests are dropped).

@@ -137,3 +137,12 @@ def test_one_batcher_serves_one_event_loop_after_another():
 def test_bad_settings_are_refused_by_name(max_batch_size, wait_s, name):
     with pytest.raises(ValueError, match=name):
         DynamicBatcher(Recorder(), max_batch_size, wait_s)
+
+
+def test_a_bad_size_or_batch_function_is_refused_by_name():
+    with pytest.raises(TypeError, match="run must be"):
+        DynamicBatcher("not a function", 4, 0.01)
+    batcher = DynamicBatcher(Recorder(), 4, 0.01)
+    for size in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="size must be an integer >= 1"):
+            asyncio.run(batcher.submit("x", size=size))
