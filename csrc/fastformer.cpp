@@ -47,6 +47,9 @@
 //            else oneDNN's (weight plain or packed by torch.ops.mkldnn._reorder_linear_weight, ff.nn.Linear's
 //            cache); activation (after up) one of gelu, gelu_tanh, relu, silu; LayerNorm with eps. Returns the
 //            block's output, x's shape (csrc/cpu/encoder_block.cpp spells out the sequence).
+//   encoder_blocks: every block of an encoder stack in one call, as encoder_block on each in turn: block b's
+//            linears at 4b..4b+3 of weights, biases, weight_scales, its norms at 2b, 2b+1 of norm_weights and
+//            norm_biases, its head count, activation, eps and scale at b. Returns each block's output.
 //   gemv: x [K] contiguous, weight [N, K] last dim contiguous (any row stride), bias [N] contiguous or none,
 //            all fp32 or all bf16, CPU only: y [N] = weight @ x + bias (the single-row linear of batch-1 decoding).
 //   gemv_int8: x [K] fp32, weight_int8 [N, K] int8, weight_scale [N] and bias [N] (or none) fp32, CPU only:
@@ -101,6 +104,9 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor[] weights, Tensor?[] biases, Tensor?[] weight_scales, float int8_max_crest, Tensor? norm1_weight,"
         " Tensor? norm1_bias, Tensor? norm2_weight, Tensor? norm2_bias, str activation, float eps, float scale)"
         " -> Tensor");
+  m.def("encoder_blocks(Tensor x, Tensor? key_padding_mask, Tensor? cu_seqlens, int max_seqlen, int[] heads,"
+        " Tensor[] weights, Tensor?[] biases, Tensor?[] weight_scales, float int8_max_crest, Tensor?[] norm_weights,"
+        " Tensor?[] norm_biases, str[] activations, float[] eps, float[] scales) -> Tensor[]");
   // Int8 rows (CPU only; csrc/cpu/int8_rows.cpp): x [M, K] fp32 -> q [M + R, K] int8, scale [M + R], refined
   // [R] (rows whose max/rms > max_crest get a second, residual row); acc [M + R, N] int32 -> fp32 [M, N].
   m.def("quantize_rows_int8(Tensor x, float max_crest) -> (Tensor q, Tensor scale, Tensor refined)");

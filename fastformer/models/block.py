@@ -10,7 +10,7 @@ from torch.nn.modules import module as module_hooks
 
 from fastformer import nn as ffnn
 from fastformer import ops
-from fastformer import _backends
+from fastformer import _backends, _module_epoch
 from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
 from fastformer.nn.activation import ACTIVATIONS
@@ -19,7 +19,8 @@ from fastformer.ops._block_args import ACTIVATIONS as FUSED_ACTIVATIONS
 from fastformer.ops.attention import default_scale
 from fastformer.ops.decode_block import decode_block_checked
 from fastformer.nn.int8_linear import MAX_CREST as INT8_MAX_CREST
-from fastformer.ops.encoder_block import AVAILABLE as _HAS_ENCODER_BLOCK, encoder_block_checked
+from fastformer.ops.encoder_block import (AVAILABLE as _HAS_ENCODER_BLOCK, encoder_block_checked,
+                                          encoder_blocks_checked)
 
 
 def fused_blocks_apply(module: nn.Module, x: torch.Tensor) -> bool:
@@ -31,13 +32,20 @@ def fused_blocks_apply(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def encoder_blocks(stack: nn.Module, x, key_padding_mask=None, attn_bias=None, packed=None):
-    """Each of stack.layers' outputs in turn (a generator), every block through the fused CPU op where it applies
-    (TransformerBlock.encode: no attention bias, fused_blocks_apply), else through its modules."""
+    """Each of stack.layers' outputs in turn (a generator). Where every block fits the fused CPU op
+    (TransformerBlock.encode_args: no attention bias, fused_blocks_apply), all run in one call of
+    ff.ops.encoder_blocks; else each block that fits runs the one-block op, the others their modules."""
     fuse = attn_bias is None and _HAS_ENCODER_BLOCK and fused_blocks_apply(stack, x)
-    for layer in stack.layers:
-        fused = layer.encode(x, key_padding_mask, packed) if fuse else None
-        x = fused if fused is not None else layer(x, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
-                                                  packed=packed)
+    blocks = [layer.encode_args(x) for layer in stack.layers] if fuse else [None] * len(stack.layers)
+    cu_seqlens, max_seqlen = (packed.cu_seqlens, packed.max_seqlen) if packed is not None else (None, 0)
+    if fuse and None not in blocks:
+        yield from encoder_blocks_checked(x, key_padding_mask, cu_seqlens, max_seqlen, blocks)
+        return
+    for layer, args in zip(stack.layers, blocks):
+        if args is not None:
+            x = encoder_block_checked(x.contiguous(), key_padding_mask, cu_seqlens, max_seqlen, *args)
+        else:
+            x = layer(x, key_padding_mask=key_padding_mask, attn_bias=attn_bias, packed=packed)
         yield x
 
 
@@ -47,34 +55,31 @@ def _has_forward_hooks(module: nn.Module) -> bool:
                 or any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()))
 
 
-def _block_state(block: nn.Module) -> tuple[tuple, list]:
-    """(key, objects): what a fused block op's arguments are made of besides the input. Every module in the block (a
-    replaced one changes the key) with its public settings (eps, backend, activation, heads, training, ...) and
-    whether it has forward hooks, and each parameter and buffer with its storage and version (an in-place update or a
-    .data swap changes the key), read from the modules' dicts: nn.Module's attribute lookup costs ~0.7 us per
-    submodule or parameter. Modules and tensors enter the key by id. `objects` holds the tensors, so that no tensor's
-    id is reused while a key is kept; not the modules, which would make the block a reference cycle (freed only by
-    the garbage collector): a module replaced by one at the same id differs in its type or tensors, or else in
-    nothing the fused op reads."""
-    key = [bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)]
-    objects = []
-    pending = [block]
-    while pending:
-        module = pending.pop()
-        state = module.__dict__  # the slots nn.Module's __getattr__ reads, without its lookup
-        pending += [m for m in state["_modules"].values() if m is not None]
-        key += (id(module), type(module), bool(state["_forward_hooks"] or state["_forward_pre_hooks"]))
-        settings = [value for name, value in state.items() if name[0] != "_"]
-        for i, value in enumerate(settings):
-            if isinstance(value, torch.Tensor):  # a tensor's == is elementwise: compare it by id
-                objects.append(value)
-                settings[i] = id(value)
-        key += settings
-        for tensor in (*state["_parameters"].values(), *state["_buffers"].values()):
-            if tensor is not None:
-                objects.append(tensor)
-                key += (id(tensor), tensor.data_ptr(), None if tensor.is_inference() else tensor._version)
-    return tuple(key), objects
+class _FusedArgs:
+    """A fused block op's arguments (or None where the block does not fit the op) for inputs of one kind and dtype,
+    and what they were built from. Still valid while the module epoch (fastformer._module_epoch: settings, parameters,
+    submodules, classes) is the one they were built at, no forward hook is registered (on a module in the block or
+    on every module), and every parameter and buffer of the block keeps its storage and version (an in-place update or
+    a .data swap). Checking that takes ~4 us a block. It holds the block's tensors and hook dicts, not its modules,
+    which would make the block a reference cycle (freed only by the garbage collector)."""
+
+    __slots__ = ("kind", "dtype", "epoch", "args", "hook_dicts", "tensors", "tensor_state")
+
+    def __init__(self, block: nn.Module, kind: str, dtype: torch.dtype, epoch: int, args):
+        self.kind, self.dtype, self.epoch, self.args = kind, dtype, epoch, args
+        modules = list(block.modules())
+        self.hook_dicts = [d for m in modules for d in (m._forward_hooks, m._forward_pre_hooks)]
+        self.tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+        self.tensor_state = self._tensor_state()
+
+    def _tensor_state(self) -> list:
+        return [(t.data_ptr(), None if t.is_inference() else t._version) for t in self.tensors]
+
+    def valid(self, kind: str, dtype: torch.dtype) -> bool:
+        return (self.epoch == _module_epoch.current() and self.kind == kind and self.dtype == dtype
+                and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+                         or any(self.hook_dicts))
+                and self._tensor_state() == self.tensor_state)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -83,7 +88,7 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return ffnn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.layer_norm_bias)
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(_module_epoch.ChangeTracked, nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int = 0):
         super().__init__()
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
@@ -115,7 +120,7 @@ class SelfAttention(nn.Module):
         return self.out(attn.transpose(1, 2).reshape(batch, seq, -1))  # [B, S, H*D]
 
 
-class FeedForward(nn.Module):
+class FeedForward(_module_epoch.ChangeTracked, nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.activation = config.activation
@@ -136,7 +141,7 @@ class FeedForward(nn.Module):
         return ACTIVATIONS[self.activation](linear(x))
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(_module_epoch.ChangeTracked, nn.Module):
     """Self-attention and feed-forward sublayers with residual adds fused into the norms.
 
     Post-norm (BERT): x = Norm(x + Attn(x)); x = Norm(x + FFN(x)) — both adds fused into the norms.
@@ -184,23 +189,19 @@ class TransformerBlock(nn.Module):
                 attn.out.bias, self.ffn_norm.weight, bias(self.ffn_norm), ffn.up.weight, ffn.up.bias, ffn.down.weight,
                 ffn.down.bias, rms, eps, ffn.activation, self._attention_scale())
 
-    def encode(self, x, key_padding_mask, packed):
-        """The block on an inference forward of an encoder, x [B, S, hidden] or the packed tokens [T, hidden],
-        through the fused CPU op (fastformer.ops.encoder_block: the same kernels, no Python between them); None
-        where the block has a shape that op does not cover (pre-norm, gated FFN, another activation, RMSNorm, linears
-        neither int8 (ff.nn.Int8Linear) nor on oneDNN's packed path (fp16, a gradient, one row)); the caller then runs
-        forward. The caller has checked the forward with fused_blocks_apply."""
+    def encode_args(self, x):
+        """The fused encoder op's arguments for this block on an inference forward of x [B, S, hidden] or the packed
+        tokens [T, hidden] (fastformer.ops.encoder_block's after max_seqlen: the same kernels, no Python between
+        them); None where the block has a shape that op does not cover (pre-norm, gated FFN, another activation,
+        RMSNorm, linears neither int8 (ff.nn.Int8Linear) nor on oneDNN's packed path (fp16, a gradient, one row));
+        the caller then runs forward. The caller has checked the forward with fused_blocks_apply."""
         if not (x.is_contiguous() and x.numel() > x.shape[-1]):
             return None
-        args = self._fused_args("encode", x.dtype, lambda: self._encode_args(x))
-        if args is None:
-            return None
-        return encoder_block_checked(x, key_padding_mask, packed.cu_seqlens if packed is not None else None,
-                                     packed.max_seqlen if packed is not None else 0, *args)
+        return self._fused_args("encode", x.dtype, lambda: self._encode_args(x))
 
     def _encode_args(self, x):
         """encoder_block's arguments after max_seqlen for inputs like x (its dtype), or None where the block does
-        not fit the op."""
+        not fit the op: built by encode_args when the block has changed."""
         attn, ffn = self.attn, self.ffn
         linears = self._linears()
         if not (not self.pre_norm and ffn.activation in FUSED_ACTIVATIONS
@@ -215,15 +216,14 @@ class TransformerBlock(nn.Module):
 
     def _fused_args(self, kind: str, dtype: torch.dtype, build):
         """build()'s arguments for a fused op (kind "encode" or "decode", inputs of `dtype`), or its None, reused
-        while the block's state (_block_state) is unchanged. Building them (the fit checks and the argument lists)
-        took ~100 us a block per forward: ~0.6 ms of the ~5 ms forward of all-MiniLM-L6-v2 on one 18-token sentence
-        (2-core AVX-512 VM, 2 threads); comparing the state takes ~20 us."""
-        key, objects = _block_state(self)
-        key = (kind, dtype, key)
+        while the block is unchanged (_FusedArgs). Building them (the fit checks and the argument lists) took
+        ~100 us a block: ~0.6 ms of the ~5 ms forward of all-MiniLM-L6-v2 on one 18-token sentence (2-core AVX-512
+        VM, 2 threads)."""
         cached = self.__dict__.get("_fused_args_cache")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_fused_args_cache"] = (key, build(), objects)
-        return cached[1]
+        if cached is None or not cached.valid(kind, dtype):
+            epoch = _module_epoch.current()
+            cached = self.__dict__["_fused_args_cache"] = _FusedArgs(self, kind, dtype, epoch, build())
+        return cached.args
 
     def __getstate__(self):
         # The fused arguments hold oneDNN-packed weights, which pickle and copy.deepcopy cannot copy (see
@@ -234,11 +234,13 @@ class TransformerBlock(nn.Module):
         return self.attn.qkv, self.attn.out, self.ffn.up, self.ffn.down
 
     def _fusable(self, *norm_types, linear_types=(ffnn.Linear,)) -> bool:
-        """What both fused block ops need: a plain FFN, linears of exactly one of linear_types on the CPU kernels
-        with contiguous rows, two norms of one of norm_types on the CPU kernels with one eps, no forward hooks (on the
-        block, a module in it, or every module): the fused op runs no module, so a hook would silently not fire."""
+        """What both fused block ops need: the attention, FFN and block forward written here (a subclass's would not
+        run), a plain FFN, linears of exactly one of linear_types on the CPU kernels with contiguous rows, two norms
+        of one of norm_types on the CPU kernels with one eps, no forward hooks (on the block, a module in it, or every
+        module): the fused op runs no module, so a hook would silently not fire."""
         norm_type = type(self.attn_norm)
-        return (self.ffn.gate is None
+        return (type(self.attn) is SelfAttention and type(self.ffn) is FeedForward
+                and type(self).forward is TransformerBlock.forward and self.ffn.gate is None
                 and all(type(m) in linear_types and getattr(m, "backend", None) in (None, "cpu")
                         and (m.weight_int8 if isinstance(m, ffnn.Int8Linear) else m.weight).stride(-1) == 1
                         and (m.bias is None or m.bias.is_contiguous()) for m in self._linears())

@@ -7,8 +7,10 @@ before the module call in that case; forward hooks on it therefore run only whil
 """
 from torch import nn
 
+from fastformer._module_epoch import ChangeTracked
 
-class Dropout(nn.Dropout):
+
+class Dropout(ChangeTracked, nn.Dropout):
     def __call__(self, x):
         if not self.training or self.p == 0.0:
             return x

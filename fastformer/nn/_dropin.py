@@ -1,8 +1,10 @@
 """The shared part of every drop-in module: a `backend` choice and adoption of a torch module."""
+from fastformer._module_epoch import ChangeTracked
 
 
-class _DropIn:
-    """Adds a `backend` attribute (None = auto) to a torch.nn module subclass, and `from_torch`."""
+class _DropIn(ChangeTracked):
+    """Adds a `backend` attribute (None = auto) to a torch.nn module subclass, and `from_torch`; changes to the module
+    count in fastformer._module_epoch."""
 
     def __init__(self, *args, backend=None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -30,6 +30,7 @@ Choices, measured on the 2-core AVX-512 VNNI development VM (torch 2.13.0, 2 thr
 import torch
 from torch import nn
 
+from fastformer._module_epoch import ChangeTracked
 from fastformer.ops._layout import last_dim_contiguous
 from fastformer.ops.gemv import AVAILABLE_INT8 as _HAS_GEMV_INT8, gemv_int8_checked
 from fastformer.ops.int8_rows import dequantize_rows_int32, quantize_rows_int8, quantize_rows_int8_ref
@@ -41,7 +42,7 @@ from fastformer.ops.int8_rows import dequantize_rows_int32, quantize_rows_int8, 
 MAX_CREST = 16.0
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(ChangeTracked, nn.Module):
     """Inference-only replacement for nn.Linear on CPU float32 inputs. Buffers: weight_int8 [out, in] int8,
     weight_scale [out] float32, bias [out] float32 or None."""
 

@@ -9,7 +9,7 @@ import torch
 
 import fastformer as ff
 from fastformer.models import block as block_module
-from tests.fused_blocks import block_changes, count_op_calls
+from tests.fused_blocks import PYTHON_BLOCK_CHANGES, block_changes, count_op_calls
 
 transformers = pytest.importorskip("transformers")
 
@@ -178,7 +178,7 @@ def test_fused_blocks_equal_the_python_blocks(tmp_path, monkeypatch, family, len
     with torch.inference_mode():
         fused = model(ids, attention_mask=mask)
         assert len(calls) == len(model.layers)
-        monkeypatch.setattr(block_module.TransformerBlock, "encode", lambda self, x, mask, packed: None)
+        monkeypatch.setattr(block_module.TransformerBlock, "encode_args", lambda self, x: None)
         python = model(ids, attention_mask=mask)
     assert torch.equal(fused, python)
 
@@ -187,8 +187,8 @@ def test_fused_blocks_equal_the_python_blocks(tmp_path, monkeypatch, family, len
 def test_fused_blocks_see_every_change_to_the_model(tmp_path, monkeypatch):
     """The fused op's per-block arguments are kept between forwards (TransformerBlock._fused_args); every kind of
     change to a block after a forward reaches the next one, which equals the Python blocks' bit for bit: a weight
-    updated in place, a .data swap, a new parameter, a setting (eps, activation), a module replaced by one the op
-    does not cover, a state dict loaded."""
+    updated in place, a .data swap, a new parameter, a setting (eps, activation), a state dict loaded, a
+    parametrization, a module replaced by one the op does not cover."""
     _, path = save_tiny(tmp_path, "bert", "Model")
     model = ff.from_pretrained(path)
     loaded = {name: torch.randn_like(t) for name, t in model.state_dict().items()}
@@ -198,17 +198,19 @@ def test_fused_blocks_see_every_change_to_the_model(tmp_path, monkeypatch):
     def forward(python=False):
         with torch.inference_mode(), monkeypatch.context() as patch:
             if python:
-                patch.setattr(block_module.TransformerBlock, "encode", lambda self, x, mask, packed: None)
+                patch.setattr(block_module.TransformerBlock, "encode_args", lambda self, x: None)
             return model(ids)
 
-    changes = {**block_changes(model.layers[0]),
+    block = block_changes(model.layers[0])
+    changes = {**{name: change for name, change in block.items() if name not in PYTHON_BLOCK_CHANGES},
                "activation": lambda: setattr(model.layers[1].ffn, "activation", "relu"),
-               "state dict": lambda: model.load_state_dict(loaded)}
+               "state dict": lambda: model.load_state_dict(loaded),
+               **{name: block[name] for name in PYTHON_BLOCK_CHANGES}}
     before, python_layers = forward(), 0
     for name, change in changes.items():
         with torch.no_grad():
             change()
-        python_layers += name == "module"  # from here on layer 0 has torch's Linear: its Python block runs
+        python_layers = int(name in PYTHON_BLOCK_CHANGES)  # from here on layer 0 runs its Python block
         calls.clear()
         fused = forward()
         assert len(calls) == len(model.layers) - python_layers, name

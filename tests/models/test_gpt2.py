@@ -10,7 +10,7 @@ import torch
 import fastformer as ff
 from fastformer.models import decoder as decoder_module
 from fastformer.nn import linear as linear_module
-from tests.fused_blocks import block_changes, count_op_calls
+from tests.fused_blocks import PYTHON_BLOCK_CHANGES, block_changes, count_op_calls
 from tests.gpt2_tiny import left_padded_prompts, save_tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
@@ -144,7 +144,8 @@ def test_fused_decode_step_equals_the_python_blocks(tmp_path, monkeypatch, activ
 def test_fused_decode_sees_every_change_to_the_model(tmp_path, monkeypatch):
     """The fused op's per-block arguments are kept between steps (TransformerBlock._fused_args); a change to a block
     between two decode steps reaches the next step, whose logits equal the Python blocks' bit for bit: a weight
-    updated in place, a .data swap, a new parameter, a setting (eps), a module the op does not cover."""
+    updated in place, a .data swap, a new parameter, a setting (eps), a parametrization, a module the op does not
+    cover."""
     save_tiny_gpt2(tmp_path, noise=0.3)
     model = ff.from_pretrained(tmp_path)
     changes = block_changes(model.decoder.layers[0])
@@ -167,7 +168,7 @@ def test_fused_decode_sees_every_change_to_the_model(tmp_path, monkeypatch):
         python_cache = copy.deepcopy(cache)
         calls.clear()
         fused = step(cache, token)
-        assert len(calls) == len(model.decoder.layers) - (name == "module"), name  # torch's Linear: Python
+        assert len(calls) == len(model.decoder.layers) - (name in PYTHON_BLOCK_CHANGES), name
         assert torch.equal(fused, step(python_cache, token, python=True)), name
 
 def test_fused_decode_only_where_it_applies(tmp_path, monkeypatch):

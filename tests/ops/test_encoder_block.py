@@ -1,12 +1,13 @@
 """ff.ops.encoder_block (one post-norm encoder block, CPU inference, dense or packed) against its fp64 reference,
-with plain and oneDNN-packed weights, torch.library.opcheck, and its argument errors. The model-level check (the fused
+with plain and oneDNN-packed weights, torch.library.opcheck, and its argument errors; encoder_blocks (a stack of
+blocks in one call) against encoder_block on each block in turn. The model-level check (the fused
 blocks equal the Python blocks exactly) is in tests/models/test_encoders.py."""
 import pytest
 import torch
 
 import fastformer as ff
 from fastformer.ops._block_args import ACTIVATIONS
-from fastformer.ops.encoder_block import AVAILABLE, LINEARS
+from fastformer.ops.encoder_block import AVAILABLE, LINEARS, encoder_blocks_checked
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this build of fastformer._C has no encoder_block (rebuild)")
 
@@ -135,3 +136,40 @@ def test_refuses_weights_that_require_grad():
         ff.ops.encoder_block(**args)
     with torch.inference_mode():
         ff.ops.encoder_block(**args)
+
+
+BLOCK_ARGS = ("heads", "weights", "biases", "weight_scales", "int8_max_crest", "norm1_weight", "norm1_bias",
+              "norm2_weight", "norm2_bias", "activation", "eps", "scale")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_a_stack_in_one_call_equals_its_blocks_one_by_one(packed):
+    """encoder_blocks (what the models call: every block in one call) gives each block's output of encoder_block
+    applied in turn, bit for bit, with blocks that differ in activation, biases, int8 linears and eps."""
+    blocks = [make_args(packed=packed, seed=1), make_args(packed=packed, activation="relu", biases=False, seed=2),
+              make_args(packed=packed, int8=("qkv", "down"), seed=3),
+              {**make_args(packed=packed, activation="gelu_tanh", seed=4), "eps": 1e-5}]
+    first = blocks[0]
+    with torch.inference_mode():
+        outputs = encoder_blocks_checked(first["x"], first["key_padding_mask"], first["cu_seqlens"],
+                                         first["max_seqlen"], [[b[name] for name in BLOCK_ARGS] for b in blocks])
+        x = first["x"]
+        assert len(outputs) == len(blocks)
+        for block, output in zip(blocks, outputs):
+            x = ff.ops.encoder_block(**{**block, "x": x})
+            assert torch.equal(output, x)
+
+
+def test_a_stack_checks_its_lists():
+    args = make_args()
+    lists = [args["heads"], args["weights"], args["biases"], args["weight_scales"], args["int8_max_crest"],
+             [args["norm1_weight"], args["norm2_weight"]], [args["norm1_bias"], args["norm2_bias"]],
+             [args["activation"]], [args["eps"]], [args["scale"]]]
+    op = torch.ops.fastformer.encoder_blocks.default
+    fixed = (args["x"], args["key_padding_mask"], None, 0)
+    torch.library.opcheck(op, (*fixed, [lists[0]], *lists[1:]), test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(RuntimeError, match="encoder_blocks: per block, 4 weights"):
+        op(*fixed, [args["heads"]] * 2, *lists[1:])
+    with pytest.raises(ValueError, match="the blocks must share one int8_max_crest"):
+        encoder_blocks_checked(*fixed, [[args[name] for name in BLOCK_ARGS],
+                                        [{**args, "int8_max_crest": 8.0}[name] for name in BLOCK_ARGS]])
