@@ -50,6 +50,11 @@
 //   encoder_blocks: every block of an encoder stack in one call, as encoder_block on each in turn: block b's
 //            linears at 4b..4b+3 of weights, biases, weight_scales, its norms at 2b, 2b+1 of norm_weights and
 //            norm_biases, its head count, activation, eps and scale at b. Returns each block's output.
+//   pack_panels: weight [N, K] fp32 (N a multiple of 16), CPU only -> panels [N / 16, K, 16] (output columns
+//            16p..16p+15 in panel p, one 64-byte line per k).
+//   panel_linear: x [..., K] fp32 contiguous, panels from pack_panels, bias [N] or none, activation one of none,
+//            gelu, gelu_tanh, relu, silu; CPU only: act(x W^T + b) [..., N], the linear of a few rows
+//            (csrc/cpu/panel_linear.cpp).
 //   gemv: x [K] contiguous, weight [N, K] last dim contiguous (any row stride), bias [N] contiguous or none,
 //            all fp32 or all bf16, CPU only: y [N] = weight @ x + bias (the single-row linear of batch-1 decoding).
 //   gemv_int8: x [K] fp32, weight_int8 [N, K] int8, weight_scale [N] and bias [N] (or none) fp32, CPU only:
@@ -95,6 +100,8 @@ TORCH_LIBRARY(fastformer, m) {
         " Tensor? rel_lut, bool rel_bidirectional, bool causal, float scale, float dropout_p, int seed)"
         " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_rel_table)");
   m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("pack_panels(Tensor weight) -> Tensor");
+  m.def("panel_linear(Tensor x, Tensor panels, Tensor? bias, str activation) -> Tensor");
   m.def("gemv_int8(Tensor x, Tensor weight_int8, Tensor weight_scale, Tensor? bias) -> Tensor");
   m.def("decode_block(Tensor x, Tensor(a!) keys, Tensor(b!) values, int length, Tensor key_padding_mask,"
         " Tensor? norm1_weight, Tensor? norm1_bias, Tensor qkv_weight, Tensor? qkv_bias, Tensor out_weight,"

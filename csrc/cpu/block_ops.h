@@ -34,6 +34,15 @@ inline Tensor packed_linear(const Tensor& x, const Tensor& packed_weight, const 
   return op.call(x, packed_weight, bias, post_op, c10::List<std::optional<c10::Scalar>>(), algorithm);
 }
 
+// act(x W^T + b) on a weight packed by fastformer::pack_panels: fastformer's product for a few fp32 rows
+// (csrc/cpu/panel_linear.cpp), which ff.nn.Linear runs for them; activation "none" or an Activation's name.
+inline Tensor panel_linear(const Tensor& x, const Tensor& panels, const OptTensor& bias, c10::string_view activation) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastformer::panel_linear", "")
+                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&, c10::string_view)>();
+  return op.call(x, panels, bias, activation);
+}
+
 // (x W^T + b) with int8 weights [N, K] and per-channel scales [N], as ff.nn.Int8Linear: x's rows quantized per row
 // (rows whose max/rms exceeds max_crest get a second, residual row), an int32 product, dequantized to fp32.
 inline Tensor int8_linear(const Tensor& x, const Tensor& weight_int8, const Tensor& weight_scale, const OptTensor& bias,
@@ -96,20 +105,21 @@ inline Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v
                              false, false, scale, 0.0, 0));
 }
 
-// The activation after the up product, by name (fastformer/ops/_block_args.py ACTIVATIONS): as a oneDNN post-op, fused
-// into a packed product as ff.nn.Linear does, or as ATen computes it, in place on a product the block owns (a fresh
+// The activation after the up product, by name (fastformer/ops/_block_args.py ACTIVATIONS): by that name for
+// panel_linear, as a oneDNN post-op fused into a packed product as ff.nn.Linear does, or as ATen computes it, in place on a product the block owns (a fresh
 // [rows, intermediate] output cost more than the activation itself: BERT-base, 8 x 128 tokens, int8, GELU took
 // 3.4 ms a call in the model vs 1.0 ms on a warm buffer).
 struct Activation {
-  c10::string_view post_op, algorithm;
+  c10::string_view name, post_op, algorithm;
   Tensor& (*apply)(Tensor&);
 };
 
 inline Activation activation_named(c10::string_view name, const char* op) {
-  if (name == "gelu") return {"gelu", "none", [](Tensor& t) -> Tensor& { return at::gelu_(t); }};
-  if (name == "gelu_tanh") return {"gelu", "tanh", [](Tensor& t) -> Tensor& { return at::gelu_(t, "tanh"); }};
-  if (name == "relu") return {"relu", "", [](Tensor& t) -> Tensor& { return at::relu_(t); }};
-  if (name == "silu") return {"swish", "", [](Tensor& t) -> Tensor& { return at::silu_(t); }};
+  if (name == "gelu") return {"gelu", "gelu", "none", [](Tensor& t) -> Tensor& { return at::gelu_(t); }};
+  if (name == "gelu_tanh")
+    return {"gelu_tanh", "gelu", "tanh", [](Tensor& t) -> Tensor& { return at::gelu_(t, "tanh"); }};
+  if (name == "relu") return {"relu", "relu", "", [](Tensor& t) -> Tensor& { return at::relu_(t); }};
+  if (name == "silu") return {"silu", "swish", "", [](Tensor& t) -> Tensor& { return at::silu_(t); }};
   TORCH_CHECK(false, op, ": activation must be gelu, gelu_tanh, relu or silu, got ", std::string(name));
 }
 

@@ -44,12 +44,15 @@ struct BlockParams {
   double eps, scale;
 };
 
-// Linear i of the block: int8 where it has a weight scale, else oneDNN's product (with `activation` fused).
+// Linear i of the block: int8 where it has a weight scale, fastformer's few-row product where its weight is packed
+// in panels (3-D), else oneDNN's product; `activation` fused into the latter two.
 Tensor linear(const Tensor& x, const BlockParams& p, int i, double max_crest, const Activation* activation = nullptr) {
   if (p.scales[i]) {
     Tensor y = block_ops::int8_linear(x, p.weights[i], *p.scales[i], p.biases[i], max_crest);
     return activation ? activation->apply(y) : y;
   }
+  if (p.weights[i].dim() == 3)
+    return block_ops::panel_linear(x, p.weights[i], p.biases[i], activation ? activation->name : "none");
   return block_ops::packed_linear(x, p.weights[i], p.biases[i], activation ? activation->post_op : "none",
                                   activation ? activation->algorithm : "");
 }

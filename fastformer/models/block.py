@@ -15,6 +15,7 @@ from fastformer.models.config import ModelConfig
 from fastformer.models.dropout import Dropout
 from fastformer.nn.activation import ACTIVATIONS
 from fastformer.nn.linear import single_rows_on_gemv
+from fastformer.ops.panel_linear import PANEL_MAX_ROWS
 from fastformer.ops._block_args import ACTIVATIONS as FUSED_ACTIVATIONS
 from fastformer.ops.attention import default_scale
 from fastformer.ops.decode_block import decode_block_checked
@@ -63,10 +64,10 @@ class _FusedArgs:
     a .data swap). Checking that takes ~4 us a block. It holds the block's tensors and hook dicts, not its modules,
     which would make the block a reference cycle (freed only by the garbage collector)."""
 
-    __slots__ = ("kind", "dtype", "epoch", "args", "hook_dicts", "tensors", "tensor_state")
+    __slots__ = ("epoch", "args", "hook_dicts", "tensors", "tensor_state")
 
-    def __init__(self, block: nn.Module, kind: str, dtype: torch.dtype, epoch: int, args):
-        self.kind, self.dtype, self.epoch, self.args = kind, dtype, epoch, args
+    def __init__(self, block: nn.Module, epoch: int, args):
+        self.epoch, self.args = epoch, args
         modules = list(block.modules())
         self.hook_dicts = [d for m in modules for d in (m._forward_hooks, m._forward_pre_hooks)]
         self.tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
@@ -75,8 +76,8 @@ class _FusedArgs:
     def _tensor_state(self) -> list:
         return [(t.data_ptr(), None if t.is_inference() else t._version) for t in self.tensors]
 
-    def valid(self, kind: str, dtype: torch.dtype) -> bool:
-        return (self.epoch == _module_epoch.current() and self.kind == kind and self.dtype == dtype
+    def valid(self) -> bool:
+        return (self.epoch == _module_epoch.current()
                 and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
                          or any(self.hook_dicts))
                 and self._tensor_state() == self.tensor_state)
@@ -195,9 +196,11 @@ class TransformerBlock(_module_epoch.ChangeTracked, nn.Module):
         them); None where the block has a shape that op does not cover (pre-norm, gated FFN, another activation,
         RMSNorm, linears neither int8 (ff.nn.Int8Linear) nor on oneDNN's packed path (fp16, a gradient, one row));
         the caller then runs forward. The caller has checked the forward with fused_blocks_apply."""
-        if not (x.is_contiguous() and x.numel() > x.shape[-1]):
+        rows = x.numel() // x.shape[-1]
+        if not (x.is_contiguous() and rows > 1):
             return None
-        return self._fused_args("encode", x.dtype, lambda: self._encode_args(x))
+        # The linears' products depend on the row count (ff.nn.Linear: panels for a few rows, else oneDNN's).
+        return self._fused_args(("encode", rows <= PANEL_MAX_ROWS), x.dtype, lambda: self._encode_args(x))
 
     def _encode_args(self, x):
         """encoder_block's arguments after max_seqlen for inputs like x (its dtype), or None where the block does
@@ -209,20 +212,22 @@ class TransformerBlock(_module_epoch.ChangeTracked, nn.Module):
                 and all(isinstance(m, ffnn.Int8Linear) or m._use_packed(x, m.weight) for m in linears)):
             return None
         int8 = [isinstance(m, ffnn.Int8Linear) for m in linears]
-        return (attn.num_heads, [m.weight_int8 if q else m._packed_weight(m.weight) for m, q in zip(linears, int8)],
+        rows = x.numel() // x.shape[-1]  # every linear of the block sees these rows, whatever its width
+        return (attn.num_heads, [m.weight_int8 if q else m._block_weight(x.dtype, rows) for m, q in zip(linears, int8)],
                 [m.bias for m in linears], [m.weight_scale if q else None for m, q in zip(linears, int8)],
                 INT8_MAX_CREST, self.attn_norm.weight, self.attn_norm.bias, self.ffn_norm.weight, self.ffn_norm.bias,
                 ffn.activation, self.attn_norm.eps, self._attention_scale())
 
-    def _fused_args(self, kind: str, dtype: torch.dtype, build):
-        """build()'s arguments for a fused op (kind "encode" or "decode", inputs of `dtype`), or its None, reused
-        while the block is unchanged (_FusedArgs). Building them (the fit checks and the argument lists) took
-        ~100 us a block: ~0.6 ms of the ~5 ms forward of all-MiniLM-L6-v2 on one 18-token sentence (2-core AVX-512
-        VM, 2 threads)."""
-        cached = self.__dict__.get("_fused_args_cache")
-        if cached is None or not cached.valid(kind, dtype):
+    def _fused_args(self, kind, dtype: torch.dtype, build):
+        """build()'s arguments for a fused op (kind: "decode", or ("encode", whether the rows are few)) on inputs of
+        `dtype`, or its None, reused while the block is unchanged (_FusedArgs). Building them (the fit checks and
+        the argument lists) took ~100 us a block: ~0.6 ms of the ~5 ms forward of all-MiniLM-L6-v2 on one 18-token
+        sentence (2-core AVX-512 VM, 2 threads)."""
+        caches = self.__dict__.setdefault("_fused_args_cache", {})
+        cached = caches.get((kind, dtype))
+        if cached is None or not cached.valid():
             epoch = _module_epoch.current()
-            cached = self.__dict__["_fused_args_cache"] = _FusedArgs(self, kind, dtype, epoch, build())
+            cached = caches[kind, dtype] = _FusedArgs(self, epoch, build())
         return cached.args
 
     def __getstate__(self):

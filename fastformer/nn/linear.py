@@ -12,6 +12,12 @@ Single fp32 or bf16 rows (KV-cache decoding at batch 1) run fastformer's own mat
 speed is memory bandwidth; measured on a quiet 2-core AVX-512 development VM (torch 2.13.0, 2 threads,
 GPT-2-small's 48 layer matrices + LM head, 498 MB): F.linear reads 13.5 GB/s, the packed oneDNN product
 20-28 GB/s, ff.ops.gemv 1.00-1.19x faster than oneDNN in the same runs (csrc/cpu/gemv.cpp).
+
+A few fp32 rows (2 to 48: an encoder on one or a few short sentences) run ff.ops' panel_linear on the weight packed
+in column panels: there a product is as much arithmetic as weight streaming, which that kernel overlaps, and it has
+none of oneDNN's ~15-20 us of fixed work per call (all-MiniLM-L6-v2's 24 products at 18 rows: 2.69 vs 3.09 ms,
+bench/panel_linear_cpu.py). From ~96 rows the two are alike and oneDNN keeps them.
+
 On a machine whose cores are busy with other processes any OpenMP region waits for descheduled
 threads (seen: 12-16 ms per call); there, run with torch.set_num_threads(1).
 """
@@ -23,8 +29,11 @@ from fastformer.nn import cpu_features
 from fastformer.nn._dropin import _DropIn
 from fastformer.nn.activation import ACTIVATIONS, ONEDNN_POST_OPS
 from fastformer.ops.gemv import AVAILABLE as _HAS_GEMV, DTYPES as GEMV_DTYPES, gemv_checked
+from fastformer.ops.panel_linear import (ACTIVATIONS as PANEL_ACTIVATIONS, AVAILABLE as _HAS_PANELS, PANEL,
+                                         PANEL_MAX_ROWS, pack_panels_checked, panel_linear_checked)
 
 _HAS_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_CACHES = ("_packed", "_packed_key", "_panels", "_panels_key")  # the packed weights: not state, not copied
 
 
 def _packs(dtype: torch.dtype) -> bool:
@@ -51,11 +60,16 @@ class Linear(_DropIn, nn.Linear):
             if x.dim() == 0 or x.shape[-1] != self.in_features:  # oneDNN's own message names neither
                 raise ValueError(f"input must have shape [..., in_features={self.in_features}], got "
                                  f"{tuple(x.shape)}")
-            if x.numel() == self.in_features and single_rows_on_gemv(x.dtype):
+            rows = x.numel() // self.in_features
+            if rows == 1 and single_rows_on_gemv(x.dtype):
                 # One row: memory-bound, our kernel streams W faster. x was checked above (fp32 or bf16, CPU,
                 # [..., K]) and the weight is x's dtype; a bias of another dtype is refused by the kernel.
                 y = gemv_checked(x, weight, bias)
                 return ACTIVATIONS[activation](y) if activation is not None else y
+            if self._rows_on_panels(x.dtype, rows):
+                fused = activation if activation in PANEL_ACTIVATIONS else "none"
+                y = panel_linear_checked(x, self._panel_weight(weight), bias, fused)
+                return y if activation is None or activation == fused else ACTIVATIONS[activation](y)
             post_op, algorithm = ONEDNN_POST_OPS.get(activation, ("none", ""))
             y = torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(weight), bias, post_op, [], algorithm)
             return y if activation is None or activation in ONEDNN_POST_OPS else ACTIVATIONS[activation](y)
@@ -67,16 +81,38 @@ class Linear(_DropIn, nn.Linear):
         return (_HAS_MKLDNN and self.backend in (None, "cpu") and not needs_grad and x.is_cpu
                 and x.dtype == weight.dtype and _packs(x.dtype) and not torch.compiler.is_compiling())
 
+    def _rows_on_panels(self, dtype: torch.dtype, rows: int) -> bool:
+        """Whether `rows` inference rows of `dtype` (on the packed path, more than one) run ff.ops' panel_linear:
+        fp32, at most PANEL_MAX_ROWS rows, out_features a multiple of the panel width."""
+        return _HAS_PANELS and dtype == torch.float32 and rows <= PANEL_MAX_ROWS and self.out_features % PANEL == 0
+
+    def _block_weight(self, dtype: torch.dtype, rows: int) -> torch.Tensor:
+        """The weight a fused block op passes for this linear on `rows` rows of `dtype` (the packed path, more than
+        one row): its panels where forward would run panel_linear, else oneDNN's packed weight, so that the fused
+        block computes what the module does."""
+        if self._rows_on_panels(dtype, rows):
+            return self._panel_weight(self.weight)
+        return self._packed_weight(self.weight)
+
     def __getstate__(self):
         # The packed weight is a cache in oneDNN's opaque layout, whose storage neither pickle (torch.save) nor
-        # copy.deepcopy can read; a copy packs its own on its first call.
-        return {k: v for k, v in super().__getstate__().items() if k not in ("_packed", "_packed_key")}
+        # copy.deepcopy can read; a copy packs its own on its first call. So are the panels.
+        return {k: v for k, v in super().__getstate__().items() if k not in _CACHES}
 
     def _packed_weight(self, weight) -> torch.Tensor:
+        return self._cached_pack("_packed", weight, torch.ops.mkldnn._reorder_linear_weight)
+
+    def _panel_weight(self, weight) -> torch.Tensor:
+        return self._cached_pack("_panels", weight, pack_panels_checked)
+
+    def _cached_pack(self, name: str, weight, pack) -> torch.Tensor:
+        """pack(weight), kept as self.<name> while the weight is unchanged. Both packs (oneDNN's for many rows,
+        panels for a few) exist once the module has run both: one more copy of the weight each."""
         # Inference tensors (a model built under torch.inference_mode) have no version counter: their key is
         # the storage alone, so an in-place change of such a weight needs a new tensor to be seen.
         key = (weight.data_ptr(), None if weight.is_inference() else weight._version, weight.shape)
-        if getattr(self, "_packed_key", None) != key:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-            self._packed_key = key
-        return self._packed
+        state = self.__dict__
+        if state.get(name + "_key") != key:
+            state[name] = pack(weight.detach())
+            state[name + "_key"] = key
+        return state[name]

@@ -95,3 +95,30 @@ def test_built_under_inference_mode():
         linear = ff.nn.Linear(8, 5)
         x = torch.randn(3, 8)
         assert torch.allclose(linear(x), torch.nn.functional.linear(x, linear.weight, linear.bias), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [2, 17, 48, 49])
+@pytest.mark.parametrize("activation", [None, "gelu", "quick_gelu"])
+def test_few_rows_run_panel_linear_and_follow_weight_updates(monkeypatch, rows, activation):
+    """Inference on 2..PANEL_MAX_ROWS rows (an encoder on a short sentence) runs ff.ops' panel_linear on the weight's
+    panels, more rows oneDNN; both match fp64 with the activation (fused, or applied after: quick_gelu), and both
+    packs follow an in-place weight update."""
+    from fastformer.nn import linear as linear_module
+    from fastformer.nn.activation import ACTIVATIONS
+    from fastformer.ops import panel_linear
+
+    if not panel_linear.AVAILABLE:
+        pytest.skip("this build has no panel_linear kernel (AVX2 builds only)")
+    calls = []
+    real = linear_module.panel_linear_checked
+    monkeypatch.setattr(linear_module, "panel_linear_checked", lambda *args: calls.append(1) or real(*args))
+    ours = ff.nn.Linear(96, 160)
+    x = torch.randn(rows, 96)
+    act = ACTIVATIONS[activation] if activation is not None else (lambda t: t)
+    with torch.inference_mode():
+        for scale in (1.0, 2.0):
+            if scale != 1.0:
+                ours.weight.mul_(scale)
+            want = act(torch.nn.functional.linear(x.double(), ours.weight.double(), ours.bias.double()))
+            torch.testing.assert_close(ours(x, activation=activation).double(), want, rtol=1e-5, atol=1e-5)
+    assert len(calls) == (2 if rows <= panel_linear.PANEL_MAX_ROWS else 0)
