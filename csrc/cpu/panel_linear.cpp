@@ -20,10 +20,11 @@
 // other tiles find it in L1/L2. Without the prefetch a first version took 3.67-3.98 ms at 18 rows where oneDNN took
 // 3.72-4.29 and the prefetching one 3.25-3.51: the hardware prefetcher alone did not keep the lines coming while the
 // FMAs ran. Prefetching the next panel spread over all tiles instead was no better (2.88 and 3.74 ms). Bias is the
-// accumulators' start value; the activation runs after the product, in place, as ATen's. Accumulation is in fp32 in
-// k order: results differ from a matmul's by rounding only.
+// accumulators' start value; the activation runs after each thread's band, in place, as ATen's. Accumulation is in
+// fp32 in k order: results differ from a matmul's by rounding only.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -45,7 +46,8 @@ constexpr int64_t kPrefetchLines = 48;    // 3 KB ahead; 32-64 measured alike, 1
 
 // The activation after the product, in place, as ATen computes it (what ff.nn.Linear's Python path applies). Run on
 // each tile while it sat in L1 (at::vec's erf on the stored tile), GELU took 50-70 us per [18, 1536] product; ATen's
-// in-place GELU over the whole output takes ~20.
+// in-place GELU over the whole output takes ~20 on one thread (27648 elements: under ATen's parallel grain), so each
+// thread runs it on its own band.
 void activate(Tensor& y, c10::string_view activation) {
   if (activation == "gelu") {
     at::gelu_(y);
@@ -90,9 +92,12 @@ void panel_tile(const float* panel, const float* x, int64_t ldx, int64_t K, cons
   }
 }
 
+// y [M, N] = act(x [M, K] W^T + bias), W in panels; each thread computes its band of panels, then runs the
+// activation on its band's columns while they are in its caches.
 void panel_rows(const float* panels, int64_t panel_count, const float* x, int64_t M, int64_t K, const float* bias,
-                float* y) {
+                Tensor& y_tensor, c10::string_view activation) {
   const int64_t N = panel_count * kPanel, panel_size = K * kPanel;
+  float* y = y_tensor.data_ptr<float>();
   const float* end = panels + panel_count * panel_size;
   // Each task streams at least ~64 KB of weights (a thread wake-up costs a few us; 64 KB stream in ~5).
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, panel_size * sizeof(float)));
@@ -119,6 +124,11 @@ void panel_rows(const float* panels, int64_t panel_count, const float* x, int64_
         }
       }
     }
+    // ATen's kernel, serial inside this parallel region. The pool's threads do not share the caller's inference
+    // mode, without which an in-place update of an inference tensor is refused; y is this op's own output.
+    c10::InferenceMode inference;
+    Tensor band = y_tensor.view({M, N}).narrow(1, p0 * kPanel, (p1 - p0) * kPanel);
+    activate(band, activation);
   });
 }
 
@@ -155,8 +165,7 @@ Tensor panel_linear(const Tensor& x, const Tensor& panels, const std::optional<T
               "panel_linear: activation must be none, gelu, gelu_tanh, relu or silu, got ", std::string(activation));
   if (M == 0 || N == 0) return y;
   panel_rows(panels.const_data_ptr<float>(), panels.size(0), x.const_data_ptr<float>(), M, K,
-             has_bias ? bias->const_data_ptr<float>() : nullptr, y.data_ptr<float>());
-  activate(y, activation);
+             has_bias ? bias->const_data_ptr<float>() : nullptr, y, activation);
   return y;
 }
 

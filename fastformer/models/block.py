@@ -50,7 +50,7 @@ def encoder_blocks(stack: nn.Module, x, key_padding_mask=None, attn_bias=None, p
         yield x
 
 
-def _has_forward_hooks(module: nn.Module) -> bool:
+def has_forward_hooks(module: nn.Module) -> bool:
     """Whether a forward hook or pre-hook would fire for module or a module in it (~2 us for a block)."""
     return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
                 or any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()))
@@ -254,7 +254,7 @@ class TransformerBlock(_module_epoch.ChangeTracked, nn.Module):
                 and all(n.backend in (None, "cpu") and len(n.normalized_shape) == 1
                         and all(p is None or p.is_contiguous() for p in (n.weight, getattr(n, "bias", None)))
                         for n in (self.attn_norm, self.ffn_norm))
-                and not _has_forward_hooks(self))
+                and not has_forward_hooks(self))
 
     def _attention_scale(self) -> float:
         return self.attn.scale if self.attn.scale is not None else default_scale(self.attn.head_dim)

@@ -283,3 +283,21 @@ def test_fused_blocks_only_where_they_apply(tmp_path, monkeypatch):
     handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: None)
     assert fused_calls() == 0  # a global hook sees every module run
     handle.remove()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_embeddings_from_table_rows_equal_the_lookups(tmp_path, family):
+    """Positions 0..S-1 and token type 0 (no ids given) are taken as the tables' first rows, bit for bit the
+    lookups' sums (RoBERTa's positions, counted past padding, keep the lookups); with a forward hook on the position
+    table the lookups run, so the hook fires."""
+    _, path = save_tiny(tmp_path, family, "Model")
+    embeddings = ff.from_pretrained(path).embeddings
+    ids = torch.randint(5, 99, (3, 9))
+    with torch.no_grad():
+        rows = embeddings(ids)
+        looked_up = embeddings(ids, position_ids=embeddings.position_ids(ids),
+                               token_type_ids=torch.zeros_like(ids) if embeddings.token_type is not None else None)
+        assert torch.equal(rows, looked_up)
+        seen = []
+        embeddings.position.register_forward_hook(lambda module, args, output: seen.append(module))
+        assert torch.equal(embeddings(ids), rows) and seen == [embeddings.position]

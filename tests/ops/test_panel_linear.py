@@ -28,6 +28,18 @@ def test_matches_fp64_reference(rows, k, activation):
     assert (got.double() - want).abs().max() <= fp64_error_bound(x, weight, bias)
 
 
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_every_thread_activates_its_band(mode):
+    """Wide enough for both threads' bands (the activation runs in each thread), under either inference mode (an
+    inference-tensor output, updated in place on threads that are not in inference mode themselves) or no_grad."""
+    weight, bias, x = torch.randn(4096, 64), torch.randn(4096), torch.randn(18, 64)
+    context = torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
+    with context:
+        got = pl.panel_linear(x, pl.pack_panels(weight), bias, "gelu")
+    want = pl.panel_linear_ref(x.double(), weight.double(), bias.double(), "gelu")
+    assert (got.double() - want).abs().max() <= fp64_error_bound(x, weight, bias)
+
+
 def test_no_bias_leading_dims_and_empty_inputs():
     weight = torch.randn(32, 24)
     panels = pl.pack_panels(weight)
