@@ -1,4 +1,4 @@
-// The fp32 linear of a few rows on CPU: y [M, N] = act(x [M, K] W^T + b) for 2 <= M <= 48, the products of an
+// The fp32 linear of a few rows on CPU: y [M, N] = act(x [M, K] W^T + b) for 2 <= M <= 64, the products of an
 // encoder forward on one or a few short sentences, from W packed once into column panels.
 //
 // At a few rows a product is neither compute- nor memory-bound alone: every weight is used M times, so the
@@ -7,19 +7,21 @@
 // ~15-20 us of fixed work per call (primitive attributes, memory descriptors, its scratchpad: 22.8 us for a 32 x 32
 // product from Python), 24 calls per all-MiniLM-L6-v2 forward. Measured on the 2-core AVX-512 development VM,
 // 2 threads, the 24 products of all-MiniLM-L6-v2 (42.5 MB of weights, cold) called in turn from Python, medians of
-// 100 interleaved passes (bench/panel_linear_cpu.py, load ~1.7), this kernel / oneDNN: 2 rows 1.37 / 2.23 ms, 8 rows
-// 1.80 / 2.28, 18 rows 2.69 / 3.09, 32 rows 4.41 / 4.66, 48 rows 5.64 / 6.16, 64 rows 7.45 / 8.02 (another run:
-// 8.87 / 8.36), 96 rows 11.59 / 11.74, 128 rows 15.15 / 14.92. One thread, weights hot: 108-113 GFLOP/s against
-// oneDNN's 92-103. ff.nn.Linear runs it up to 48 rows.
+// 100 interleaved passes (bench/panel_linear_cpu.py, load ~2.1), this kernel / oneDNN: 2 rows 1.57 / 2.59 ms, 8 rows
+// 2.13 / 2.78, 18 rows 2.56 / 3.43, 32 rows 4.02 / 4.67, 48 rows 5.31 / 6.18, 64 rows 6.75 / 7.56, 96 rows 10.29 /
+// 10.93, 128 rows 13.68 / 13.96. One thread, weights hot: 108-113 GFLOP/s against oneDNN's 92-103. ff.nn.Linear
+// runs it up to 64 rows.
 //
 // Layout: W [N, K] is packed as panels [N / 16, K, 16]: panel p holds output columns 16p..16p+15, one 64-byte line
 // per k, so a panel streams front to back as one sequential read. Each thread takes a contiguous band of panels.
 // For each panel, tiles of up to 6 rows keep 6 x 2 vectors of y in registers (12 of AVX2's 16), and each k step
 // loads the panel's line once, broadcasts the 6 x values and issues 12 fused multiply-adds. The first tile of a
-// panel reads it from memory and prefetches 48 lines (3 KB) ahead, into the next panel across the boundary; the
-// other tiles find it in L1/L2. Without the prefetch a first version took 3.67-3.98 ms at 18 rows where oneDNN took
-// 3.72-4.29 and the prefetching one 3.25-3.51: the hardware prefetcher alone did not keep the lines coming while the
-// FMAs ran. Prefetching the next panel spread over all tiles instead was no better (2.88 and 3.74 ms). Bias is the
+// panel reads it from memory (or L2), the other tiles from L1/L2; meanwhile each tile prefetches its share of the
+// next panel into L2 (prefetcht2), one line per k step, so the memory stream runs during every tile, not only the
+// first. Measured at 18 rows, time over oneDNN's in the same runs (bench/panel_linear_cpu.py or its prototype):
+// no software prefetch 0.86-1.04; the first tile prefetching 48 lines ahead into L1 0.86-0.87; the next panel spread
+// over the tiles into L1 0.88-1.09 (it evicts the current panel, which the later tiles reread); into L2
+// (prefetcht1 / t2) 0.76-0.78 / 0.76-0.82. Bias is the
 // accumulators' start value; the activation runs after each thread's band, in place, as ATen's. Accumulation is in
 // fp32 in k order: results differ from a matmul's by rounding only.
 #include <ATen/ATen.h>
@@ -42,7 +44,6 @@ using at::Tensor;
 
 constexpr int64_t kPanel = 16;            // output columns per panel: one 64-byte line per k
 constexpr int kTileRows = 6;              // 6 x 2 accumulators: 12 of AVX2's 16 vector registers
-constexpr int64_t kPrefetchLines = 48;    // 3 KB ahead; 32-64 measured alike, 128-256 a little slower
 
 // The activation after the product, in place, as ATen computes it (what ff.nn.Linear's Python path applies). Run on
 // each tile while it sat in L1 (at::vec's erf on the stored tile), GELU took 50-70 us per [18, 1536] product; ATen's
@@ -76,7 +77,7 @@ void panel_tile(const float* panel, const float* x, int64_t ldx, int64_t K, cons
     acc[r][1] = bias1;
   }
   for (int64_t k = 0; k < K; ++k) {
-    if (k < prefetch_lines) _mm_prefetch(reinterpret_cast<const char*>(prefetch + k * kPanel), _MM_HINT_T0);
+    if (k < prefetch_lines) _mm_prefetch(reinterpret_cast<const char*>(prefetch + k * kPanel), _MM_HINT_T2);
     const __m256 w0 = _mm256_loadu_ps(panel + k * kPanel), w1 = _mm256_loadu_ps(panel + k * kPanel + 8);
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
@@ -98,20 +99,18 @@ void panel_rows(const float* panels, int64_t panel_count, const float* x, int64_
                 Tensor& y_tensor, c10::string_view activation) {
   const int64_t N = panel_count * kPanel, panel_size = K * kPanel;
   float* y = y_tensor.data_ptr<float>();
-  const float* end = panels + panel_count * panel_size;
   // Each task streams at least ~64 KB of weights (a thread wake-up costs a few us; 64 KB stream in ~5).
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, panel_size * sizeof(float)));
   at::parallel_for(0, panel_count, grain, [&](int64_t p0, int64_t p1) {
-    const float* band_end = std::min(end, panels + p1 * panel_size);
+    const int64_t tiles = (M + kTileRows - 1) / kTileRows, share = (K + tiles - 1) / tiles;
     for (int64_t p = p0; p < p1; ++p) {
       const float* panel = panels + p * panel_size;
       const float* b = bias ? bias + p * kPanel : nullptr;
-      // The first tile prefetches ahead, up to the end of this thread's band.
-      const float* ahead = panel + kPrefetchLines * kPanel;
-      const int64_t ahead_lines = std::max<int64_t>(0, std::min<int64_t>(K, (band_end - ahead) / kPanel));
+      const float* next = panel + panel_size;  // prefetched by this panel's tiles, a share each (none past the band)
       for (int64_t m = 0; m < M; m += kTileRows) {
-        const int64_t rows = std::min<int64_t>(kTileRows, M - m);
-        const int64_t lines = m == 0 ? ahead_lines : 0;
+        const int64_t rows = std::min<int64_t>(kTileRows, M - m), t = m / kTileRows;
+        const float* ahead = next + t * share * kPanel;
+        const int64_t lines = p + 1 < p1 ? std::max<int64_t>(0, std::min<int64_t>(share, K - t * share)) : 0;
         const float* xm = x + m * K;
         float* ym = y + m * N + p * kPanel;
         switch (rows) {

@@ -13,10 +13,10 @@ speed is memory bandwidth; measured on a quiet 2-core AVX-512 development VM (to
 GPT-2-small's 48 layer matrices + LM head, 498 MB): F.linear reads 13.5 GB/s, the packed oneDNN product
 20-28 GB/s, ff.ops.gemv 1.00-1.19x faster than oneDNN in the same runs (csrc/cpu/gemv.cpp).
 
-A few fp32 rows (2 to 48: an encoder on one or a few short sentences) run ff.ops' panel_linear on the weight packed
+A few fp32 rows (2 to 64: an encoder on one or a few short sentences) run ff.ops' panel_linear on the weight packed
 in column panels: there a product is as much arithmetic as weight streaming, which that kernel overlaps, and it has
-none of oneDNN's ~15-20 us of fixed work per call (all-MiniLM-L6-v2's 24 products at 18 rows: 2.69 vs 3.09 ms,
-bench/panel_linear_cpu.py). From ~96 rows the two are alike and oneDNN keeps them.
+none of oneDNN's ~15-20 us of fixed work per call (all-MiniLM-L6-v2's 24 products at 18 rows: 2.56 vs 3.43 ms,
+bench/panel_linear_cpu.py). Above 64 rows the lead shrinks (128: 2%) and oneDNN keeps them.
 
 On a machine whose cores are busy with other processes any OpenMP region waits for descheduled
 threads (seen: 12-16 ms per call); there, run with torch.set_num_threads(1).

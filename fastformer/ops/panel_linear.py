@@ -1,11 +1,11 @@
-"""panel_linear: act(x @ weight.T + bias) for a few fp32 rows on the CPU (2 to 48: an encoder forward on one or a
+"""panel_linear: act(x @ weight.T + bias) for a few fp32 rows on the CPU (2 to 64: an encoder forward on one or a
 few short sentences), from the weight packed once into column panels by pack_panels.
 
 At a few rows a product costs about as much arithmetic as streaming its weights, and oneDNN's prepacked product
 adds ~15-20 us of fixed work per call; the kernel (csrc/cpu/panel_linear.cpp) streams each panel front to back with
-a software prefetch ahead and keeps tiles of 6 rows in registers. Measured on the 2-core AVX-512 development VM, 2
-threads, all-MiniLM-L6-v2's 24 products (42.5 MB, cold) in turn (bench/panel_linear_cpu.py): 2.69 ms against
-oneDNN's 3.09 at 18 rows, 1.80 / 2.28 at 8, 5.64 / 6.16 at 48; from ~96 rows the two are alike (128: 15.15 / 14.92).
+a software prefetch of the next panel and keeps tiles of 6 rows in registers. Measured on the 2-core AVX-512
+development VM, 2 threads, all-MiniLM-L6-v2's 24 products (42.5 MB, cold) in turn (bench/panel_linear_cpu.py):
+2.56 ms against oneDNN's 3.43 at 18 rows, 2.13 / 2.78 at 8, 6.75 / 7.56 at 64; 13.68 / 13.96 at 128.
 ff.nn.Linear runs it for 2 to PANEL_MAX_ROWS rows (one row: ff.ops.gemv) and keeps oneDNN above; a module that has
 run both keeps both packs (one more copy of its weight).
 
@@ -23,7 +23,7 @@ _ops = torch.ops.fastformer
 AVAILABLE = hasattr(_ops, "panel_linear") and torch._C._dispatch_has_kernel_for_dispatch_key("fastformer::panel_linear",
                                                                                              "CPU")
 PANEL = 16  # output columns per panel
-PANEL_MAX_ROWS = 48  # up to here the kernel led oneDNN in every measurement (bench/panel_linear_cpu.py)
+PANEL_MAX_ROWS = 64  # up to here the kernel led oneDNN by >= 10% (bench/panel_linear_cpu.py); above, by less
 ACTIVATIONS = {"none": lambda t: t, **_block_args.ACTIVATIONS}
 
 
