@@ -44,6 +44,17 @@ struct BlockParams {
   double eps, scale;
 };
 
+// The block whose linears are at first..first+3 of weights, biases and scales (one block's lists: first = 0).
+BlockParams block_params(at::TensorList weights, const c10::List<OptTensor>& biases,
+                         const c10::List<OptTensor>& scales, size_t first, const OptTensor& norm1_weight,
+                         const OptTensor& norm1_bias, const OptTensor& norm2_weight, const OptTensor& norm2_bias,
+                         int64_t heads, const Activation& up_activation, double eps, double scale) {
+  return {weights.slice(first, 4),
+          {biases.get(first), biases.get(first + 1), biases.get(first + 2), biases.get(first + 3)},
+          {scales.get(first), scales.get(first + 1), scales.get(first + 2), scales.get(first + 3)},
+          norm1_weight, norm1_bias, norm2_weight, norm2_bias, heads, up_activation, eps, scale};
+}
+
 // Linear i of the block: int8 where it has a weight scale, fastformer's few-row product where its weight is packed
 // in panels (3-D), else oneDNN's product; `activation` fused into the latter two.
 Tensor linear(const Tensor& x, const BlockParams& p, int i, double max_crest, const Activation* activation = nullptr) {
@@ -111,11 +122,9 @@ Tensor encoder_block(const Tensor& x, const OptTensor& key_padding_mask, const O
   TORCH_CHECK(weights.size() == 4 && biases.size() == 4 && weight_scales.size() == 4,
               "encoder_block: weights, biases and weight_scales hold the qkv, out, up and down linears' (4 each)");
   c10::InferenceMode inference;  // kernels only: their autograd wrappers would not run anyway
-  const BlockParams p{weights,
-                      {biases.get(0), biases.get(1), biases.get(2), biases.get(3)},
-                      {weight_scales.get(0), weight_scales.get(1), weight_scales.get(2), weight_scales.get(3)},
-                      norm1_weight, norm1_bias, norm2_weight, norm2_bias, heads,
-                      block_ops::activation_named(activation, "encoder_block"), eps, scale};
+  const BlockParams p = block_params(weights, biases, weight_scales, 0, norm1_weight, norm1_bias, norm2_weight,
+                                     norm2_bias, heads, block_ops::activation_named(activation, "encoder_block"), eps,
+                                     scale);
   return run_block(x, mask, cu_seqlens, max_seqlen, p, int8_max_crest);
 }
 
@@ -143,13 +152,11 @@ std::vector<Tensor> encoder_blocks(const Tensor& x, const OptTensor& key_padding
   outputs.reserve(blocks);
   Tensor hidden = x;
   for (size_t b = 0; b < blocks; ++b) {
-    const size_t l = 4 * b, n = 2 * b;
-    const BlockParams p{weights.slice(l, 4),
-                        {biases.get(l), biases.get(l + 1), biases.get(l + 2), biases.get(l + 3)},
-                        {weight_scales.get(l), weight_scales.get(l + 1), weight_scales.get(l + 2),
-                         weight_scales.get(l + 3)},
-                        norm_weights.get(n), norm_biases.get(n), norm_weights.get(n + 1), norm_biases.get(n + 1),
-                        heads[b], block_ops::activation_named(activations[b], "encoder_blocks"), eps[b], scales[b]};
+    const size_t n = 2 * b;
+    const BlockParams p = block_params(weights, biases, weight_scales, 4 * b, norm_weights.get(n), norm_biases.get(n),
+                                       norm_weights.get(n + 1), norm_biases.get(n + 1), heads[b],
+                                       block_ops::activation_named(activations[b], "encoder_blocks"), eps[b],
+                                       scales[b]);
     hidden = run_block(hidden, mask, cu_seqlens, max_seqlen, p, int8_max_crest);
     outputs.push_back(hidden);
   }

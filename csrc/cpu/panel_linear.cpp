@@ -21,16 +21,18 @@
 // first. Measured at 18 rows, time over oneDNN's in the same runs (bench/panel_linear_cpu.py or its prototype):
 // no software prefetch 0.86-1.04; the first tile prefetching 48 lines ahead into L1 0.86-0.87; the next panel spread
 // over the tiles into L1 0.88-1.09 (it evicts the current panel, which the later tiles reread); into L2
-// (prefetcht1 / t2) 0.76-0.78 / 0.76-0.82. Bias is the
-// accumulators' start value; the activation runs after each thread's band, in place, as ATen's. Accumulation is in
-// fp32 in k order: results differ from a matmul's by rounding only.
+// (prefetcht1 / t2) 0.76-0.78 / 0.76-0.82. Bias is the accumulators' start value; the activation runs after each
+// thread's band, in place, as ATen's. Accumulation is in fp32 in k order: results differ from a matmul's by rounding
+// only.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <string>
+#include <optional>
+
+#include "cpu/block_ops.h"
 
 // The kernel is written for AVX2 + FMA (16 vector registers of 8 floats); a build without them registers no kernel
 // for these ops and ff.nn.Linear keeps oneDNN (fastformer/ops/panel_linear.py AVAILABLE).
@@ -44,22 +46,6 @@ using at::Tensor;
 
 constexpr int64_t kPanel = 16;            // output columns per panel: one 64-byte line per k
 constexpr int kTileRows = 6;              // 6 x 2 accumulators: 12 of AVX2's 16 vector registers
-
-// The activation after the product, in place, as ATen computes it (what ff.nn.Linear's Python path applies). Run on
-// each tile while it sat in L1 (at::vec's erf on the stored tile), GELU took 50-70 us per [18, 1536] product; ATen's
-// in-place GELU over the whole output takes ~20 on one thread (27648 elements: under ATen's parallel grain), so each
-// thread runs it on its own band.
-void activate(Tensor& y, c10::string_view activation) {
-  if (activation == "gelu") {
-    at::gelu_(y);
-  } else if (activation == "gelu_tanh") {
-    at::gelu_(y, "tanh");
-  } else if (activation == "relu") {
-    at::relu_(y);
-  } else if (activation == "silu") {
-    at::silu_(y);
-  }  // else "none" (checked by the caller)
-}
 
 // y rows [rows, 16] (row stride ldy) = x rows [rows, K] (row stride ldx) . panel [K, 16] + bias [16];
 // prefetch_lines lines of `prefetch` are prefetched, one per k step.
@@ -94,9 +80,12 @@ void panel_tile(const float* panel, const float* x, int64_t ldx, int64_t K, cons
 }
 
 // y [M, N] = act(x [M, K] W^T + bias), W in panels; each thread computes its band of panels, then runs the
-// activation on its band's columns while they are in its caches.
+// activation (none, or ATen's in-place kernel: what ff.nn.Linear's Python path applies) on its band's columns while
+// they are in its caches. Run on each tile in registers instead (at::vec's erf), GELU took 50-70 us per [18, 1536]
+// product; ATen's kernel over the whole output takes ~20 on one thread (27648 elements are under its parallel
+// grain), hence once per band.
 void panel_rows(const float* panels, int64_t panel_count, const float* x, int64_t M, int64_t K, const float* bias,
-                Tensor& y_tensor, c10::string_view activation) {
+                Tensor& y_tensor, const std::optional<block_ops::Activation>& activation) {
   const int64_t N = panel_count * kPanel, panel_size = K * kPanel;
   float* y = y_tensor.data_ptr<float>();
   // Each task streams at least ~64 KB of weights (a thread wake-up costs a few us; 64 KB stream in ~5).
@@ -123,15 +112,17 @@ void panel_rows(const float* panels, int64_t panel_count, const float* x, int64_
         }
       }
     }
-    // ATen's kernel, serial inside this parallel region. The pool's threads do not share the caller's inference
-    // mode, without which an in-place update of an inference tensor is refused; y is this op's own output.
-    c10::InferenceMode inference;
-    Tensor band = y_tensor.view({M, N}).narrow(1, p0 * kPanel, (p1 - p0) * kPanel);
-    activate(band, activation);
+    if (activation) {
+      // ATen's kernel, serial inside this parallel region. The pool's threads do not share the caller's inference
+      // mode, without which an in-place update of an inference tensor is refused; y is this op's own output.
+      c10::InferenceMode inference;
+      Tensor band = y_tensor.view({M, N}).narrow(1, p0 * kPanel, (p1 - p0) * kPanel);
+      activation->apply(band);
+    }
   });
 }
 
-// weight [N, K] fp32, last dim contiguous, N a multiple of 16 -> panels [N / 16, K, 16].
+// weight [N, K] fp32 (any strides: splitting N is always a view), N a multiple of 16 -> panels [N / 16, K, 16].
 Tensor pack_panels(const Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.size(0) % kPanel == 0,
               "pack_panels: weight must be fp32 [N, K] with N a multiple of ", kPanel, ", got ", weight.sizes(), " ",
@@ -156,15 +147,14 @@ Tensor panel_linear(const Tensor& x, const Tensor& panels, const std::optional<T
   TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous() &&
                             bias->scalar_type() == at::kFloat),
               "panel_linear: bias must be contiguous fp32 [N=", N, "]");
+  const auto act = activation == "none" ? std::nullopt
+                                        : std::optional(block_ops::activation_named(activation, "panel_linear"));
   auto sizes = x.sizes().vec();
   sizes.back() = N;
   Tensor y = at::empty(sizes, x.options());
-  TORCH_CHECK(activation == "none" || activation == "gelu" || activation == "gelu_tanh" || activation == "relu" ||
-                  activation == "silu",
-              "panel_linear: activation must be none, gelu, gelu_tanh, relu or silu, got ", std::string(activation));
   if (M == 0 || N == 0) return y;
   panel_rows(panels.const_data_ptr<float>(), panels.size(0), x.const_data_ptr<float>(), M, K,
-             has_bias ? bias->const_data_ptr<float>() : nullptr, y, activation);
+             has_bias ? bias->const_data_ptr<float>() : nullptr, y, act);
   return y;
 }
 

@@ -50,10 +50,14 @@ def encoder_blocks(stack: nn.Module, x, key_padding_mask=None, attn_bias=None, p
         yield x
 
 
+def _global_forward_hooks() -> bool:
+    """Whether a forward hook or pre-hook registered for every module (torch.nn.modules.module) would fire."""
+    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
+
+
 def has_forward_hooks(module: nn.Module) -> bool:
     """Whether a forward hook or pre-hook would fire for module or a module in it (~2 us for a block)."""
-    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
-                or any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()))
+    return _global_forward_hooks() or any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class _FusedArgs:
@@ -77,9 +81,7 @@ class _FusedArgs:
         return [(t.data_ptr(), None if t.is_inference() else t._version) for t in self.tensors]
 
     def valid(self) -> bool:
-        return (self.epoch == _module_epoch.current()
-                and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
-                         or any(self.hook_dicts))
+        return (self.epoch == _module_epoch.current() and not (_global_forward_hooks() or any(self.hook_dicts))
                 and self._tensor_state() == self.tensor_state)
 
 
