@@ -53,7 +53,7 @@ template <int kRows>
 void panel_tile(const float* panel, const float* x, int64_t ldx, int64_t K, const float* bias, float* y, int64_t ldy,
                 const float* prefetch, int64_t prefetch_lines) {
   // AVX2 intrinsics, fully unrolled over the rows: written with at::vec::Vectorized (or the row loops not unrolled),
-  // GCC kept the accumulators on the stack through the k loop, at 36-45 GFLOP/s instead of 109-115 (1 thread).
+  // GCC kept the accumulators on the stack through the k loop, at 36-45 GFLOP/s instead of 108-113 (1 thread).
   __m256 acc[kRows][2];
   const __m256 bias0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
   const __m256 bias1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
