@@ -19,7 +19,9 @@ import torch
 from fastformer.modelbench import machine, report
 from fastformer.ops import panel_linear as pl
 
-SHAPES = [(1152, 384), (384, 384), (1536, 384), (384, 1536)] * 6  # all-MiniLM-L6-v2's linears, [N, K]
+# Each model's linears in forward order, [N, K]: qkv, out, up, down per layer.
+SHAPES = {"all-MiniLM-L6-v2": [(1152, 384), (384, 384), (1536, 384), (384, 1536)] * 6,  # 42.5 MB of weights
+          "bert-base": [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12}  # 340 MB
 
 
 def _pass_ms(products) -> float:
@@ -34,6 +36,7 @@ def main():
     parser.add_argument("--rows", default="2,8,18,32,48,64,96,128")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--model", choices=sorted(SHAPES), default="all-MiniLM-L6-v2", help="whose products")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     if not pl.AVAILABLE:
@@ -42,15 +45,16 @@ def main():
         report.check_writable(args.json, "--json")
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(n, k, generator=gen) / k ** 0.5 for n, k in SHAPES]
-    biases = [torch.randn(n, generator=gen) for n, _ in SHAPES]
+    shapes = SHAPES[args.model]
+    weights = [torch.randn(n, k, generator=gen) / k ** 0.5 for n, k in shapes]
+    biases = [torch.randn(n, generator=gen) for n, _ in shapes]
     load_before = os.getloadavg()
     results = {}
     with torch.inference_mode():
         onednn_weights = [torch.ops.mkldnn._reorder_linear_weight(w) for w in weights]
         panels = [pl.pack_panels(w) for w in weights]
         for rows in (int(r) for r in args.rows.split(",")):
-            inputs = {k: torch.randn(rows, k, generator=gen) for k in {k for _, k in SHAPES}}
+            inputs = {k: torch.randn(rows, k, generator=gen) for k in {k for _, k in shapes}}
             products = {
                 "onednn": [lambda x=inputs[w.shape[1]], p=p, b=b: torch.ops.mkldnn._linear_pointwise(
                     x, p, b, "none", [], "") for w, p, b in zip(weights, onednn_weights, biases)],
@@ -58,7 +62,8 @@ def main():
                                  for w, p, b in zip(weights, panels, biases)]}
             for name in products:  # warm-up; and the two agree
                 _pass_ms(products[name])
-            x, w, b = inputs[384], weights[0], biases[0]
+            w, b = weights[0], biases[0]
+            x = inputs[w.shape[1]]
             torch.testing.assert_close(pl.panel_linear_checked(x, panels[0], b, "none"),
                                        torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4)
             times = {name: [] for name in products}
@@ -74,7 +79,7 @@ def main():
     print(f"threads {args.threads}; load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     if args.json:
         report.write_json({"meta": {**machine.describe(), "benchmark": "panel-linear-cpu",
-                                    "settings": {"threads": args.threads, "rounds": args.rounds,
+                                    "settings": {"model": args.model, "threads": args.threads, "rounds": args.rounds,
                                                  "panel_max_rows": pl.PANEL_MAX_ROWS},
                                     "load_average": load, "units": "ms per pass of the 24 products"},
                            "results": results}, args.json)

@@ -21,15 +21,16 @@
 // first. Measured at 18 rows, time over oneDNN's in the same runs (bench/panel_linear_cpu.py or its prototype):
 // no software prefetch 0.86-1.04; the first tile prefetching 48 lines ahead into L1 0.86-0.87; the next panel spread
 // over the tiles into L1 0.88-1.09 (it evicts the current panel, which the later tiles reread); into L2
-// (prefetcht1 / t2) 0.76-0.78 / 0.76-0.82. Bias is the accumulators' start value; the activation runs after each
-// thread's band, in place, as ATen's. Accumulation is in fp32 in k order: results differ from a matmul's by rounding
+// (prefetcht1 / t2) 0.76-0.78 / 0.76-0.82. Bias is the accumulators' start value; the activation runs on them
+// before the store. Accumulation is in fp32 in k order: results differ from a matmul's by rounding
 // only.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 
 #include "cpu/block_ops.h"
@@ -47,9 +48,81 @@ using at::Tensor;
 constexpr int64_t kPanel = 16;            // output columns per panel: one 64-byte line per k
 constexpr int kTileRows = 6;              // 6 x 2 accumulators: 12 of AVX2's 16 vector registers
 
+// The activations, applied to each tile's accumulators after its k loop, before the store. Run instead by ATen on
+// each thread's band after its tiles, GELU added 34 us to an [18, 384] x [384, 1536] product that takes 103 us
+// without it (ATen's kernel on the [18, 768] band alone: 11 us), and at::vec's erf on the tile (a Sleef exp call and
+// a division per vector) added 130 us at 128 rows where oneDNN's fused GELU adds 35-52; GeluErf below adds 11 us at
+// 18 rows and ~70 at 128 (2 threads, the one product timed alone with warm weights, load ~1.4).
+struct NoActivation {
+  static __m256 apply(__m256 x) { return x; }
+};
+
+struct Relu {
+  static __m256 apply(__m256 x) { return _mm256_max_ps(_mm256_setzero_ps(), x); }  // NaN stays NaN, as torch.relu
+};
+
+// exp(x) for x <= 0 (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial in r, times 2^n); below -87.3,
+// where 2^n would leave the normal range, it returns exp(-87.3) ~ 1e-38 instead of a denormal or 0.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT |
+                                                                                       _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 in two parts: r exact to ~1 ulp
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
+// GELU(x) = x / 2 * (1 + erf(x / sqrt 2)) with erfc(|z|) = t P(t) exp(-z^2), t = 1 / (1 + 0.3275911 |z|)
+// (Abramowitz & Stegun 7.1.26, absolute error <= 1.5e-7, as ATen's own AVX2 erf): 1 + erf(z) is 2 - erfc(|z|) for
+// z >= 0 and erfc(|z|) itself below, so negative inputs lose nothing to cancellation. Within 5e-7 of fp64 GELU on
+// the products tests/ops/test_panel_linear.py draws (ATen's at::gelu: 1.1e-6).
+struct GeluErf {
+  static __m256 apply(__m256 x) {
+    const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678f));
+    const __m256 abs_z = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z);
+    const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(abs_z, _mm256_set1_ps(0.3275911f),
+                                                                         _mm256_set1_ps(1.0f)));
+    __m256 poly = _mm256_set1_ps(1.061405429f);
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+    const __m256 erfc_abs = _mm256_mul_ps(_mm256_mul_ps(poly, t), exp_nonpositive(_mm256_mul_ps(_mm256_xor_ps(
+                                                                      _mm256_set1_ps(-0.0f), z), z)));
+    const __m256 one_plus_erf = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(2.0f), erfc_abs), erfc_abs, z);
+    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), one_plus_erf);
+  }
+};
+
+// GELU's tanh form and SiLU in the vector form of ATen's own kernels (at::vec's tanh and exp): bit for bit what
+// at::gelu_(t, "tanh") and at::silu_ give.
+struct GeluTanh {
+  static __m256 apply(__m256 v) {
+    using Vec = at::vec::Vectorized<float>;
+    const Vec x(v), inner = Vec(float(M_SQRT2 * M_2_SQRTPI * 0.5)) * (x + Vec(0.044715f) * (x * x * x));
+    return Vec(0.5f) * x * (Vec(1.0f) + inner.tanh());
+  }
+};
+
+struct Silu {
+  static __m256 apply(__m256 v) {
+    using Vec = at::vec::Vectorized<float>;
+    const Vec x(v);
+    return x / (Vec(1.0f) + x.neg().exp());
+  }
+};
+
 // y rows [rows, 16] (row stride ldy) = x rows [rows, K] (row stride ldx) . panel [K, 16] + bias [16];
 // prefetch_lines lines of `prefetch` are prefetched, one per k step.
-template <int kRows>
+template <typename Activation, int kRows>
 void panel_tile(const float* panel, const float* x, int64_t ldx, int64_t K, const float* bias, float* y, int64_t ldy,
                 const float* prefetch, int64_t prefetch_lines) {
   // AVX2 intrinsics, fully unrolled over the rows: written with at::vec::Vectorized (or the row loops not unrolled),
@@ -74,20 +147,16 @@ void panel_tile(const float* panel, const float* x, int64_t ldx, int64_t K, cons
   }
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
-    _mm256_storeu_ps(y + r * ldy, acc[r][0]);
-    _mm256_storeu_ps(y + r * ldy + 8, acc[r][1]);
+    _mm256_storeu_ps(y + r * ldy, Activation::apply(acc[r][0]));
+    _mm256_storeu_ps(y + r * ldy + 8, Activation::apply(acc[r][1]));
   }
 }
 
-// y [M, N] = act(x [M, K] W^T + bias), W in panels; each thread computes its band of panels, then runs the
-// activation (none, or ATen's in-place kernel: what ff.nn.Linear's Python path applies) on its band's columns while
-// they are in its caches. Run on each tile in registers instead (at::vec's erf), GELU took 50-70 us per [18, 1536]
-// product; ATen's kernel over the whole output takes ~20 on one thread (27648 elements are under its parallel
-// grain), hence once per band.
+// y [M, N] = act(x [M, K] W^T + bias), W in panels; each thread computes its band of panels.
+template <typename Activation>
 void panel_rows(const float* panels, int64_t panel_count, const float* x, int64_t M, int64_t K, const float* bias,
-                Tensor& y_tensor, const std::optional<block_ops::Activation>& activation) {
+                float* y) {
   const int64_t N = panel_count * kPanel, panel_size = K * kPanel;
-  float* y = y_tensor.data_ptr<float>();
   // Each task streams at least ~64 KB of weights (a thread wake-up costs a few us; 64 KB stream in ~5).
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, panel_size * sizeof(float)));
   at::parallel_for(0, panel_count, grain, [&](int64_t p0, int64_t p1) {
@@ -103,21 +172,14 @@ void panel_rows(const float* panels, int64_t panel_count, const float* x, int64_
         const float* xm = x + m * K;
         float* ym = y + m * N + p * kPanel;
         switch (rows) {
-          case 6: panel_tile<6>(panel, xm, K, K, b, ym, N, ahead, lines); break;
-          case 5: panel_tile<5>(panel, xm, K, K, b, ym, N, ahead, lines); break;
-          case 4: panel_tile<4>(panel, xm, K, K, b, ym, N, ahead, lines); break;
-          case 3: panel_tile<3>(panel, xm, K, K, b, ym, N, ahead, lines); break;
-          case 2: panel_tile<2>(panel, xm, K, K, b, ym, N, ahead, lines); break;
-          default: panel_tile<1>(panel, xm, K, K, b, ym, N, ahead, lines); break;
+          case 6: panel_tile<Activation, 6>(panel, xm, K, K, b, ym, N, ahead, lines); break;
+          case 5: panel_tile<Activation, 5>(panel, xm, K, K, b, ym, N, ahead, lines); break;
+          case 4: panel_tile<Activation, 4>(panel, xm, K, K, b, ym, N, ahead, lines); break;
+          case 3: panel_tile<Activation, 3>(panel, xm, K, K, b, ym, N, ahead, lines); break;
+          case 2: panel_tile<Activation, 2>(panel, xm, K, K, b, ym, N, ahead, lines); break;
+          default: panel_tile<Activation, 1>(panel, xm, K, K, b, ym, N, ahead, lines); break;
         }
       }
-    }
-    if (activation) {
-      // ATen's kernel, serial inside this parallel region. The pool's threads do not share the caller's inference
-      // mode, without which an in-place update of an inference tensor is refused; y is this op's own output.
-      c10::InferenceMode inference;
-      Tensor band = y_tensor.view({M, N}).narrow(1, p0 * kPanel, (p1 - p0) * kPanel);
-      activation->apply(band);
     }
   });
 }
@@ -147,14 +209,25 @@ Tensor panel_linear(const Tensor& x, const Tensor& panels, const std::optional<T
   TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous() &&
                             bias->scalar_type() == at::kFloat),
               "panel_linear: bias must be contiguous fp32 [N=", N, "]");
-  const auto act = activation == "none" ? std::nullopt
-                                        : std::optional(block_ops::activation_named(activation, "panel_linear"));
+  if (activation != "none") block_ops::activation_named(activation, "panel_linear");  // the named error if unknown
   auto sizes = x.sizes().vec();
   sizes.back() = N;
   Tensor y = at::empty(sizes, x.options());
   if (M == 0 || N == 0) return y;
-  panel_rows(panels.const_data_ptr<float>(), panels.size(0), x.const_data_ptr<float>(), M, K,
-             has_bias ? bias->const_data_ptr<float>() : nullptr, y, act);
+  const auto run = [&](auto activation) {
+    panel_rows<decltype(activation)>(panels.const_data_ptr<float>(), panels.size(0), x.const_data_ptr<float>(), M, K,
+                                     has_bias ? bias->const_data_ptr<float>() : nullptr, y.data_ptr<float>());
+  };
+  if (activation == "gelu")
+    run(GeluErf{});
+  else if (activation == "gelu_tanh")
+    run(GeluTanh{});
+  else if (activation == "relu")
+    run(Relu{});
+  else if (activation == "silu")
+    run(Silu{});
+  else
+    run(NoActivation{});
   return y;
 }
 
