@@ -39,8 +39,6 @@ MAX_PADDING = 0.25
 GIL_SWITCH_S = 0.0005
 ENCODER_TASKS = ("sentence-embedding", "sequence-classification", "token-classification", "question-answering")
 
-api = FastAPI(title="fastformer", description="fastformer serve: OpenAI- and TEI-compatible routes")
-
 
 class ApiError(Exception):
     """An answer other than 200: HTTP status, an error type, and the limit it hit (name and value)."""
@@ -48,6 +46,22 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str, limit: str | None = None, value=None):
         super().__init__(message)
         self.status, self.kind, self.limit, self.value = status, kind, limit, value
+
+
+class ModelJSONResponse(JSONResponse):
+    """The response of every route that returns plain content (FastAPI's default response class here). json.dumps
+    refuses a NaN or infinity in a model's answer (a score of a faulty model) with a ValueError, which the
+    ValueError handler below would answer as the request's fault (422); it is the model's: a 500."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError as e:
+            raise ApiError(500, f"the model produced an answer JSON cannot carry: {e}", "server_error") from e
+
+
+api = FastAPI(title="fastformer", description="fastformer serve: OpenAI- and TEI-compatible routes",
+              default_response_class=ModelJSONResponse)
 
 
 def _error(status: int, message: str, kind: str, limit=None, value=None) -> JSONResponse:

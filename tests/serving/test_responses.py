@@ -1,11 +1,14 @@
-"""The embedding routes' response pieces (fastformer/serving/server.py), without a server."""
+"""The routes' response pieces (fastformer/serving/server.py), without a server: the embedding routes' own JSON
+response, and what every other route answers when a model's output holds a NaN."""
 import json
 import math
 
 import pytest
 import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from fastformer.serving.server import ApiError, FastJSONResponse, finite_embeddings
+from fastformer.serving.server import ApiError, FastJSONResponse, api, finite_embeddings
 
 
 def test_fast_json_response_reads_back_as_the_standard_library_writes_it():
@@ -27,3 +30,26 @@ def test_finite_embeddings_normalizes_when_asked_and_refuses_a_non_finite_vector
         with pytest.raises(ApiError, match="non-finite embedding") as error:
             finite_embeddings([vectors[0], torch.tensor([1.0, bad])], normalize=False)
         assert error.value.status == 500
+
+
+def test_a_non_finite_model_answer_is_a_500_and_a_bad_value_still_a_422():
+    """The routes that return plain content (/predict, token classification, QA, completions) render through the
+    app's default response class; a NaN score from a faulty model is the server's fault. An app with the server's
+    response class and error handlers, so that the handlers' order and precedence are the server's."""
+    app = FastAPI(default_response_class=api.router.default_response_class)
+    app.exception_handlers.update(api.exception_handlers)
+
+    @app.post("/score")
+    async def score(value: float):
+        if value < 0:
+            raise ValueError("value must be >= 0")  # what a request check raises: still the client's fault
+        return {"label": "POSITIVE", "score": math.inf if value > 1e300 else math.sqrt(value)}
+
+    with TestClient(app) as client:
+        assert client.post("/score", params={"value": 0.25}).json() == {"label": "POSITIVE", "score": 0.5}
+        for bad in ("nan", "1e308"):  # NaN from sqrt(nan); 1e308 -> inf
+            answer = client.post("/score", params={"value": bad})
+            assert answer.status_code == 500
+            assert answer.json()["error"]["type"] == "server_error"
+        refused = client.post("/score", params={"value": -1})
+        assert refused.status_code == 422 and refused.json()["error"]["message"] == "value must be >= 0"
