@@ -106,9 +106,9 @@ inline Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v
 }
 
 // The activation after the up product, by name (fastformer/ops/_block_args.py ACTIVATIONS): by that name for
-// panel_linear, as a oneDNN post-op fused into a packed product as ff.nn.Linear does, or as ATen computes it, in place on a product the block owns (a fresh
-// [rows, intermediate] output cost more than the activation itself: BERT-base, 8 x 128 tokens, int8, GELU took
-// 3.4 ms a call in the model vs 1.0 ms on a warm buffer).
+// panel_linear, as a oneDNN post-op fused into a packed product as ff.nn.Linear does, or as ATen computes it, in
+// place on a product the block owns (a fresh [rows, intermediate] output cost more than the activation itself:
+// BERT-base, 8 x 128 tokens, int8, GELU took 3.4 ms a call in the model vs 1.0 ms on a warm buffer).
 struct Activation {
   c10::string_view name, post_op, algorithm;
   Tensor& (*apply)(Tensor&);

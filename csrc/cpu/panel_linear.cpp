@@ -184,6 +184,18 @@ void panel_rows(const float* panels, int64_t panel_count, const float* x, int64_
   });
 }
 
+// panel_rows with the activation named ("none" or an Activation's name; any other raises the blocks' error).
+using PanelRows = void (*)(const float*, int64_t, const float*, int64_t, int64_t, const float*, float*);
+PanelRows panel_rows_for(c10::string_view activation) {
+  if (activation == "none") return panel_rows<NoActivation>;
+  if (activation == "gelu") return panel_rows<GeluErf>;
+  if (activation == "gelu_tanh") return panel_rows<GeluTanh>;
+  if (activation == "relu") return panel_rows<Relu>;
+  if (activation == "silu") return panel_rows<Silu>;
+  block_ops::activation_named(activation, "panel_linear");  // the named error: no other name is valid
+  return nullptr;
+}
+
 // weight [N, K] fp32 (any strides: splitting N is always a view), N a multiple of 16 -> panels [N / 16, K, 16].
 Tensor pack_panels(const Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.size(0) % kPanel == 0,
@@ -209,25 +221,13 @@ Tensor panel_linear(const Tensor& x, const Tensor& panels, const std::optional<T
   TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous() &&
                             bias->scalar_type() == at::kFloat),
               "panel_linear: bias must be contiguous fp32 [N=", N, "]");
-  if (activation != "none") block_ops::activation_named(activation, "panel_linear");  // the named error if unknown
+  const PanelRows rows_kernel = panel_rows_for(activation);
   auto sizes = x.sizes().vec();
   sizes.back() = N;
   Tensor y = at::empty(sizes, x.options());
   if (M == 0 || N == 0) return y;
-  const auto run = [&](auto activation) {
-    panel_rows<decltype(activation)>(panels.const_data_ptr<float>(), panels.size(0), x.const_data_ptr<float>(), M, K,
-                                     has_bias ? bias->const_data_ptr<float>() : nullptr, y.data_ptr<float>());
-  };
-  if (activation == "gelu")
-    run(GeluErf{});
-  else if (activation == "gelu_tanh")
-    run(GeluTanh{});
-  else if (activation == "relu")
-    run(Relu{});
-  else if (activation == "silu")
-    run(Silu{});
-  else
-    run(NoActivation{});
+  rows_kernel(panels.const_data_ptr<float>(), panels.size(0), x.const_data_ptr<float>(), M, K,
+              has_bias ? bias->const_data_ptr<float>() : nullptr, y.data_ptr<float>());
   return y;
 }
 

@@ -196,8 +196,8 @@ class TransformerBlock(_module_epoch.ChangeTracked, nn.Module):
         """The fused encoder op's arguments for this block on an inference forward of x [B, S, hidden] or the packed
         tokens [T, hidden] (fastformer.ops.encoder_block's after max_seqlen: the same kernels, no Python between
         them); None where the block has a shape that op does not cover (pre-norm, gated FFN, another activation,
-        RMSNorm, linears neither int8 (ff.nn.Int8Linear) nor on oneDNN's packed path (fp16, a gradient, one row));
-        the caller then runs forward. The caller has checked the forward with fused_blocks_apply."""
+        RMSNorm, linears neither int8 (ff.nn.Int8Linear) nor on the packed path, oneDNN's or panels (fp16, a gradient,
+        one row)); the caller then runs forward. The caller has checked the forward with fused_blocks_apply."""
         rows = x.numel() // x.shape[-1]
         if not (x.is_contiguous() and rows > 1):
             return None

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastformer.ops import _dispatch
+from fastformer.ops._cpu_tensor import check_cpu_tensor
 from fastformer.ops._layout import contiguous, last_dim_contiguous
 
 _ops = torch.ops.fastformer
@@ -30,19 +31,10 @@ def gemv_ref(x, weight, bias=None):
     return F.linear(x, weight, bias)
 
 
-def _check_cpu_tensor(name, t, dtypes, expected: str):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name} must be {expected}, got {t.dtype}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} must be on the CPU, got {t.device}")
-
-
 def _check(x, weight, bias):
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t is not None or name != "bias":
-            _check_cpu_tensor(name, t, DTYPES, "float32 or bfloat16 (gemv's CPU kernels)")
+            check_cpu_tensor(name, t, DTYPES, "float32 or bfloat16 (gemv's CPU kernels)")
             if t.dtype != x.dtype:
                 raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
     _check_shapes(x, weight, bias)
@@ -88,7 +80,7 @@ def gemv_int8(x, weight_int8, weight_scale, bias=None):
     for name, t, dtype in (("x", x, torch.float32), ("weight_int8", weight_int8, torch.int8),
                            ("weight_scale", weight_scale, torch.float32), ("bias", bias, torch.float32)):
         if t is not None or name != "bias":
-            _check_cpu_tensor(name, t, (dtype,), str(dtype))
+            check_cpu_tensor(name, t, (dtype,), str(dtype))
             if t.requires_grad and torch.is_grad_enabled():
                 raise ValueError(f"{name} requires grad: gemv_int8 is inference-only (no gradient through int8 "
                                  "weights); run under torch.no_grad() or torch.inference_mode()")

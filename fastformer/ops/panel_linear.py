@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastformer.ops import _block_args
+from fastformer.ops._cpu_tensor import check_cpu_tensor
 
 _ops = torch.ops.fastformer
 # The kernel exists in AVX2 builds (csrc/cpu/panel_linear.cpp); elsewhere, or in a build older than the op,
@@ -33,12 +34,7 @@ def panel_linear_ref(x, weight, bias=None, activation="none"):
 
 
 def _check_cpu_float(name, t):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name} must be torch.float32 (panel_linear's CPU kernel), got {t.dtype}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} must be on the CPU, got {t.device}")
+    check_cpu_tensor(name, t, (torch.float32,), "torch.float32 (panel_linear's CPU kernel)")
     if t.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"{name} requires grad: panel_linear is inference-only; run under torch.no_grad() or "
                          "torch.inference_mode()")
